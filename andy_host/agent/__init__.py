@@ -1,0 +1,1 @@
+"""The host agent: backend adapters, job runner, and the link to the coordinator."""

@@ -1,0 +1,128 @@
+"""What every backend adapter offers, and the errors they raise."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from andy_host.config import BackendConfig
+from andy_host.protocol import ModelInfo
+
+
+class BackendError(Exception):
+    """The backend answered with an error (status and message as it gave them)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached at all."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
+
+
+@dataclass(slots=True)
+class ChatPiece:
+    content: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+
+
+@dataclass(slots=True)
+class Discovered:
+    """A model as the backend names it, and as the pool will."""
+
+    backend_id: str
+    info: ModelInfo
+
+
+@dataclass(slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    kind: str = ""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, config: BackendConfig) -> None:
+        self.url = url.rstrip("/")
+        self.session = session
+        self.config = config
+        self.timeout = aiohttp.ClientTimeout(
+            total=config.request_timeout, sock_connect=config.connect_timeout
+        )
+        self.probe_timeout = aiohttp.ClientTimeout(total=config.connect_timeout * 2)
+
+    @abc.abstractmethod
+    async def version(self) -> str | None: ...
+
+    @abc.abstractmethod
+    async def discover(self) -> list[Discovered]:
+        """The models served now; raises BackendUnavailable when unreachable."""
+
+    @abc.abstractmethod
+    async def loaded(self) -> list[str]:
+        """Backend ids of the models loaded in memory now."""
+
+    @abc.abstractmethod
+    def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]: ...
+
+    @abc.abstractmethod
+    async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings: ...
+
+    async def _get_json(self, path: str) -> Any:
+        try:
+            async with self.session.get(self.url + path, timeout=self.probe_timeout) as resp:
+                await raise_for_backend(resp)
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
+
+    async def _post_json(self, path: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        try:
+            async with self.session.post(self.url + path, json=body, timeout=timeout or self.timeout) as resp:
+                await raise_for_backend(resp)
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise BackendUnavailable(f"{self.kind} request to {path} failed: {exc!r}") from None
+
+
+def error_message(text: str) -> str:
+    """The message out of an OpenAI-style or Ollama-style error body, else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "no message"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return text.strip()[:500]
+
+
+async def raise_for_backend(resp: aiohttp.ClientResponse) -> None:
+    if resp.status < 400:
+        return
+    text = await resp.text(errors="replace")
+    retry_after: float | None = None
+    header = resp.headers.get("Retry-After")
+    if header:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None
+    raise BackendError(resp.status, error_message(text), retry_after)

@@ -1,0 +1,142 @@
+"""llama.cpp's ``llama-server`` through its HTTP API.
+
+``/health`` (200 when ready, 503 while loading), ``/v1/models``, ``/props``,
+``/v1/chat/completions`` with SSE, ``/v1/embeddings`` (needs ``--embeddings``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from andy_host import modelnames
+from andy_host.agent.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ChatPiece,
+    Discovered,
+    Embeddings,
+    raise_for_backend,
+)
+from andy_host.protocol import ModelInfo
+
+CHAT_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+class LlamaCppBackend(Backend):
+    kind = "llamacpp"
+
+    async def health(self) -> bool:
+        try:
+            async with self.session.get(self.url + "/health", timeout=self.probe_timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def version(self) -> str | None:
+        try:
+            props = await self._get_json("/props")
+        except BackendError:
+            return None
+        build = props.get("build_info") if isinstance(props, dict) else None
+        return str(build) if build else None
+
+    async def discover(self) -> list[Discovered]:
+        body = await self._get_json("/v1/models")
+        data = body.get("data", []) if isinstance(body, dict) else []
+        found = []
+        for item in data:
+            backend_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(backend_id, str) or not backend_id:
+                continue
+            meta = item.get("meta") or {}
+            name = self.config.model_name or backend_id
+            found.append(
+                Discovered(
+                    backend_id=backend_id,
+                    info=ModelInfo(
+                        name=modelnames.served_name(name),
+                        size=meta.get("size") if isinstance(meta.get("size"), int) else None,
+                        context_length=meta.get("n_ctx_train")
+                        if isinstance(meta.get("n_ctx_train"), int)
+                        else None,
+                        loaded=True,
+                        embed=self.config.embeddings,
+                    ),
+                )
+            )
+        return found
+
+    async def loaded(self) -> list[str]:
+        return [d.backend_id for d in await self.discover()]
+
+    async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
+        body: dict[str, Any] = {
+            "model": backend_id,
+            "messages": request["messages"],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        body.update({k: request[k] for k in CHAT_FIELDS if k in request})
+        try:
+            async with self.session.post(
+                self.url + "/v1/chat/completions", json=body, timeout=self.timeout
+            ) as resp:
+                await raise_for_backend(resp)
+                finished = False
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    if line.startswith(b"error:"):
+                        raise BackendError(500, line[6:].decode(errors="replace").strip())
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        break
+                    try:
+                        event = json.loads(payload)
+                    except ValueError:
+                        raise BackendError(502, f"llama-server sent a malformed chunk: {payload[:80]!r}") from None
+                    if "error" in event:
+                        err = event["error"]
+                        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                        raise BackendError(int(err.get("code", 500)) if isinstance(err, dict) else 500, message)
+                    piece = ChatPiece()
+                    choices = event.get("choices") or []
+                    if choices:
+                        choice = choices[0]
+                        piece.content = (choice.get("delta") or {}).get("content") or ""
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            piece.finish_reason = "length" if reason == "length" else "stop"
+                            finished = True
+                    usage = event.get("usage")
+                    if isinstance(usage, dict):
+                        piece.usage = {
+                            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                            "completion_tokens": int(usage.get("completion_tokens", 0)),
+                        }
+                    if piece.content or piece.finish_reason or piece.usage:
+                        yield piece
+                if not finished:
+                    raise BackendError(502, "llama-server ended the stream without a finish_reason")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise BackendUnavailable(f"llama-server stream failed: {exc!r}") from None
+
+    async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
+        try:
+            body = await self._post_json("/v1/embeddings", {"model": backend_id, "input": inputs})
+        except BackendError as exc:
+            if exc.status in (501, 404) or "embedding" in exc.message.lower() and exc.status < 500:
+                raise BackendError(400, f"this model cannot create embeddings here: {exc.message}") from None
+            raise
+        data = sorted(body.get("data", []), key=lambda d: d.get("index", 0))
+        vectors = [d["embedding"] for d in data]
+        usage = body.get("usage") or {}
+        return Embeddings(vectors=vectors, prompt_tokens=int(usage.get("prompt_tokens", 0)))

@@ -1,0 +1,232 @@
+"""Typed configuration per role, merged in one place.
+
+Precedence: defaults < TOML file < ``ANDY_HOST_<SECTION>_<OPTION>`` environment < flags.
+Every option is documented in ``config.example.toml`` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from andy_host.errors import ConfigError
+
+ENV_PREFIX = "ANDY_HOST_"
+DEFAULT_BACKEND_URLS = {"ollama": "http://127.0.0.1:11434", "llamacpp": "http://127.0.0.1:8081"}
+
+
+@dataclass(slots=True)
+class LogConfig:
+    format: str = "auto"  # auto | console | json
+    level: str = "info"
+
+
+@dataclass(slots=True)
+class CoordinatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db: str = ""
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_frame_bytes: int = 8 * 1024 * 1024
+    heartbeat_interval: float = 10.0
+    host_timeout: float = 30.0
+    ttft_timeout: float = 60.0
+    token_timeout: float = 30.0
+    request_timeout: float = 600.0
+    queue_timeout: float = 30.0
+    max_attempts: int = 3
+    shutdown_grace: float = 10.0
+
+
+@dataclass(slots=True)
+class BackendConfig:
+    kind: str = "ollama"  # ollama | llamacpp
+    url: str = ""
+    managed: bool = False
+    model: str = ""
+    model_name: str = ""
+    llama_server: str = ""
+    ctx_size: int = 4096
+    parallel: int = 2
+    threads: int = 0
+    chat_template: str = ""
+    embeddings: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    startup_timeout: float = 180.0
+    restart_backoff_min: float = 0.5
+    restart_backoff_max: float = 30.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 600.0
+    poll_interval: float = 30.0
+
+    def effective_url(self) -> str:
+        return (self.url or DEFAULT_BACKEND_URLS.get(self.kind, "")).rstrip("/")
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    coordinator: str = "http://127.0.0.1:8080"
+    name: str = ""
+    token: str = ""
+    max_concurrency: int = 2
+    heartbeat_interval: float = 10.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    connect_timeout: float = 10.0
+    state_dir: str = ""
+
+    def effective_name(self) -> str:
+        return self.name or socket.gethostname()
+
+
+@dataclass(slots=True)
+class Config:
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "coordinator": CoordinatorConfig,
+    "agent": AgentConfig,
+    "backend": BackendConfig,
+    "log": LogConfig,
+}
+
+
+def default_config_path() -> Path:
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "andy-host" / "config.toml"
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(section: str, key: str, value: Any, kind: Any, source: str) -> Any:
+    where = f"{section}.{key} (from {source})"
+    origin = typing.get_origin(kind)
+    if origin is types.UnionType:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError(value)
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                return value.split() if value else []
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    raise ConfigError(f"{where}: unsupported option type")
+
+
+def _apply(config: Config, section: str, values: Mapping[str, Any], source: str) -> None:
+    target = getattr(config, section)
+    types_ = _field_types(type(target))
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key not in types_:
+            raise ConfigError(f"unknown option {section}.{key} in {source}; see config.example.toml")
+        setattr(target, key, _coerce(section, key, value, types_[key], source))
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Merge defaults, the TOML file, the environment and the flags into one Config."""
+    config = Config()
+    file_path = Path(path).expanduser() if path else default_config_path()
+    if path and not file_path.is_file():
+        raise ConfigError(f"config file {file_path} does not exist")
+    if file_path.is_file():
+        try:
+            data = tomllib.loads(file_path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file_path} is not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if section not in SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"unknown section [{section}] in {file_path}")
+            _apply(config, section, values, str(file_path))
+    environ = os.environ if env is None else env
+    for section, cls in SECTIONS.items():
+        prefix = f"{ENV_PREFIX}{section.upper()}_"
+        values = {
+            name: environ[prefix + name.upper()]
+            for name in _field_types(cls)
+            if prefix + name.upper() in environ
+        }
+        _apply(config, section, values, "environment")
+    for section, values in (flags or {}).items():
+        _apply(config, section, values, "command line")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if config.backend.kind not in ("ollama", "llamacpp"):
+        raise ConfigError(f"backend.kind must be 'ollama' or 'llamacpp', not {config.backend.kind!r}")
+    if config.backend.managed and config.backend.kind != "llamacpp":
+        raise ConfigError("backend.managed = true needs backend.kind = 'llamacpp'")
+    if config.backend.managed and not config.backend.model:
+        raise ConfigError("backend.managed = true needs backend.model (a GGUF path or 'gemma3-270m')")
+    if config.agent.max_concurrency < 1:
+        raise ConfigError("agent.max_concurrency must be at least 1")
+    if not config.agent.coordinator.startswith(("http://", "https://", "ws://", "wss://")):
+        raise ConfigError(
+            f"agent.coordinator must be a URL such as http://pool.example:8080, not {config.agent.coordinator!r}"
+        )
+    if config.log.format not in ("auto", "console", "json"):
+        raise ConfigError("log.format must be auto, console or json")
+
+
+def save_agent_config(config: Config, path: str | Path) -> Path:
+    """Write the host's effective configuration (agent, backend, log) as TOML."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "agent": dataclasses.asdict(config.agent),
+        "backend": dataclasses.asdict(config.backend),
+        "log": dataclasses.asdict(config.log),
+    }
+    target.write_text(tomli_w.dumps(data))
+    return target

@@ -1,0 +1,1 @@
+"""The coordinator: OpenAI API, host websocket endpoint, scheduler."""

@@ -1,0 +1,82 @@
+"""The coordinator's aiohttp application and its run loop (CLI -> Config -> run)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import WSCloseCode, web
+
+from andy_host.config import CoordinatorConfig
+from andy_host.coordinator import openai_api
+from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
+from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.state import CONFIG, REGISTRY, STORE
+from andy_host.coordinator.store import Store
+
+log = structlog.get_logger("andy_host.coordinator")
+
+
+async def health(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return web.json_response(
+        {"status": "ok", "hosts": len(registry.hosts), "models": len(registry.by_model)}
+    )
+
+
+def build_app(config: CoordinatorConfig) -> web.Application:
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[openai_api.errors_middleware]
+    )
+    app[CONFIG] = config
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(config.db)
+        registry = Registry(store.known_models())
+        registry.on_new_models = store.add_models
+        app[STORE] = store
+        app[REGISTRY] = registry
+        yield
+        store.close()
+
+    async def close_hosts(app: web.Application) -> None:
+        for host in list(app[REGISTRY].hosts.values()):
+            await host.close(WSCloseCode.SERVICE_RESTART, "coordinator restarting")
+
+    app.cleanup_ctx.append(store_ctx)
+    app.on_shutdown.append(close_hosts)
+    app.router.add_get("/health", health)
+    app.router.add_get(HOSTS_WS_PATH, host_websocket)
+    openai_api.add_routes(app)
+    return app
+
+
+async def serve(config: CoordinatorConfig, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set; logs ``coordinator.listening`` with the bound URL."""
+    runner = web.AppRunner(
+        build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_grace
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    log.info("coordinator.listening", url=url, api=f"{url}/api/andy/v1")
+    try:
+        await stop.wait()
+    finally:
+        log.info("coordinator.stopping")
+        await runner.cleanup()
+
+
+def run_coordinator(config: CoordinatorConfig) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(main())

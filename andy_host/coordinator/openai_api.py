@@ -1,0 +1,244 @@
+"""The OpenAI-compatible HTTP API: chat completions (with SSE), embeddings, models."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import uuid
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from andy_host.coordinator.relay import StreamBroken, run_job
+from andy_host.coordinator.state import CONFIG, REGISTRY
+from andy_host.errors import APIError, bad_request, error_body, model_not_found
+from andy_host.protocol import Done
+
+from . import requests as parse
+
+log = structlog.get_logger("andy_host.api")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise bad_request("The request body is not valid UTF-8.") from None
+    except ValueError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def resolve_model(request: web.Request, requested: str) -> str:
+    model = request.app[REGISTRY].resolve(requested)
+    if model is None:
+        raise model_not_found(requested)
+    return model
+
+
+def _usage(done: Done) -> dict[str, int]:
+    prompt = done.usage.get("prompt_tokens", 0)
+    completion = done.usage.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class _ChunkWriter:
+    """Builds ``chat.completion.chunk`` SSE events; the id/model prefix is made once."""
+
+    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+        created = int(time.time())
+        self.head = (
+            '{"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+            '"system_fingerprint":null,"choices":'
+        ) % (completion_id, created, json.dumps(model))
+        self.tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+
+    def delta(self, delta: str, finish_reason: str | None = None) -> bytes:
+        reason = "null" if finish_reason is None else f'"{finish_reason}"'
+        return (
+            f'data: {self.head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{reason}}}]'
+            f"{self.tail}"
+        ).encode()
+
+    def content(self, text: str) -> bytes:
+        return self.delta('{"content":%s}' % json.dumps(text))
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        return f'data: {self.head}[],"usage":{json.dumps(usage)}}}\n\n'.encode()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    requested = parse.parse_model(body)
+    chat = parse.parse_chat(body)
+    stream, include_usage = parse.parse_stream(body)
+    model = resolve_model(request, requested)
+    registry, config = request.app[REGISTRY], request.app[CONFIG]
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    jobs = run_job(registry, config, "chat", model, chat)
+    if not stream:
+        parts: list[str] = []
+        async with aclosing(jobs):
+            async for item in jobs:
+                if isinstance(item, str):
+                    parts.append(item)
+                else:
+                    done = item
+        return web.json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                        "logprobs": None,
+                        "finish_reason": done.finish_reason,
+                    }
+                ],
+                "usage": _usage(done),
+            }
+        )
+    writer = _ChunkWriter(completion_id, model, include_usage)
+    response: web.StreamResponse | None = None
+    async with aclosing(jobs):
+        try:
+            async for item in jobs:
+                if response is None:
+                    # Headers go out with the first content, so that failures before it
+                    # can still be answered with a proper HTTP status.
+                    response = web.StreamResponse(headers=SSE_HEADERS)
+                    await response.prepare(request)
+                    await response.write(writer.delta('{"role":"assistant","content":""}'))
+                if isinstance(item, str):
+                    await response.write(writer.content(item))
+                else:
+                    await response.write(writer.delta("{}", item.finish_reason))
+                    if include_usage:
+                        await response.write(writer.usage(_usage(item)))
+                    await response.write(b"data: [DONE]\n\n")
+        except (APIError, StreamBroken) as exc:
+            if response is None:
+                raise
+            error = exc if isinstance(exc, APIError) else APIError(
+                502, str(exc), type="server_error", code="stream_interrupted"
+            )
+            log.warning("stream.error_event", model=model, message=error.message)
+            await response.write(f"data: {json.dumps(error.body())}\n\n".encode())
+    assert response is not None
+    await response.write_eof()
+    return response
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    requested = parse.parse_model(body)
+    inputs, encoding = parse.parse_embed(body)
+    model = resolve_model(request, requested)
+    registry = request.app[REGISTRY]
+    hosts = registry.by_model.get(model, set())
+    if hosts and not any(h.models[model].embed for h in hosts):
+        raise bad_request(
+            f"The model `{model}` cannot create embeddings on any host of this pool; "
+            "use an embedding model (GET /api/andy/v1/models lists them).",
+            param="model",
+            code="model_cannot_embed",
+        )
+    done: Done | None = None
+    jobs = run_job(registry, request.app[CONFIG], "embed", model, {"input": inputs})
+    async with aclosing(jobs):
+        async for item in jobs:
+            if isinstance(item, Done):
+                done = item
+    if done is None or done.embeddings is None or len(done.embeddings) != len(inputs):
+        raise APIError(502, "The host returned no embeddings for this input.", type="server_error")
+    prompt_tokens = done.usage.get("prompt_tokens", 0)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encode_vector(vec, encoding)}
+                for i, vec in enumerate(done.embeddings)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+    )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    names = request.app[REGISTRY].served_models()
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "andy-host"} for n in names],
+        }
+    )
+
+
+async def andy_models(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return web.json_response(
+        {"models": [{"name": n, "hosts": len(registry.by_model[n])} for n in registry.served_models()]}
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure becomes an OpenAI-shaped error; never a traceback to the client."""
+    try:
+        return await handler(request)
+    except APIError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"Unknown path {request.path}. The API lives under /api/andy/v1/.",
+            405: f"Method {request.method} is not allowed on {request.path}.",
+            413: "The request body is too large.",
+        }.get(exc.status, exc.reason)
+        return web.json_response(
+            error_body(message, type="invalid_request_error", code=exc.reason.lower().replace(" ", "_")),
+            status=exc.status,
+        )
+    except (ConnectionResetError, TimeoutError) as exc:
+        log.info("request.client_gone", path=request.path, error=str(exc))
+        raise
+    except Exception:
+        log.exception("request.internal_error", path=request.path)
+        return web.json_response(
+            error_body("Internal error in the coordinator; it has been logged.", type="server_error"),
+            status=500,
+        )
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/api/andy/v1", "/v1"):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+        app.router.add_get(f"{prefix}/models", list_models)
+    app.router.add_get("/api/andy/models", andy_models)

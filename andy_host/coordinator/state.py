@@ -1,0 +1,13 @@
+"""Typed application state keys (``web.AppKey``) shared by the coordinator's modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from andy_host.config import CoordinatorConfig
+from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.store import Store
+
+CONFIG = web.AppKey("config", CoordinatorConfig)
+REGISTRY = web.AppKey("registry", Registry)
+STORE = web.AppKey("store", Store)

@@ -1,0 +1,52 @@
+"""Shared by the fake backends: deterministic generation, stop strings, embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import re
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+def generate(label: str, messages: list[dict[str, str]], max_tokens: int | None, stop: list[str]) -> tuple[list[str], str]:
+    """Tokens of a deterministic reply and its finish reason ("stop" or "length")."""
+    last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    text = f"{label} heard: {last}"
+    reason = "stop"
+    for s in stop:
+        cut = text.find(s)
+        if cut != -1:
+            text = text[:cut]
+    tokens = re.findall(r"\s*\S+", text)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens, reason = tokens[:max_tokens], "length"
+    return tokens, reason
+
+
+def embedding(text: str, dim: int = 8) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round((b - 128) / 128, 6) for b in digest[:dim]]
+
+
+def serve(make_app: Callable[[argparse.Namespace], web.Application], parser: argparse.ArgumentParser) -> None:
+    """Run the app on --port (0: a free one) and print ``PORT <n>`` once listening."""
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+
+    async def main() -> None:
+        runner = web.AppRunner(make_app(args), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        await site.start()
+        print(f"PORT {runner.addresses[0][1]}", flush=True)
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,133 @@
+"""A fake Ollama server following Ollama's documented API (docs/api.md in ollama/ollama).
+
+Ollama cannot be installed on these machines, so the adapter is tested against this.
+It follows the docs, not our adapter: ``GET /api/version``, ``GET /api/tags`` (name,
+model, modified_at, size, digest, details.{format,family,parameter_size,
+quantization_level}), ``GET /api/ps``, ``POST /api/show`` (capabilities, model_info),
+``POST /api/chat`` (``stream`` defaults to true: NDJSON objects with ``message`` and
+``done: false``, then a final object with ``done: true``, ``done_reason``,
+``prompt_eval_count``, ``eval_count`` and durations; options ``temperature``,
+``top_p``, ``num_predict``, ``stop``, ``seed``), ``POST /api/embed`` (``input`` string
+or list -> ``embeddings``). Unknown models answer 404 ``{"error": "model 'x' not found"}``.
+Run: ``python -m tests.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from tests.fakes.common import embedding, generate, serve
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def make_app(args: argparse.Namespace) -> web.Application:
+    names = [n if ":" in n.rsplit("/", 1)[-1] else n + ":latest" for n in args.models.split(",")]
+    embed_only = set(args.embed_only.split(",")) if args.embed_only else set()
+
+    def find(name: str) -> str | None:
+        full = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+        return full if full in names else None
+
+    def not_found(name: str) -> web.Response:
+        return web.json_response({"error": f"model '{name}' not found"}, status=404)
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"version": "0.5.7"})
+
+    async def tags(_: web.Request) -> web.Response:
+        return web.json_response({"models": [
+            {"name": n, "model": n, "modified_at": now(), "size": 4_920_000_000, "digest": "sha256:" + "0" * 64,
+             "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                         "parameter_size": "8.0B", "quantization_level": "Q4_K_M"}}
+            for n in names
+        ]})
+
+    async def ps(_: web.Request) -> web.Response:
+        return web.json_response({"models": [
+            {"name": names[0], "model": names[0], "size": 5_137_025_024, "digest": "sha256:" + "0" * 64,
+             "details": {"format": "gguf", "family": "llama", "quantization_level": "Q4_K_M"},
+             "expires_at": now(), "size_vram": 5_137_025_024}
+        ]})
+
+    async def show(request: web.Request) -> web.Response:
+        body = await request.json()
+        name = find(body.get("model") or body.get("name") or "")
+        if name is None:
+            return not_found(body.get("model", ""))
+        caps = ["embedding"] if name in embed_only else ["completion", "embedding"]
+        return web.json_response({
+            "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+            "details": {"format": "gguf", "family": "llama", "parameter_size": "8.0B", "quantization_level": "Q4_K_M"},
+            "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+            "capabilities": caps,
+        })
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "invalid character in JSON"}, status=400)
+        name = find(body.get("model", ""))
+        if name is None:
+            return not_found(body.get("model", ""))
+        if name in embed_only:
+            return web.json_response({"error": f"\"{name}\" does not support chat"}, status=400)
+        options = body.get("options") or {}
+        stop = options.get("stop") or []
+        tokens, reason = generate(args.label, body.get("messages", []), options.get("num_predict"), stop)
+        final = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": ""},
+                 "done": True, "done_reason": reason, "total_duration": 1_000_000, "load_duration": 1000,
+                 "prompt_eval_count": 9, "prompt_eval_duration": 1000, "eval_count": len(tokens), "eval_duration": 1000}
+        if body.get("stream") is False:
+            final["message"]["content"] = "".join(tokens)  # type: ignore[index]
+            return web.json_response(final)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for token in tokens:
+            if args.token_delay:
+                await asyncio.sleep(args.token_delay)
+            line = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": token}, "done": False}
+            await resp.write((json.dumps(line) + "\n").encode())
+        await resp.write((json.dumps(final) + "\n").encode())
+        return resp
+
+    async def embed(request: web.Request) -> web.Response:
+        body = await request.json()
+        name = find(body.get("model", ""))
+        if name is None:
+            return not_found(body.get("model", ""))
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        return web.json_response({"model": name, "embeddings": [embedding(t) for t in inputs],
+                                  "total_duration": 1000, "load_duration": 100,
+                                  "prompt_eval_count": sum(len(t.split()) for t in inputs)})
+
+    app = web.Application()
+    app.router.add_get("/api/version", version)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/show", show)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/embed", embed)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="sweaterdog/andy-4:latest")
+    parser.add_argument("--embed-only", default="")
+    parser.add_argument("--label", default="ollama")
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    serve(make_app, parser)
+
+
+if __name__ == "__main__":
+    main()
