@@ -9,7 +9,6 @@ import signal
 import aiohttp
 import structlog
 
-from andy_host import __version__
 from andy_host.agent.backends import make_backend
 from andy_host.agent.catalog import Catalog
 from andy_host.agent.identity import host_id, state_dir

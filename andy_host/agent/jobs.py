@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 
@@ -35,7 +36,10 @@ class JobRunner:
             return
         task = asyncio.get_running_loop().create_task(self._run(job, send), name=f"job-{job.id}")
         self.tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self.tasks.pop(jid, None))
+        task.add_done_callback(partial(self._forget, job.id))
+
+    def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self.tasks.pop(job_id, None)
 
     def cancel(self, job_id: str) -> bool:
         task = self.tasks.get(job_id)

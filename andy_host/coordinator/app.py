@@ -53,8 +53,10 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     return app
 
 
-async def serve(config: CoordinatorConfig, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set; logs ``coordinator.listening`` with the bound URL."""
+async def serve(
+    config: CoordinatorConfig, stop: asyncio.Event, ready: asyncio.Future[str] | None = None
+) -> None:
+    """Run until ``stop`` is set; logs ``coordinator.listening`` and resolves ``ready`` with the URL."""
     runner = web.AppRunner(
         build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_grace
     )
@@ -64,6 +66,8 @@ async def serve(config: CoordinatorConfig, stop: asyncio.Event) -> None:
     host, port = runner.addresses[0][:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     log.info("coordinator.listening", url=url, api=f"{url}/api/andy/v1")
+    if ready is not None:
+        ready.set_result(url)
     try:
         await stop.wait()
     finally:

@@ -18,11 +18,11 @@ from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.state import CONFIG, REGISTRY
 from andy_host.protocol import (
     Cancel,
-    HostMessage,
     Chunk,
     Done,
     Heartbeat,
     Hello,
+    HostMessage,
     JobError,
     Models,
     ProtocolError,

@@ -92,12 +92,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     jobs = run_job(registry, config, "chat", model, chat)
     if not stream:
         parts: list[str] = []
+        done: Done | None = None
         async with aclosing(jobs):
             async for item in jobs:
                 if isinstance(item, str):
                     parts.append(item)
                 else:
                     done = item
+        assert done is not None  # run_job ends with Done or raises
         return web.json_response(
             {
                 "id": completion_id,

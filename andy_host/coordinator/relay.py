@@ -9,7 +9,7 @@ the stream with an explicit error event, never a truncated success.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import structlog
 
@@ -51,7 +51,7 @@ async def run_job(
     kind: JobKind,
     model: str,
     request: dict[str, object],
-) -> AsyncIterator[str | Done]:
+) -> AsyncGenerator[str | Done, None]:
     """Yield content strings, then the final ``Done``; raise APIError or StreamBroken."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.request_timeout

@@ -29,18 +29,18 @@ def pick(registry: Registry, model: str, exclude: set[str], kind: str = "chat") 
 
 
 async def acquire(
-    registry: Registry, model: str, exclude: set[str], timeout: float, kind: str = "chat"
+    registry: Registry, model: str, exclude: set[str], wait: float, kind: str = "chat"
 ) -> Host:
-    """A host with a free slot, waiting up to ``timeout`` while all of them are busy.
+    """A host with a free slot, waiting while all of them are busy.
 
-    Raises 503 ``No available hosts`` when no host serves the model (or all were tried),
+    Waits at most ``wait`` seconds. Raises 503 ``No available hosts`` when no host serves the model (or all were tried),
     or when the wait runs out.
     """
     host = pick(registry, model, exclude, kind)
     if host is not None:
         return host
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait
     while True:
         changed = registry.changed()
         host = pick(registry, model, exclude, kind)

@@ -51,8 +51,8 @@ def ensure_model(spec: str) -> Path:
     target = model_path(spec)
     if not target.is_file():
         _say(f"assembling the GGUF into {target}")
-    path: Path = package.assemble(target)
-    return path
+    assembled: Path = package.assemble(target)
+    return assembled
 
 
 def main() -> int:

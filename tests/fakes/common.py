@@ -21,7 +21,7 @@ def generate(label: str, messages: list[dict[str, str]], max_tokens: int | None,
         cut = text.find(s)
         if cut != -1:
             text = text[:cut]
-    tokens = re.findall(r"\s*\S+", text)
+    tokens = re.findall(r"\s*\S+|\s+$", text)
     if max_tokens is not None and len(tokens) > max_tokens:
         tokens, reason = tokens[:max_tokens], "length"
     return tokens, reason

@@ -30,7 +30,8 @@ def now() -> str:
 
 def make_app(args: argparse.Namespace) -> web.Application:
     names = [n if ":" in n.rsplit("/", 1)[-1] else n + ":latest" for n in args.models.split(",")]
-    embed_only = set(args.embed_only.split(",")) if args.embed_only else set()
+    embed_only = {n + ":latest" if ":" not in n else n for n in args.embed_only.split(",") if n}
+    failing = {n + ":latest" if ":" not in n else n for n in args.failing.split(",") if n}
 
     def find(name: str) -> str | None:
         full = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
@@ -80,6 +81,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return not_found(body.get("model", ""))
         if name in embed_only:
             return web.json_response({"error": f"\"{name}\" does not support chat"}, status=400)
+        if name in failing:
+            return web.json_response({"error": "llama runner process has terminated: CUDA error: out of memory"}, status=500)
         options = body.get("options") or {}
         stop = options.get("stop") or []
         tokens, reason = generate(args.label, body.get("messages", []), options.get("num_predict"), stop)
@@ -124,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="sweaterdog/andy-4:latest")
     parser.add_argument("--embed-only", default="")
+    parser.add_argument("--failing", default="", help="models whose chat answers 500")
     parser.add_argument("--label", default="ollama")
     parser.add_argument("--token-delay", type=float, default=0.0)
     serve(make_app, parser)

@@ -90,9 +90,10 @@ class Backend(abc.ABC):
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
 
-    async def _post_json(self, path: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout | None = None) -> Any:
+    async def _post_json(self, path: str, body: dict[str, Any], probe: bool = False) -> Any:
+        timeout = self.probe_timeout if probe else self.timeout
         try:
-            async with self.session.post(self.url + path, json=body, timeout=timeout or self.timeout) as resp:
+            async with self.session.post(self.url + path, json=body, timeout=timeout) as resp:
                 await raise_for_backend(resp)
                 return await resp.json(content_type=None)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:

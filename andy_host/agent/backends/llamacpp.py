@@ -133,7 +133,7 @@ class LlamaCppBackend(Backend):
         try:
             body = await self._post_json("/v1/embeddings", {"model": backend_id, "input": inputs})
         except BackendError as exc:
-            if exc.status in (501, 404) or "embedding" in exc.message.lower() and exc.status < 500:
+            if exc.status in (501, 404) or ("embedding" in exc.message.lower() and exc.status < 500):
                 raise BackendError(400, f"this model cannot create embeddings here: {exc.message}") from None
             raise
         data = sorted(body.get("data", []), key=lambda d: d.get("index", 0))

@@ -25,7 +25,13 @@ from andy_host.agent.backends.base import (
 )
 from andy_host.protocol import ModelInfo
 
-OPTION_NAMES = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "num_predict", "stop": "stop", "seed": "seed"}
+OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "num_predict",
+    "stop": "stop",
+    "seed": "seed",
+}
 
 
 class OllamaBackend(Backend):
@@ -40,7 +46,7 @@ class OllamaBackend(Backend):
 
     async def _show(self, name: str) -> dict[str, Any]:
         try:
-            body = await self._post_json("/api/show", {"model": name}, timeout=self.probe_timeout)
+            body = await self._post_json("/api/show", {"model": name}, probe=True)
         except BackendError:
             return {}
         return body if isinstance(body, dict) else {}

@@ -1,0 +1,164 @@
+"""End to end on real inference: a coordinator and two hosts, each managing its own
+llama-server (built from source by scripts/install-llama-server) serving Gemma 3 270M
+from PyPI. Clients: the ``openai`` package."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import psutil
+import pytest
+
+from andy_host.tools.llama_build import find_llama_server
+from tests.procs import Proc, Processes, wait_models
+
+pytestmark = pytest.mark.e2e
+MODEL = "gemma3-270m:latest"
+PROMPT = [{"role": "user", "content": "Write a short story about a red fox in a forest."}]
+MANAGED_ENV = {
+    "ANDY_HOST_BACKEND_THREADS": "1",
+    "ANDY_HOST_BACKEND_PARALLEL": "2",
+    "ANDY_HOST_BACKEND_CTX_SIZE": "2048",
+}
+
+
+@pytest.fixture(scope="module")
+def real_pool(module_procs: Processes) -> dict[str, Any]:
+    if find_llama_server() is None:
+        if os.environ.get("ANDY_HOST_SKIP_E2E") == "1":
+            pytest.skip("llama-server not installed and ANDY_HOST_SKIP_E2E=1")
+        pytest.fail("llama-server is not installed: run scripts/setup (or scripts/install-llama-server)")
+    coordinator = module_procs.coordinator(name="real-coordinator")
+    agents = [
+        module_procs.agent(
+            coordinator.url, "llamacpp", None, f"real-host-{i}", "--managed", "--model", "gemma3-270m",
+            "--max-concurrency", "2", env=MANAGED_ENV, timeout=120,
+        )
+        for i in (1, 2)
+    ]
+    wait_models(coordinator.url, {MODEL: 2}, timeout=60)
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key="unused", max_retries=0, timeout=120)
+    return {"coordinator": coordinator, "agents": agents, "client": client}
+
+
+def greedy(client: openai.OpenAI, **kwargs: Any) -> Any:
+    return client.chat.completions.create(model="gemma3-270m", messages=PROMPT, temperature=0, seed=1, **kwargs)
+
+
+def test_non_streaming_chat(real_pool: dict[str, Any]) -> None:
+    reply = greedy(real_pool["client"], max_tokens=40)
+    assert reply.model == MODEL
+    assert reply.choices[0].message.content.strip()
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 40
+
+
+def test_streaming_matches_non_streaming(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    whole = greedy(client, max_tokens=30).choices[0].message.content
+    chunks = list(greedy(client, max_tokens=30, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert reasons in (["stop"], ["length"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_max_tokens_gives_length(real_pool: dict[str, Any]) -> None:
+    reply = greedy(real_pool["client"], max_tokens=5)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+
+
+def test_stop_string_ends_the_text(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    full = greedy(client, max_tokens=40).choices[0].message.content
+    words = [w for w in full.split() if len(w) > 3]
+    assert len(words) >= 3, full
+    stop = words[len(words) // 2]
+    cut = greedy(client, max_tokens=40, stop=stop).choices[0]
+    assert stop not in cut.message.content
+    assert full.startswith(cut.message.content)
+    assert cut.finish_reason == "stop"
+
+
+def test_embeddings(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    one = client.embeddings.create(model="gemma3-270m", input="a red fox")
+    many = client.embeddings.create(model="gemma3-270m", input=["a red fox", "a blue whale"])
+    again = client.embeddings.create(model="gemma3-270m", input="a red fox")
+    assert len(one.data) == 1 and len(many.data) == 2
+    assert len(one.data[0].embedding) == 640  # Gemma 3 270M's n_embd
+    assert one.data[0].embedding == pytest.approx(again.data[0].embedding, abs=1e-5)
+    assert many.data[0].embedding != many.data[1].embedding
+    assert one.usage.prompt_tokens > 0
+    b64 = client.embeddings.create(model="gemma3-270m", input="a red fox", encoding_format="base64")
+    raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert list(decoded) == pytest.approx(one.data[0].embedding, abs=1e-5)
+
+
+def test_concurrent_requests_use_both_hosts(real_pool: dict[str, Any]) -> None:
+    coordinator: Proc = real_pool["coordinator"]
+    before = len(coordinator.events())
+
+    def ask(i: int) -> str:
+        reply = real_pool["client"].chat.completions.create(
+            model="gemma3-270m", messages=[{"role": "user", "content": f"Count to {i}"}], max_tokens=8
+        )
+        return reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(6) as ex:
+        assert all(r in ("stop", "length") for r in ex.map(ask, range(6)))
+    done = [e for e in coordinator.events()[before:] if e.get("event") == "job.done"]
+    assert len(done) == 6
+    assert len({e["host_id"] for e in done}) == 2
+
+
+def _llama_child(agent: Proc) -> psutil.Process:
+    assert agent.popen is not None
+    children = [c for c in psutil.Process(agent.popen.pid).children() if "llama-server" in c.name()]
+    assert len(children) == 1
+    return children[0]
+
+
+def test_managed_llama_server_restarts_after_sigkill(real_pool: dict[str, Any]) -> None:
+    agent: Proc = real_pool["agents"][0]
+    child = _llama_child(agent)
+    seen = len(agent.events())
+    os.kill(child.pid, signal.SIGKILL)
+    agent.wait_event("llama_server.died", after=seen, timeout=10)
+    wait_models(real_pool["coordinator"].url, {MODEL: 1}, timeout=10)  # the coordinator was told
+    agent.wait_event("llama_server.ready", after=seen, timeout=60)
+    wait_models(real_pool["coordinator"].url, {MODEL: 2}, timeout=15)
+    assert _llama_child(agent).pid != child.pid
+    for _ in range(4):
+        assert greedy(real_pool["client"], max_tokens=4).choices[0].finish_reason == "length"
+
+
+def test_no_orphan_llama_server_on_any_exit(procs: Processes) -> None:
+    if find_llama_server() is None:
+        pytest.skip("llama-server not installed")
+    coordinator = procs.coordinator()
+    for how in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        agent = procs.agent(
+            coordinator.url, "llamacpp", None, f"exit-{how.name}", "--managed", "--model", "gemma3-270m",
+            env=MANAGED_ENV, timeout=120,
+        )
+        wait_models(coordinator.url, {MODEL: 1}, timeout=60)
+        child = _llama_child(agent)
+        agent.signal(how)
+        assert agent.popen is not None
+        agent.popen.wait(15)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(child.pid) and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE, how
+        wait_models(coordinator.url, {MODEL: 0})
