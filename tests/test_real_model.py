@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import base64
 import os
-import struct
 import signal
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
