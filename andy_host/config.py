@@ -44,7 +44,12 @@ class CoordinatorConfig:
     token_timeout: float = 30.0
     request_timeout: float = 600.0
     queue_timeout: float = 30.0
+    max_queue: int = 256
+    max_queue_per_client: int = 32
     max_attempts: int = 3
+    eject_after: int = 3
+    eject_base: float = 5.0
+    eject_max: float = 300.0
     shutdown_grace: float = 10.0
 
 
@@ -83,6 +88,7 @@ class AgentConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     connect_timeout: float = 10.0
+    drain_timeout: float = 30.0
     state_dir: str = ""
 
     def effective_name(self) -> str:

@@ -19,6 +19,7 @@ MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
 MAX_MODELS = 500
 HOST_STATUSES = ("active", "paused", "draining", "backend_down")
+FEATURE_CONTINUE = "continue"  # can continue a final assistant message (failover mid-stream)
 
 JobKind = Literal["chat", "embed"]
 
@@ -50,6 +51,7 @@ class Hello:
     backend_version: str | None = None
     hardware: dict[str, Any] = field(default_factory=dict)
     jobs: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
     type: Literal["hello"] = "hello"
 
 
@@ -284,6 +286,7 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
             token=_str(obj, "token", max_len=512, optional=True),
             hardware=_dict(obj, "hardware", optional=True) or {},
             jobs=_str_list(obj, "jobs", limit=1024),
+            features=_str_list(obj, "features", limit=32),
         )
     raise ProtocolError(f"unknown host message type {kind!r}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import platform
 import signal
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import structlog
@@ -16,12 +18,13 @@ from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link
 from andy_host.agent.managed import ManagedLlamaServer
 from andy_host.config import Config
-from andy_host.protocol import Heartbeat, Hello, Models, encode
+from andy_host.protocol import FEATURE_CONTINUE, Heartbeat, Hello, Models, encode
 
 log = structlog.get_logger("andy_host.agent")
 
 
-async def run_agent(config: Config, stop: asyncio.Event) -> None:
+async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | None = None) -> None:
+    """Serve until ``stop``; on ``drain``, finish running jobs (up to drain_timeout) first."""
     agent = config.agent
     name = agent.effective_name()
     my_id = host_id(state_dir(agent.state_dir), name)
@@ -48,14 +51,18 @@ async def run_agent(config: Config, stop: asyncio.Event) -> None:
                 capacity=agent.max_concurrency,
                 hardware={"platform": platform.platform(), "machine": platform.machine()},
                 jobs=list(runner.tasks),
+                features=[FEATURE_CONTINUE],
             )
 
         def heartbeat() -> Heartbeat:
             down = not catalog.reachable
+            status, reason = ("backend_down", catalog.error) if down else ("active", None)
+            if runner.draining:
+                status, reason = "draining", "host shutting down"
             return Heartbeat(
                 active=runner.active,
-                status="backend_down" if down else "active",
-                reason=catalog.error if down else None,
+                status=status,
+                reason=reason,
                 loaded=[m.name for m in catalog.models if m.loaded],
             )
 
@@ -72,7 +79,7 @@ async def run_agent(config: Config, stop: asyncio.Event) -> None:
                 await on_backend_change()
 
         log.info("agent.starting", name=name, coordinator=agent.coordinator, backend=backend.kind, url=url)
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[Any]] = []
         try:
             if managed is not None:
                 await managed.start()
@@ -82,9 +89,15 @@ async def run_agent(config: Config, stop: asyncio.Event) -> None:
             tasks.append(asyncio.create_task(poll_backend()))
             link_task = asyncio.create_task(link.run(stop))
             tasks.append(link_task)
-            await asyncio.wait([link_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            waits: list[asyncio.Task[Any]] = [link_task, asyncio.create_task(stop.wait())]
+            if drain is not None:
+                waits.append(asyncio.create_task(drain.wait()))
+            tasks.extend(waits[1:])
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if link_task.done() and link_task.exception() is not None:
                 raise link_task.exception()  # type: ignore[misc]
+            if drain is not None and drain.is_set() and not stop.is_set():
+                await _drain(runner, link, heartbeat, agent.drain_timeout)
         finally:
             stop.set()
             await runner.cancel_all()
@@ -96,12 +109,25 @@ async def run_agent(config: Config, stop: asyncio.Event) -> None:
             log.info("agent.stopped", served=runner.served)
 
 
+async def _drain(runner: JobRunner, link: Link, heartbeat: Callable[[], Heartbeat], limit: float) -> None:
+    """Say so, take no new jobs, let running ones finish (bounded); the rest are cancelled."""
+    runner.draining = True
+    log.info("agent.draining", active=runner.active, limit=limit)
+    await link.send_quietly(encode(heartbeat()))
+    if runner.tasks:
+        await asyncio.wait(list(runner.tasks.values()), timeout=limit)
+    if runner.active:
+        log.warning("agent.drain_timeout", cancelled=runner.active)
+
+
 def run_agent_forever(config: Config) -> None:
+    """SIGINT (Ctrl-C) stops at once; SIGTERM drains first, as a service manager expects."""
+
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, drain = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_agent(config, stop)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, drain.set)
+        await run_agent(config, stop, drain)
 
     asyncio.run(main())

@@ -17,6 +17,38 @@ log = structlog.get_logger("andy_host.jobs")
 Send = Callable[[str], Awaitable[None]]
 
 
+class EchoStripper:
+    """Drops a continued assistant prefix that the backend echoes back.
+
+    llama-server repeats the final assistant message at the start of its answer when
+    continuing it; Ollama does not. Text is held back only while it still matches the
+    prefix, so nothing is lost when there is no echo.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.held = ""
+        self.done = not prefix
+
+    def feed(self, text: str) -> str:
+        if self.done:
+            return text
+        self.held += text
+        if self.held.startswith(self.prefix):
+            self.done = True
+            return self.held[len(self.prefix):]
+        if self.prefix.startswith(self.held):
+            return ""  # could still be the echo: wait for more
+        self.done = True
+        return self.held
+
+    def flush(self) -> str:
+        if self.done:
+            return ""
+        self.done = True
+        return self.held
+
+
 class JobRunner:
     def __init__(self, backend: Backend, catalog: Catalog, capacity: int) -> None:
         self.backend = backend
@@ -25,6 +57,7 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.served = 0
         self.tokens = 0
+        self.draining = False
         self._slots = asyncio.Semaphore(capacity)
 
     @property
@@ -58,6 +91,8 @@ class JobRunner:
         bound = log.bind(job_id=job.id, model=job.model, kind=job.kind)
         backend_id = self.catalog.backend_id(job.model)
         try:
+            if self.draining:
+                raise BackendError(503, "this host is draining and takes no new jobs")
             if backend_id is None:
                 raise BackendError(503, f"model {job.model} is not served by this host any more")
             async with self._slots:
@@ -98,14 +133,19 @@ class JobRunner:
         finish_reason = "stop"
         usage: dict[str, int] = {}
         produced = 0
+        echo = EchoStripper(job.request["messages"][-1]["content"] if job.request.get("continuation") else "")
         async for piece in self.backend.chat(backend_id, job.request):
-            if piece.content:
+            content = echo.feed(piece.content) if piece.content else ""
+            if content:
                 produced += 1
-                await send(encode_chunk(job.id, piece.content))
+                await send(encode_chunk(job.id, content))
             if piece.finish_reason:
                 finish_reason = piece.finish_reason
             if piece.usage:
                 usage = piece.usage
+        rest = echo.flush()
+        if rest:
+            await send(encode_chunk(job.id, rest))
         usage.setdefault("completion_tokens", produced)
         self.tokens += usage["completion_tokens"]
         await send(encode(Done(id=job.id, finish_reason=finish_reason, usage=usage)))

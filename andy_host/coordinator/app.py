@@ -13,7 +13,10 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator import openai_api
 from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
 from andy_host.coordinator.hosts import Registry
-from andy_host.coordinator.state import CONFIG, REGISTRY, STORE
+from andy_host.coordinator.relay import Relay
+from andy_host.coordinator.scheduler import Scheduler
+from andy_host.coordinator.state import CONFIG, REGISTRY, RELAY, SCHEDULER, STATS, STORE
+from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 
 log = structlog.get_logger("andy_host.coordinator")
@@ -22,7 +25,14 @@ log = structlog.get_logger("andy_host.coordinator")
 async def health(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     return web.json_response(
-        {"status": "ok", "hosts": len(registry.hosts), "models": len(registry.by_model)}
+        {
+            "status": "ok",
+            "hosts": len(registry.hosts),
+            "models": len(registry.by_model),
+            "queued": request.app[SCHEDULER].queued(),
+            "in_flight": sum(len(h.jobs) for h in registry.hosts.values()),
+            "stats": request.app[STATS].as_dict(),
+        }
     )
 
 
@@ -38,6 +48,9 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         registry.on_new_models = store.add_models
         app[STORE] = store
         app[REGISTRY] = registry
+        app[SCHEDULER] = scheduler = Scheduler(registry, config)
+        app[STATS] = stats = PoolStats()
+        app[RELAY] = Relay(scheduler, config, stats)
         yield
         store.close()
 

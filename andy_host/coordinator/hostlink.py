@@ -80,6 +80,7 @@ async def host_websocket(request: web.Request) -> web.WebSocketResponse:
         send=ws.send_str,
         close=close,
         hardware=hello.hardware,
+        features=set(hello.features),
     )
     bound = log.bind(host_id=host_id, host_name=hello.name, peer=peer)
     registry.add(host)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from andy_host import modelnames
+from andy_host.coordinator.health import HostHealth
 from andy_host.protocol import Chunk, Done, JobError, ModelInfo
 
 
@@ -30,6 +31,8 @@ class Assignment:
     host: Host
     events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
     finished: bool = False
+    sent_at: float = 0.0
+    first_token_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -46,7 +49,10 @@ class Host:
     status: str = "active"
     reason: str | None = None
     loaded: set[str] = field(default_factory=set)
+    features: set[str] = field(default_factory=set)
     jobs: dict[str, Assignment] = field(default_factory=dict)
+    health: HostHealth = field(default_factory=HostHealth)
+    last_assigned: int = 0
     connected_at: float = field(default_factory=time.time)
     served: int = 0
     failures: int = 0
@@ -56,8 +62,8 @@ class Host:
     def free(self) -> int:
         return self.capacity - len(self.jobs)
 
-    def accepts(self) -> bool:
-        return self.status == "active" and self.free > 0
+    def accepts(self, now: float) -> bool:
+        return self.status == "active" and self.free > 0 and self.health.admits(now, len(self.jobs))
 
 
 class Registry:
@@ -67,7 +73,7 @@ class Registry:
         self.hosts: dict[str, Host] = {}
         self.by_model: dict[str, set[Host]] = {}
         self.known_models: set[str] = set(known_models)
-        self._changed = asyncio.Event()
+        self.on_capacity: Callable[[], None] | None = None
         self.on_new_models: Callable[[set[str]], None] | None = None
 
     def add(self, host: Host) -> None:
@@ -116,11 +122,7 @@ class Registry:
             requested, self.known_models
         )
 
-    def changed(self) -> asyncio.Event:
-        """An event set at the next capacity change (a fresh one after each)."""
-        return self._changed
-
     def notify(self) -> None:
-        """Wake requests waiting for capacity (call after any capacity change)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Capacity may have changed: let the scheduler hand slots to waiting requests."""
+        if self.on_capacity is not None:
+            self.on_capacity()

@@ -13,8 +13,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.relay import StreamBroken, run_job
-from andy_host.coordinator.state import CONFIG, REGISTRY
+from andy_host.coordinator.clients import client_id
+from andy_host.coordinator.relay import Restart, StreamBroken
+from andy_host.coordinator.state import REGISTRY, RELAY
 from andy_host.errors import APIError, bad_request, error_body, model_not_found
 from andy_host.protocol import Done
 
@@ -87,9 +88,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse.parse_chat(body)
     stream, include_usage = parse.parse_stream(body)
     model = resolve_model(request, requested)
-    registry, config = request.app[REGISTRY], request.app[CONFIG]
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    jobs = run_job(registry, config, "chat", model, chat)
+    jobs = request.app[RELAY].run("chat", model, chat, client_id(request), stream=stream)
     if not stream:
         parts: list[str] = []
         done: Done | None = None
@@ -97,6 +97,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             async for item in jobs:
                 if isinstance(item, str):
                     parts.append(item)
+                elif isinstance(item, Restart):
+                    parts.clear()
                 else:
                     done = item
         assert done is not None  # run_job ends with Done or raises
@@ -131,7 +133,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     await response.write(writer.delta('{"role":"assistant","content":""}'))
                 if isinstance(item, str):
                     await response.write(writer.content(item))
-                else:
+                elif isinstance(item, Done):
                     await response.write(writer.delta("{}", item.finish_reason))
                     if include_usage:
                         await response.write(writer.usage(_usage(item)))
@@ -170,7 +172,7 @@ async def embeddings(request: web.Request) -> web.Response:
             code="model_cannot_embed",
         )
     done: Done | None = None
-    jobs = run_job(registry, request.app[CONFIG], "embed", model, {"input": inputs})
+    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, client_id(request), stream=False)
     async with aclosing(jobs):
         async for item in jobs:
             if isinstance(item, Done):

@@ -1,30 +1,44 @@
-"""Running one job on the pool: pick a host, push the job, relay its events back.
+"""Running one job on the pool: reserve a host, push the job, relay its events back.
 
-Before any content has reached the client, a failed, lost or silent host is abandoned
-and the job goes to another host (up to ``max_attempts`` within ``request_timeout``).
-After content has been sent a failure raises :class:`StreamBroken`; the API layer ends
-the stream with an explicit error event, never a truncated success.
+Before any content: a host that fails (5xx, connection error, disconnect) or stays
+silent past ``ttft_timeout`` is abandoned and the job goes to another host. After
+content: a lost host, a stall past ``token_timeout``, a cut stream or a malformed
+chunk continues the answer on another host that can continue a final assistant
+message, the partial answer sent as that prefix (the host strips any echo of it).
+Where no host can, :class:`StreamBroken` is raised and the client gets an explicit
+error, never a truncated success. Client errors are not retried. Every attempt is
+bounded by ``max_attempts`` and the whole request by ``request_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import structlog
 
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.hosts import Assignment, Host, HostLost, Registry
-from andy_host.coordinator.scheduler import acquire, new_job_id
+from andy_host.coordinator.health import HealthPolicy
+from andy_host.coordinator.hosts import Assignment, Host
+from andy_host.coordinator.scheduler import Scheduler
+from andy_host.coordinator.stats import PoolStats
 from andy_host.errors import APIError, backend_error, timeout_error
-from andy_host.protocol import Cancel, Chunk, Done, Job, JobError, JobKind, encode
+from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, Job, JobError, JobKind, encode
 
 log = structlog.get_logger("andy_host.relay")
 
 
 class StreamBroken(Exception):
-    """The job failed after content was sent to the client; it cannot be retried."""
+    """The job failed after content was sent and no host could continue it."""
 
+
+class Restart:
+    """Yielded to a non-streaming caller: discard the partial text, it starts over."""
+
+
+RESTART = Restart()
 
 _background: set[asyncio.Task[None]] = set()
 
@@ -41,94 +55,191 @@ def _cancel_on_host(host: Host, job_id: str) -> None:
     task.add_done_callback(_background.discard)
 
 
-def _retryable(event: JobError) -> bool:
-    return event.status >= 500 or event.status in (408, 429)
+def _continuation(request: dict[str, Any], partial: str, pieces: int) -> dict[str, Any]:
+    messages = [*request["messages"], {"role": "assistant", "content": partial}]
+    follow = {**request, "messages": messages, "continuation": True}
+    if "max_tokens" in request:
+        follow["max_tokens"] = max(1, request["max_tokens"] - pieces)
+    return follow
 
 
-async def run_job(
-    registry: Registry,
-    config: CoordinatorConfig,
-    kind: JobKind,
-    model: str,
-    request: dict[str, object],
-) -> AsyncGenerator[str | Done, None]:
-    """Yield content strings, then the final ``Done``; raise APIError or StreamBroken."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.request_timeout
-    tried: set[str] = set()
-    last_error: APIError | None = None
-    content_sent = False
-    for attempt in range(1, config.max_attempts + 1):
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
+class Relay:
+    def __init__(self, scheduler: Scheduler, config: CoordinatorConfig, stats: PoolStats) -> None:
+        self.scheduler = scheduler
+        self.config = config
+        self.stats = stats
+        self.policy = HealthPolicy(config.eject_after, config.eject_base, config.eject_max)
+
+    def _failed(self, assignment: Assignment, model: str, slow: bool) -> None:
+        host = assignment.host
+        host.failures += 1
+        self.stats.failovers += 1
+        last = len(self.scheduler.registry.by_model.get(model, ())) <= 1
+        if host.health.record_failure(time.monotonic(), self.policy, slow=slow, last_host=last):
+            self.stats.ejections += 1
+            log.warning("host.ejected", host_id=host.id, offences=host.health.offences)
+
+    def _succeeded(self, assignment: Assignment, done: Done) -> None:
+        host = assignment.host
+        now = time.monotonic()
+        host.served += 1
+        tokens = done.usage.get("completion_tokens", 0)
+        host.tokens += tokens
+        ttft = tps = None
+        if assignment.first_token_at is not None:
+            ttft = assignment.first_token_at - assignment.sent_at
+            if tokens > 1 and now > assignment.first_token_at:
+                tps = (tokens - 1) / (now - assignment.first_token_at)
+        host.health.record_speed(ttft, tps)
+        host.health.record_success(self.policy)
+
+    async def run(
+        self,
+        kind: JobKind,
+        model: str,
+        request: dict[str, Any],
+        client: str = "",
+        stream: bool = True,
+    ) -> AsyncGenerator[str | Done | Restart, None]:
+        """Yield content strings, then the final ``Done``; raise APIError or StreamBroken.
+
+        With ``stream=False`` a failure after content may also restart the answer from
+        scratch on a host that cannot continue; ``RESTART`` tells the caller to discard.
+        """
+        config, loop = self.config, asyncio.get_running_loop()
+        deadline = loop.time() + config.request_timeout
+        self.stats.requests += 1
+        tried: set[str] = set()
+        partial: list[str] = []
+        last_error: APIError | None = None
+        failures = 0
+        for attempt in range(1, config.max_attempts + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            need = FEATURE_CONTINUE if partial else None
+            if partial and not stream and not self.scheduler.candidates(model, tried, kind, need):
+                partial.clear()  # nobody can continue it: a non-stream answer starts over
+                need = None
+                yield RESTART
+            try:
+                assignment = await self.scheduler.acquire(
+                    model, tried, min(config.queue_timeout, remaining), kind, client, need
+                )
+            except APIError:
+                if last_error is not None or partial:
+                    break
+                raise
+            host = assignment.host
+            tried.add(host.id)
+            body = _continuation(request, "".join(partial), len(partial)) if partial else request
+            bound = log.bind(job_id=assignment.id, host_id=host.id, model=model, attempt=attempt)
+            if partial:
+                self.stats.continued += 1
+                bound.info("job.continuing", prefix_chars=sum(map(len, partial)))
+            before = len(partial)  # tokens already delivered by earlier hosts
+            outcome = self._attempt(assignment, kind, model, body, deadline, bool(partial))
+            try:
+                async for item in outcome:
+                    if isinstance(item, str):
+                        partial.append(item)
+                        yield item
+                    elif isinstance(item, Done):
+                        if failures:
+                            self.stats.rescued += 1
+                        self.stats.completed += 1
+                        item.usage["completion_tokens"] = item.usage.get("completion_tokens", 0) + before
+                        bound.info("job.done", finish_reason=item.finish_reason, failovers=failures)
+                        yield item
+                        return
+                    else:  # an APIError the attempt ended with, to fail over from
+                        failures += 1
+                        last_error = item
+                        bound.warning("job.failover", reason=item.message, content_sent=bool(partial))
+            finally:
+                await outcome.aclose()
+        self.stats.failed += 1
+        if partial:
+            raise StreamBroken(
+                "the host serving this answer failed and no other host could continue it"
+                + (f" ({last_error.message})" if last_error else "")
+            )
+        if last_error is not None:
+            raise last_error
+        raise timeout_error(f"the request did not complete within {config.request_timeout:.0f}s")
+
+    async def _attempt(
+        self,
+        assignment: Assignment,
+        kind: JobKind,
+        model: str,
+        body: dict[str, Any],
+        deadline: float,
+        continuing: bool,
+    ) -> AsyncGenerator[str | Done | APIError, None]:
+        """One host's try: content, then Done; or an APIError to fail over from.
+
+        Raises APIError for failures that must not be retried (client errors).
+        """
+        config, loop = self.config, asyncio.get_running_loop()
+        host = assignment.host
+        got_content = False
         try:
-            host = await acquire(registry, model, tried, min(config.queue_timeout, remaining), kind)
-        except APIError:
-            if last_error is not None:
-                raise last_error from None
-            raise
-        tried.add(host.id)
-        assignment = Assignment(id=new_job_id(), host=host)
-        host.jobs[assignment.id] = assignment
-        bound = log.bind(job_id=assignment.id, host_id=host.id, model=model, attempt=attempt)
-        try:
+            assignment.sent_at = time.monotonic()
             try:
                 await host.send(
-                    encode(Job(id=assignment.id, kind=kind, model=model, request=request, deadline=remaining))
+                    encode(Job(id=assignment.id, kind=kind, model=model, request=body,
+                               deadline=max(deadline - loop.time(), 0.001)))
                 )
             except ConnectionError as exc:  # the host's socket closed just now
-                bound.warning("job.send_failed", error=str(exc))
-                last_error = APIError(502, f"Host lost: {exc}", type="server_error", code="host_lost")
-                continue
+                self._failed(assignment, model, slow=False)
+                yield APIError(502, f"Host lost: {exc}", type="server_error", code="host_lost")
+                return
             while True:
-                limit = config.token_timeout if content_sent else config.ttft_timeout
+                limit = config.token_timeout if got_content else config.ttft_timeout
                 limit = min(limit, deadline - loop.time())
                 try:
                     event = await asyncio.wait_for(assignment.events.get(), max(limit, 0.001))
                 except TimeoutError:
-                    what = "between tokens" if content_sent else "before the first token"
-                    event = HostLost(f"host {host.name} was silent for {limit:.1f}s {what}")
+                    what = "between tokens" if got_content else "before the first token"
+                    self._failed(assignment, model, slow=True)
+                    yield timeout_error(f"host {host.name} was silent for {limit:.1f}s {what}")
+                    return
                 if isinstance(event, Chunk):
                     if event.content:
-                        content_sent = True
+                        if not got_content:
+                            assignment.first_token_at = time.monotonic()
+                            got_content = True
                         yield event.content
                     continue
                 if isinstance(event, Done):
                     assignment.finished = True
-                    host.served += 1
-                    host.tokens += event.usage.get("completion_tokens", 0)
-                    bound.info("job.done", finish_reason=event.finish_reason)
+                    self._succeeded(assignment, event)
                     yield event
                     return
                 if isinstance(event, JobError):
                     assignment.finished = True
+                    if event.retry_after:
+                        host.health.cool_down(time.monotonic(), event.retry_after)
                     error = backend_error(event.status, event.message)
-                    if not _retryable(event):
-                        bound.info("job.rejected", status=event.status, message=event.message)
+                    retryable = event.status >= 500 or event.status in (408, 429)
+                    if continuing and 400 <= event.status < 500 and event.status != 429:
+                        host.features.discard(FEATURE_CONTINUE)  # recorded: it cannot continue
+                        yield error
+                        return
+                    if not retryable:
                         raise error
-                    host.failures += 1
-                    bound.warning("job.host_error", status=event.status, message=event.message)
-                    if content_sent:
-                        raise StreamBroken(f"host failed mid-stream: {event.message}")
-                    last_error = error
-                    break
-                # HostLost: disconnect, death or silence
-                host.failures += 1
-                bound.warning("job.host_lost", reason=event.reason, content_sent=content_sent)
-                if content_sent:
-                    raise StreamBroken(f"the host serving this stream was lost: {event.reason}")
-                last_error = (
-                    timeout_error(event.reason)
-                    if "silent" in event.reason
-                    else APIError(502, f"Host lost: {event.reason}", type="server_error", code="host_lost")
-                )
-                break
+                    if event.status != 429 and not (event.status == 503 and event.retry_after):
+                        self._failed(assignment, model, slow=False)
+                    else:
+                        self.stats.failovers += 1
+                    yield error
+                    return
+                # HostLost
+                self._failed(assignment, model, slow=False)
+                yield APIError(502, f"Host lost: {event.reason}", type="server_error", code="host_lost")
+                return
         finally:
-            if host.jobs.pop(assignment.id, None) is not None:
-                registry.notify()
+            self.scheduler.release(assignment)
             if not assignment.finished:
                 _cancel_on_host(host, assignment.id)
-    if last_error is not None:
-        raise last_error
-    raise timeout_error(f"the request did not complete within {config.request_timeout:.0f}s")

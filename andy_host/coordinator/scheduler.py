@@ -1,62 +1,200 @@
-"""Choosing a host for a job, and waiting (bounded) when every host is busy."""
+"""Choosing a host for each job, and a fair, bounded queue when every host is busy.
+
+Routing among connected hosts that serve the model, admit jobs now (not paused,
+draining, cooling down or ejected) and have a free slot: the model already loaded
+first, then the lowest load against advertised capacity, then the better recent
+speed (coordinator-measured tokens/s; an unmeasured host counts as fast so it gets
+measured), then the host assigned least recently. A slot is reserved the moment a
+host is chosen, so no host ever gets more jobs than it advertised.
+
+Waiting requests queue per model, round-robin by client: one busy client cannot
+starve the rest. Past ``queue_timeout`` or ``max_queue`` the answer is 503, and a
+client holding more than ``max_queue_per_client`` places gets 429, both with
+``Retry-After``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
-from andy_host.coordinator.hosts import Host, Registry
-from andy_host.errors import no_available_hosts
+from andy_host.config import CoordinatorConfig
+from andy_host.coordinator.hosts import Assignment, Host, Registry
+from andy_host.errors import APIError, no_available_hosts
 
 _job_ids = itertools.count(1)
 
 
-def _serves(host: Host, model: str, kind: str) -> bool:
-    return kind != "embed" or host.models[model].embed
-
-
-def pick(registry: Registry, model: str, exclude: set[str], kind: str = "chat") -> Host | None:
-    """The best host now: model loaded first, then the lowest load against capacity."""
-    best: Host | None = None
-    best_key: tuple[bool, float] | None = None
-    for host in registry.by_model.get(model, ()):
-        if host.id in exclude or not host.accepts() or not _serves(host, model, kind):
-            continue
-        key = (model not in host.loaded, len(host.jobs) / host.capacity)
-        if best_key is None or key < best_key:
-            best, best_key = host, key
-    return best
-
-
-async def acquire(
-    registry: Registry, model: str, exclude: set[str], wait: float, kind: str = "chat"
-) -> Host:
-    """A host with a free slot, waiting while all of them are busy.
-
-    Waits at most ``wait`` seconds. Raises 503 ``No available hosts`` when no host serves the model (or all were tried),
-    or when the wait runs out.
-    """
-    host = pick(registry, model, exclude, kind)
-    if host is not None:
-        return host
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        changed = registry.changed()
-        host = pick(registry, model, exclude, kind)
-        if host is not None:
-            return host
-        candidates = [
-            h for h in registry.by_model.get(model, ()) if h.id not in exclude and _serves(h, model, kind)
-        ]
-        remaining = deadline - loop.time()
-        if not candidates or remaining <= 0:
-            raise no_available_hosts(model)
-        try:
-            await asyncio.wait_for(changed.wait(), remaining)
-        except TimeoutError:
-            raise no_available_hosts(model) from None
-
-
 def new_job_id() -> str:
     return f"j{next(_job_ids):x}"
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    client: str
+    kind: str
+    exclude: set[str]
+    need: str | None
+    future: asyncio.Future[Assignment]
+
+
+@dataclass(slots=True)
+class ModelQueue:
+    """Waiters of one model, grouped by client, served round-robin."""
+
+    clients: OrderedDict[str, deque[Waiter]] = field(default_factory=OrderedDict)
+    size: int = 0
+
+    def push(self, waiter: Waiter) -> None:
+        self.clients.setdefault(waiter.client, deque()).append(waiter)
+        self.size += 1
+
+    def remove(self, waiter: Waiter) -> None:
+        queue = self.clients.get(waiter.client)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self.size -= 1
+            if not queue:
+                del self.clients[waiter.client]
+
+    def count(self, client: str) -> int:
+        return len(self.clients.get(client, ()))
+
+
+class Scheduler:
+    def __init__(self, registry: Registry, config: CoordinatorConfig) -> None:
+        self.registry = registry
+        self.config = config
+        self.queues: dict[str, ModelQueue] = {}
+        self._assignments = itertools.count(1)
+        registry.on_capacity = self.dispatch
+
+    def queued(self, model: str | None = None) -> int:
+        if model is not None:
+            queue = self.queues.get(model)
+            return queue.size if queue else 0
+        return sum(q.size for q in self.queues.values())
+
+    def candidates(self, model: str, exclude: set[str], kind: str, need: str | None) -> list[Host]:
+        """Hosts that could ever run this job (connected, serve the model, not excluded)."""
+        return [
+            h
+            for h in self.registry.by_model.get(model, ())
+            if h.id not in exclude
+            and (kind != "embed" or h.models[model].embed)
+            and (need is None or need in h.features)
+        ]
+
+    def pick(
+        self, model: str, exclude: set[str], kind: str = "chat", need: str | None = None
+    ) -> Host | None:
+        now = time.monotonic()
+        best: Host | None = None
+        best_key: tuple[bool, float, float, int] | None = None
+        for host in self.registry.by_model.get(model, ()):
+            if host.id in exclude or not host.accepts(now):
+                continue
+            if kind == "embed" and not host.models[model].embed:
+                continue
+            if need is not None and need not in host.features:
+                continue
+            tps = host.health.tps
+            key = (
+                model not in host.loaded,
+                len(host.jobs) / host.capacity,
+                -(math.inf if tps is None else tps),
+                host.last_assigned,
+            )
+            if best_key is None or key < best_key:
+                best, best_key = host, key
+        return best
+
+    def assign(self, host: Host) -> Assignment:
+        assignment = Assignment(id=new_job_id(), host=host)
+        host.jobs[assignment.id] = assignment
+        host.last_assigned = next(self._assignments)
+        return assignment
+
+    def release(self, assignment: Assignment) -> None:
+        if assignment.host.jobs.pop(assignment.id, None) is not None:
+            self.dispatch()
+
+    async def acquire(
+        self,
+        model: str,
+        exclude: set[str],
+        wait: float,
+        kind: str = "chat",
+        client: str = "",
+        need: str | None = None,
+    ) -> Assignment:
+        """A reserved slot on the best host, waiting fairly while all are busy.
+
+        Raises 503 ``No available hosts`` when no host could run the job, when the
+        queue is full or the wait runs out; 429 when this client holds too many places.
+        """
+        queue = self.queues.get(model)
+        if queue is None or queue.size == 0:
+            host = self.pick(model, exclude, kind, need)
+            if host is not None:
+                return self.assign(host)
+        if not self.candidates(model, exclude, kind, need):
+            raise no_available_hosts(model)
+        queue = self.queues.setdefault(model, ModelQueue())
+        retry_after = str(max(1, math.ceil(self.config.queue_timeout / 4)))
+        if queue.count(client) >= self.config.max_queue_per_client:
+            raise APIError(
+                429,
+                f"Too many of your requests are already waiting for `{model}`; retry after {retry_after}s.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry_after},
+            )
+        if queue.size >= self.config.max_queue:
+            raise no_available_hosts(model, int(retry_after))
+        waiter = Waiter(client, kind, exclude, need, asyncio.get_running_loop().create_future())
+        queue.push(waiter)
+        self.dispatch()
+        granted = waiter.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(granted), wait)
+        except TimeoutError:
+            if granted.done() and not granted.cancelled():
+                return granted.result()  # granted just as the wait ran out
+            raise no_available_hosts(model, int(retry_after)) from None
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(granted.result())  # the client left: give the slot back
+            raise
+        finally:
+            queue.remove(waiter)
+            if not granted.done():
+                granted.cancel()
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiting requests, one per client in turn."""
+        for model, queue in self.queues.items():
+            progress = True
+            while queue.size and progress:
+                progress = False
+                for client in list(queue.clients):
+                    waiters = queue.clients.get(client)
+                    if not waiters:
+                        continue
+                    waiter = waiters[0]
+                    if waiter.future.done():
+                        queue.remove(waiter)
+                        progress = True
+                        continue
+                    host = self.pick(model, waiter.exclude, waiter.kind, waiter.need)
+                    if host is None:
+                        continue
+                    queue.remove(waiter)
+                    if client in queue.clients:  # this client goes to the back of the round
+                        queue.clients.move_to_end(client)
+                    waiter.future.set_result(self.assign(host))
+                    progress = True

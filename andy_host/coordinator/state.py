@@ -6,8 +6,14 @@ from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.relay import Relay
+from andy_host.coordinator.scheduler import Scheduler
+from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 
 CONFIG = web.AppKey("config", CoordinatorConfig)
 REGISTRY = web.AppKey("registry", Registry)
 STORE = web.AppKey("store", Store)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+RELAY = web.AppKey("relay", Relay)
+STATS = web.AppKey("stats", PoolStats)

@@ -27,6 +27,21 @@ def generate(label: str, messages: list[dict[str, str]], max_tokens: int | None,
     return tokens, reason
 
 
+def continuation(
+    label: str, messages: list[dict[str, str]], max_tokens: int | None, stop: list[str], echo: bool
+) -> tuple[list[str], str]:
+    """Continue a final assistant message: the rest of the same deterministic reply,
+    preceded by the prefix itself when the backend echoes it (llama.cpp does)."""
+    prefix = messages[-1].get("content", "")
+    tokens, reason = generate(label, messages[:-1], None, stop)
+    full = "".join(tokens)
+    rest = full[len(prefix):] if full.startswith(prefix) else full
+    rest_tokens = re.findall(r"\s*\S+|\s+$", rest)
+    if max_tokens is not None and len(rest_tokens) > max_tokens:
+        rest_tokens, reason = rest_tokens[:max_tokens], "length"
+    return ([prefix] if echo else []) + rest_tokens, reason
+
+
 def embedding(text: str, dim: int = 8) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
     return [round((b - 128) / 128, 6) for b in digest[:dim]]

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from tests.fakes.common import embedding, generate, serve
+from tests.fakes.common import continuation, embedding, generate, serve
 
 
 def now() -> str:
@@ -40,6 +40,17 @@ def make_app(args: argparse.Namespace) -> web.Application:
     def not_found(name: str) -> web.Response:
         return web.json_response({"error": f"model '{name}' not found"}, status=404)
 
+    fault = {"reject_prefix": 0}
+    stats = {"requests": 0, "continuations": 0}
+
+    async def set_fault(request: web.Request) -> web.Response:
+        body = await request.json()
+        fault["reject_prefix"] = body.get("count", 1) if body.get("mode") == "reject_prefix" else 0
+        return web.json_response(fault)
+
+    async def get_stats(_: web.Request) -> web.Response:
+        return web.json_response(stats)
+
     async def version(_: web.Request) -> web.Response:
         return web.json_response({"version": "0.5.7"})
 
@@ -52,6 +63,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
         ]})
 
     async def ps(_: web.Request) -> web.Response:
+        if args.nothing_loaded:
+            return web.json_response({"models": []})
         return web.json_response({"models": [
             {"name": names[0], "model": names[0], "size": 5_137_025_024, "digest": "sha256:" + "0" * 64,
              "details": {"format": "gguf", "family": "llama", "quantization_level": "Q4_K_M"},
@@ -72,6 +85,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         })
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        stats["requests"] += 1
         try:
             body = await request.json()
         except ValueError:
@@ -85,7 +99,16 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return web.json_response({"error": "llama runner process has terminated: CUDA error: out of memory"}, status=500)
         options = body.get("options") or {}
         stop = options.get("stop") or []
-        tokens, reason = generate(args.label, body.get("messages", []), options.get("num_predict"), stop)
+        messages = body.get("messages", [])
+        if messages and messages[-1].get("role") == "assistant":
+            stats["continuations"] += 1
+            if fault["reject_prefix"]:
+                fault["reject_prefix"] -= 1
+                return web.json_response({"error": "assistant prefill is not supported by this template"}, status=400)
+            # Ollama continues a final assistant message and does not echo it
+            tokens, reason = continuation(args.label, messages, options.get("num_predict"), stop, echo=False)
+        else:
+            tokens, reason = generate(args.label, messages, options.get("num_predict"), stop)
         final = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": ""},
                  "done": True, "done_reason": reason, "total_duration": 1_000_000, "load_duration": 1000,
                  "prompt_eval_count": 9, "prompt_eval_duration": 1000, "eval_count": len(tokens), "eval_duration": 1000}
@@ -120,6 +143,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/embed", embed)
+    app.router.add_post("/_fault", set_fault)
+    app.router.add_get("/_stats", get_stats)
     return app
 
 
@@ -129,6 +154,7 @@ def main() -> None:
     parser.add_argument("--embed-only", default="")
     parser.add_argument("--failing", default="", help="models whose chat answers 500")
     parser.add_argument("--label", default="ollama")
+    parser.add_argument("--nothing-loaded", action="store_true", help="/api/ps lists no model")
     parser.add_argument("--token-delay", type=float, default=0.0)
     serve(make_app, parser)
 
