@@ -114,8 +114,8 @@ async def host_websocket(request: web.Request) -> web.WebSocketResponse:
                 break
             else:  # CLOSE, CLOSING, CLOSED
                 break
-    except asyncio.CancelledError:
-        reason = "coordinator shutting down"
+    except asyncio.CancelledError:  # aiohttp cancels the handler when the connection drops
+        reason = "connection lost"
         raise
     finally:
         registry.remove(host, reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,8 +36,13 @@ class Assignment:
     first_token_at: float | None = None
 
 
+_connections = itertools.count(1)
+
+
 @dataclass(eq=False)
 class Host:
+    """One connection of a host (a host that reconnects is a new Host, same id)."""
+
     id: str
     name: str
     backend: str
@@ -53,6 +59,7 @@ class Host:
     jobs: dict[str, Assignment] = field(default_factory=dict)
     health: HostHealth = field(default_factory=HostHealth)
     last_assigned: int = 0
+    conn: int = field(default_factory=lambda: next(_connections))
     connected_at: float = field(default_factory=time.time)
     served: int = 0
     failures: int = 0

@@ -109,7 +109,7 @@ class Relay:
         config, loop = self.config, asyncio.get_running_loop()
         deadline = loop.time() + config.request_timeout
         self.stats.requests += 1
-        tried: set[str] = set()
+        tried: set[int] = set()
         partial: list[str] = []
         last_error: APIError | None = None
         failures = 0
@@ -124,14 +124,15 @@ class Relay:
                 yield RESTART
             try:
                 assignment = await self.scheduler.acquire(
-                    model, tried, min(config.queue_timeout, remaining), kind, client, need
+                    model, tried, min(config.queue_timeout, remaining), kind, client, need,
+                    await_hosts=attempt > 1,
                 )
             except APIError:
                 if last_error is not None or partial:
                     break
                 raise
             host = assignment.host
-            tried.add(host.id)
+            tried.add(host.conn)
             body = _continuation(request, "".join(partial), len(partial)) if partial else request
             bound = log.bind(job_id=assignment.id, host_id=host.id, model=model, attempt=attempt)
             if partial:

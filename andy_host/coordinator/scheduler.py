@@ -7,10 +7,11 @@ speed (coordinator-measured tokens/s; an unmeasured host counts as fast so it ge
 measured), then the host assigned least recently. A slot is reserved the moment a
 host is chosen, so no host ever gets more jobs than it advertised.
 
-Waiting requests queue per model, round-robin by client: one busy client cannot
-starve the rest. Past ``queue_timeout`` or ``max_queue`` the answer is 503, and a
-client holding more than ``max_queue_per_client`` places gets 429, both with
-``Retry-After``.
+Waiting requests queue per model, grouped by client; a freed slot goes to the
+waiting client that was served least recently (round-robin across clients, new
+clients first), so one busy client cannot starve the rest. Past ``queue_timeout``
+or ``max_queue`` the answer is 503, and a client holding more than
+``max_queue_per_client`` places gets 429, both with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from andy_host.coordinator.hosts import Assignment, Host, Registry
 from andy_host.errors import APIError, no_available_hosts
 
 _job_ids = itertools.count(1)
+MAX_REMEMBERED_CLIENTS = 100_000
 
 
 def new_job_id() -> str:
@@ -37,7 +39,7 @@ def new_job_id() -> str:
 class Waiter:
     client: str
     kind: str
-    exclude: set[str]
+    exclude: set[int]
     need: str | None
     future: asyncio.Future[Assignment]
 
@@ -71,6 +73,7 @@ class Scheduler:
         self.config = config
         self.queues: dict[str, ModelQueue] = {}
         self._assignments = itertools.count(1)
+        self.served_at: OrderedDict[str, int] = OrderedDict()  # client -> last assignment
         registry.on_capacity = self.dispatch
 
     def queued(self, model: str | None = None) -> int:
@@ -79,24 +82,25 @@ class Scheduler:
             return queue.size if queue else 0
         return sum(q.size for q in self.queues.values())
 
-    def candidates(self, model: str, exclude: set[str], kind: str, need: str | None) -> list[Host]:
+    def candidates(self, model: str, exclude: set[int], kind: str, need: str | None) -> list[Host]:
         """Hosts that could ever run this job (connected, serve the model, not excluded)."""
         return [
             h
             for h in self.registry.by_model.get(model, ())
-            if h.id not in exclude
+            if h.conn not in exclude
             and (kind != "embed" or h.models[model].embed)
             and (need is None or need in h.features)
         ]
 
     def pick(
-        self, model: str, exclude: set[str], kind: str = "chat", need: str | None = None
+        self, model: str, exclude: set[int], kind: str = "chat", need: str | None = None
     ) -> Host | None:
+        """The best host now; ``exclude`` holds connections (``Host.conn``) already tried."""
         now = time.monotonic()
         best: Host | None = None
         best_key: tuple[bool, float, float, int] | None = None
         for host in self.registry.by_model.get(model, ()):
-            if host.id in exclude or not host.accepts(now):
+            if host.conn in exclude or not host.accepts(now):
                 continue
             if kind == "embed" and not host.models[model].embed:
                 continue
@@ -113,10 +117,14 @@ class Scheduler:
                 best, best_key = host, key
         return best
 
-    def assign(self, host: Host) -> Assignment:
+    def assign(self, host: Host, client: str) -> Assignment:
         assignment = Assignment(id=new_job_id(), host=host)
         host.jobs[assignment.id] = assignment
-        host.last_assigned = next(self._assignments)
+        host.last_assigned = turn = next(self._assignments)
+        self.served_at[client] = turn
+        self.served_at.move_to_end(client)
+        if len(self.served_at) > MAX_REMEMBERED_CLIENTS:
+            self.served_at.popitem(last=False)
         return assignment
 
     def release(self, assignment: Assignment) -> None:
@@ -126,23 +134,25 @@ class Scheduler:
     async def acquire(
         self,
         model: str,
-        exclude: set[str],
+        exclude: set[int],
         wait: float,
         kind: str = "chat",
         client: str = "",
         need: str | None = None,
+        await_hosts: bool = False,
     ) -> Assignment:
         """A reserved slot on the best host, waiting fairly while all are busy.
 
-        Raises 503 ``No available hosts`` when no host could run the job, when the
-        queue is full or the wait runs out; 429 when this client holds too many places.
+        Raises 503 ``No available hosts`` when no host could run the job (unless
+        ``await_hosts``: a failover waits for one to connect), when the queue is full
+        or the wait runs out; 429 when this client holds too many places.
         """
         queue = self.queues.get(model)
         if queue is None or queue.size == 0:
             host = self.pick(model, exclude, kind, need)
             if host is not None:
-                return self.assign(host)
-        if not self.candidates(model, exclude, kind, need):
+                return self.assign(host, client)
+        if not await_hosts and not self.candidates(model, exclude, kind, need):
             raise no_available_hosts(model)
         queue = self.queues.setdefault(model, ModelQueue())
         retry_after = str(max(1, math.ceil(self.config.queue_timeout / 4)))
@@ -176,25 +186,19 @@ class Scheduler:
                 granted.cancel()
 
     def dispatch(self) -> None:
-        """Hand free slots to waiting requests, one per client in turn."""
+        """Hand free slots to waiting requests: the client served least recently first."""
         for model, queue in self.queues.items():
-            progress = True
-            while queue.size and progress:
-                progress = False
-                for client in list(queue.clients):
-                    waiters = queue.clients.get(client)
-                    if not waiters:
-                        continue
-                    waiter = waiters[0]
+            while queue.size:
+                order = sorted(queue.clients, key=lambda c: self.served_at.get(c, 0))
+                for client in order:
+                    waiter = queue.clients[client][0]
                     if waiter.future.done():
                         queue.remove(waiter)
-                        progress = True
-                        continue
+                        break
                     host = self.pick(model, waiter.exclude, waiter.kind, waiter.need)
-                    if host is None:
-                        continue
-                    queue.remove(waiter)
-                    if client in queue.clients:  # this client goes to the back of the round
-                        queue.clients.move_to_end(client)
-                    waiter.future.set_result(self.assign(host))
-                    progress = True
+                    if host is not None:
+                        queue.remove(waiter)
+                        waiter.future.set_result(self.assign(host, client))
+                        break
+                else:
+                    break  # nobody waiting can be served now

@@ -38,7 +38,8 @@ def error(status: int, message: str, kind: str = "invalid_request_error", header
 def make_app(args: argparse.Namespace) -> web.Application:
     model = args.model
     fault: dict[str, Any] = {"mode": None, "count": 0}
-    stats = {"requests": 0, "faults": 0, "aborted": 0, "continuations": 0, "completed": 0}
+    stats = {"requests": 0, "faults": 0, "aborted": 0, "continuations": 0, "completed": 0,
+             "concurrent": 0, "max_concurrent": 0}
 
     def take_fault(is_continuation: bool) -> dict[str, Any] | None:
         if not fault["mode"] or fault["count"] == 0:
@@ -76,6 +77,14 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
+        stats["concurrent"] += 1
+        stats["max_concurrent"] = max(stats["max_concurrent"], stats["concurrent"])
+        try:
+            return await _chat(request)
+        finally:
+            stats["concurrent"] -= 1
+
+    async def _chat(request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
         except ValueError:
