@@ -10,9 +10,10 @@ Jobs carry no client identity: no API key, no address.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+import orjson
 
 PROTOCOL_VERSION = 1
 MAX_ID_LEN = 64
@@ -73,8 +74,11 @@ class Models:
 
 @dataclass(slots=True)
 class Chunk:
+    """Content of a job; ``tokens`` backend chunks that arrived together."""
+
     id: str
     content: str
+    tokens: int = 1
     type: Literal["chunk"] = "chunk"
 
 
@@ -126,13 +130,22 @@ CoordinatorMessage = Welcome | Job | Cancel
 Message = HostMessage | CoordinatorMessage
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, ModelInfo):
+        return {f.name: getattr(value, f.name) for f in fields(ModelInfo)}
+    if isinstance(value, list) and value and isinstance(value[0], ModelInfo):
+        return [_plain(v) for v in value]
+    return value
+
+
 def encode(message: Message) -> str:
-    return json.dumps(asdict(message), separators=(",", ":"))
+    """A message as one JSON text frame (dataclasses.asdict is too slow for the hot path)."""
+    return orjson.dumps({f.name: _plain(getattr(message, f.name)) for f in fields(message)}).decode()
 
 
-def encode_chunk(job_id: str, content: str) -> str:
+def encode_chunk(job_id: str, content: str, tokens: int = 1) -> str:
     """Fast path for the most frequent frame (same wire form as ``encode(Chunk)``)."""
-    return '{"id":%s,"content":%s,"type":"chunk"}' % (json.dumps(job_id), json.dumps(content))
+    return orjson.dumps({"id": job_id, "content": content, "tokens": tokens, "type": "chunk"}).decode()
 
 
 # --- validation helpers -----------------------------------------------------------
@@ -233,7 +246,11 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
         content = obj.get("content")
         if not isinstance(content, str):
             raise ProtocolError("field 'content' must be a string")
-        return Chunk(id=_str(obj, "id", max_len=MAX_ID_LEN), content=content)
+        return Chunk(
+            id=_str(obj, "id", max_len=MAX_ID_LEN),
+            content=content,
+            tokens=_int(obj, "tokens", lo=0, hi=1_000_000, optional=True) or 1,
+        )
     if kind == "done":
         reason = obj.get("finish_reason", "stop")
         if reason not in ("stop", "length"):
@@ -316,8 +333,8 @@ def _decode_coordinator(obj: dict[str, Any], kind: str) -> CoordinatorMessage:
 
 def _load(text: str | bytes) -> tuple[dict[str, Any], str]:
     try:
-        obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = orjson.loads(text)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object")

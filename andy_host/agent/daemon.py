@@ -17,6 +17,7 @@ from andy_host.agent.identity import host_id, state_dir
 from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link
 from andy_host.agent.managed import ManagedLlamaServer
+from andy_host.aio import run_loop
 from andy_host.config import Config
 from andy_host.protocol import FEATURE_CONTINUE, Heartbeat, Hello, Models, encode
 
@@ -130,4 +131,4 @@ def run_agent_forever(config: Config) -> None:
         loop.add_signal_handler(signal.SIGTERM, drain.set)
         await run_agent(config, stop, drain)
 
-    asyncio.run(main())
+    run_loop(main())

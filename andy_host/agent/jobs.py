@@ -136,9 +136,9 @@ class JobRunner:
         echo = EchoStripper(job.request["messages"][-1]["content"] if job.request.get("continuation") else "")
         async for piece in self.backend.chat(backend_id, job.request):
             content = echo.feed(piece.content) if piece.content else ""
+            produced += piece.pieces if piece.content else 0
             if content:
-                produced += 1
-                await send(encode_chunk(job.id, content))
+                await send(encode_chunk(job.id, content, piece.pieces))
             if piece.finish_reason:
                 finish_reason = piece.finish_reason
             if piece.usage:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import WSCloseCode, web
 
+from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator import openai_api
 from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
@@ -96,4 +97,4 @@ def run_coordinator(config: CoordinatorConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    run_loop(main())

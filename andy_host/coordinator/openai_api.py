@@ -10,6 +10,7 @@ import uuid
 from contextlib import aclosing
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -76,7 +77,7 @@ class _ChunkWriter:
         ).encode()
 
     def content(self, text: str) -> bytes:
-        return self.delta('{"content":%s}' % json.dumps(text))
+        return self.delta('{"content":%s}' % orjson.dumps(text).decode())
 
     def usage(self, usage: dict[str, int]) -> bytes:
         return f'data: {self.head}[],"usage":{json.dumps(usage)}}}\n\n'.encode()

@@ -21,7 +21,7 @@ import structlog
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.health import HealthPolicy
-from andy_host.coordinator.hosts import Assignment, Host
+from andy_host.coordinator.hosts import Assignment, Host, HostLost
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.errors import APIError, backend_error, timeout_error
@@ -55,11 +55,11 @@ def _cancel_on_host(host: Host, job_id: str) -> None:
     task.add_done_callback(_background.discard)
 
 
-def _continuation(request: dict[str, Any], partial: str, pieces: int) -> dict[str, Any]:
+def _continuation(request: dict[str, Any], partial: str, tokens: int) -> dict[str, Any]:
     messages = [*request["messages"], {"role": "assistant", "content": partial}]
     follow = {**request, "messages": messages, "continuation": True}
     if "max_tokens" in request:
-        follow["max_tokens"] = max(1, request["max_tokens"] - pieces)
+        follow["max_tokens"] = max(1, request["max_tokens"] - tokens)
     return follow
 
 
@@ -111,6 +111,7 @@ class Relay:
         self.stats.requests += 1
         tried: set[int] = set()
         partial: list[str] = []
+        tokens = 0  # tokens delivered so far, by every host that worked on this answer
         last_error: APIError | None = None
         failures = 0
         for attempt in range(1, config.max_attempts + 1):
@@ -120,6 +121,7 @@ class Relay:
             need = FEATURE_CONTINUE if partial else None
             if partial and not stream and not self.scheduler.candidates(model, tried, kind, need):
                 partial.clear()  # nobody can continue it: a non-stream answer starts over
+                tokens = 0
                 need = None
                 yield RESTART
             try:
@@ -133,18 +135,19 @@ class Relay:
                 raise
             host = assignment.host
             tried.add(host.conn)
-            body = _continuation(request, "".join(partial), len(partial)) if partial else request
+            body = _continuation(request, "".join(partial), tokens) if partial else request
             bound = log.bind(job_id=assignment.id, host_id=host.id, model=model, attempt=attempt)
             if partial:
                 self.stats.continued += 1
                 bound.info("job.continuing", prefix_chars=sum(map(len, partial)))
-            before = len(partial)  # tokens already delivered by earlier hosts
+            before = tokens  # tokens already delivered by earlier hosts
             outcome = self._attempt(assignment, kind, model, body, deadline, bool(partial))
             try:
                 async for item in outcome:
-                    if isinstance(item, str):
-                        partial.append(item)
-                        yield item
+                    if isinstance(item, Chunk):
+                        partial.append(item.content)
+                        tokens += item.tokens
+                        yield item.content
                     elif isinstance(item, Done):
                         if failures:
                             self.stats.rescued += 1
@@ -177,8 +180,10 @@ class Relay:
         body: dict[str, Any],
         deadline: float,
         continuing: bool,
-    ) -> AsyncGenerator[str | Done | APIError, None]:
+    ) -> AsyncGenerator[Chunk | Done | APIError, None]:
         """One host's try: content, then Done; or an APIError to fail over from.
+
+        Chunks already queued are merged, so a burst costs one SSE event, not many.
 
         Raises APIError for failures that must not be retried (client errors).
         """
@@ -199,20 +204,38 @@ class Relay:
             while True:
                 limit = config.token_timeout if got_content else config.ttft_timeout
                 limit = min(limit, deadline - loop.time())
+                events = assignment.events
                 try:
-                    event = await asyncio.wait_for(assignment.events.get(), max(limit, 0.001))
+                    if events.empty():
+                        async with asyncio.timeout(max(limit, 0.001)):
+                            event = await events.get()
+                    else:
+                        event = events.get_nowait()
                 except TimeoutError:
                     what = "between tokens" if got_content else "before the first token"
                     self._failed(assignment, model, slow=True)
                     yield timeout_error(f"host {host.name} was silent for {limit:.1f}s {what}")
                     return
                 if isinstance(event, Chunk):
+                    final: Done | JobError | HostLost | None = None
+                    if not events.empty():
+                        merged, count = [event.content], event.tokens
+                        while not events.empty():
+                            more = events.get_nowait()
+                            if not isinstance(more, Chunk):
+                                final = more
+                                break
+                            merged.append(more.content)
+                            count += more.tokens
+                        event = Chunk(id=event.id, content="".join(merged), tokens=count)
                     if event.content:
                         if not got_content:
                             assignment.first_token_at = time.monotonic()
                             got_content = True
-                        yield event.content
-                    continue
+                        yield event
+                    if final is None:
+                        continue
+                    event = final
                 if isinstance(event, Done):
                     assignment.finished = True
                     self._succeeded(assignment, event)

@@ -33,9 +33,12 @@ class BackendUnavailable(BackendError):
 
 @dataclass(slots=True)
 class ChatPiece:
+    """Content that arrived together (``pieces`` backend chunks), and how it ended."""
+
     content: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    pieces: int = 1
 
 
 @dataclass(slots=True)
@@ -98,6 +101,25 @@ class Backend(abc.ABC):
                 return await resp.json(content_type=None)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise BackendUnavailable(f"{self.kind} request to {path} failed: {exc!r}") from None
+
+
+async def line_batches(stream: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The complete lines that have arrived, in batches: everything buffered is taken
+    at once, so a fast backend's tokens travel together, and a slow one's singly,
+    with no added wait either way."""
+    rest = b""
+    while True:
+        data = await stream.readany()
+        if not data:
+            if rest.strip():
+                yield [rest]
+            return
+        data = rest + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        batch = [line for line in lines if line.strip()]
+        if batch:
+            yield batch
 
 
 def error_message(text: str) -> str:

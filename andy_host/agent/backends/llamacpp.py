@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
@@ -20,6 +20,7 @@ from andy_host.agent.backends.base import (
     ChatPiece,
     Discovered,
     Embeddings,
+    line_batches,
     raise_for_backend,
 )
 from andy_host.protocol import ModelInfo
@@ -88,40 +89,45 @@ class LlamaCppBackend(Backend):
             ) as resp:
                 await raise_for_backend(resp)
                 finished = False
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line:
-                        continue
-                    if line.startswith(b"error:"):
-                        raise BackendError(500, line[6:].decode(errors="replace").strip())
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        break
-                    try:
-                        event = json.loads(payload)
-                    except ValueError:
-                        raise BackendError(502, f"llama-server sent a malformed chunk: {payload[:80]!r}") from None
-                    if "error" in event:
-                        err = event["error"]
-                        message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                        raise BackendError(int(err.get("code", 500)) if isinstance(err, dict) else 500, message)
+                async for lines in line_batches(resp.content):
                     piece = ChatPiece()
-                    choices = event.get("choices") or []
-                    if choices:
-                        choice = choices[0]
-                        piece.content = (choice.get("delta") or {}).get("content") or ""
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            piece.finish_reason = "length" if reason == "length" else "stop"
-                            finished = True
-                    usage = event.get("usage")
-                    if isinstance(usage, dict):
-                        piece.usage = {
-                            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-                            "completion_tokens": int(usage.get("completion_tokens", 0)),
-                        }
+                    texts: list[str] = []
+                    for line in lines:
+                        line = line.strip()
+                        if line.startswith(b"error:"):
+                            raise BackendError(500, line[6:].decode(errors="replace").strip())
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            break
+                        try:
+                            event = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            raise BackendError(502, f"llama-server sent a malformed chunk: {payload[:80]!r}") from None
+                        if "error" in event:
+                            err = event["error"]
+                            message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                            status = int(err.get("code", 500)) if isinstance(err, dict) else 500
+                            raise BackendError(status, message)
+                        choices = event.get("choices") or []
+                        if choices:
+                            choice = choices[0]
+                            text = (choice.get("delta") or {}).get("content")
+                            if text:
+                                texts.append(text)
+                            reason = choice.get("finish_reason")
+                            if reason:
+                                piece.finish_reason = "length" if reason == "length" else "stop"
+                                finished = True
+                        usage = event.get("usage")
+                        if isinstance(usage, dict):
+                            piece.usage = {
+                                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                                "completion_tokens": int(usage.get("completion_tokens", 0)),
+                            }
+                    piece.content = "".join(texts)
+                    piece.pieces = len(texts)
                     if piece.content or piece.finish_reason or piece.usage:
                         yield piece
                 if not finished:

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
@@ -21,6 +21,7 @@ from andy_host.agent.backends.base import (
     ChatPiece,
     Discovered,
     Embeddings,
+    line_batches,
     raise_for_backend,
 )
 from andy_host.protocol import ModelInfo
@@ -94,30 +95,31 @@ class OllamaBackend(Backend):
         try:
             async with self.session.post(self.url + "/api/chat", json=body, timeout=self.timeout) as resp:
                 await raise_for_backend(resp)
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line:
-                        continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        raise BackendError(502, f"Ollama sent a malformed line: {line[:80]!r}") from None
-                    if "error" in event:
-                        raise BackendError(500, str(event["error"]))
-                    content = (event.get("message") or {}).get("content") or ""
-                    if not event.get("done"):
+                async for lines in line_batches(resp.content):
+                    texts: list[str] = []
+                    for line in lines:
+                        try:
+                            event = orjson.loads(line)
+                        except orjson.JSONDecodeError:
+                            raise BackendError(502, f"Ollama sent a malformed line: {line[:80]!r}") from None
+                        if "error" in event:
+                            raise BackendError(500, str(event["error"]))
+                        content = (event.get("message") or {}).get("content") or ""
                         if content:
-                            yield ChatPiece(content=content)
-                        continue
-                    yield ChatPiece(
-                        content=content,
-                        finish_reason="length" if event.get("done_reason") == "length" else "stop",
-                        usage={
-                            "prompt_tokens": int(event.get("prompt_eval_count", 0)),
-                            "completion_tokens": int(event.get("eval_count", 0)),
-                        },
-                    )
-                    return
+                            texts.append(content)
+                        if event.get("done"):
+                            yield ChatPiece(
+                                content="".join(texts),
+                                pieces=len(texts),
+                                finish_reason="length" if event.get("done_reason") == "length" else "stop",
+                                usage={
+                                    "prompt_tokens": int(event.get("prompt_eval_count", 0)),
+                                    "completion_tokens": int(event.get("eval_count", 0)),
+                                },
+                            )
+                            return
+                    if texts:
+                        yield ChatPiece(content="".join(texts), pieces=len(texts))
                 raise BackendError(502, "Ollama ended the stream without a final done message")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise BackendUnavailable(f"Ollama stream failed: {exc!r}") from None
