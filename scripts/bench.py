@@ -43,7 +43,7 @@ QUIET_ENV: dict[str, str] = {}  # logs at the shipped default level (info)
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
@@ -237,7 +237,8 @@ def decision_section(hosts: int, models: int) -> dict[str, float]:
     scheduler = Scheduler(registry, CoordinatorConfig())
     names = [f"model-{i}:latest" for i in range(models)]
     for i in range(hosts):
-        host = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=rng.choice([1, 2, 4, 8]), send=noop, close=noop)
+        capacity = rng.choice([1, 2, 4, 8])
+        host = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=capacity, send=noop, close=noop)
         served = rng.sample(names, 3)
         registry.add(host)
         registry.set_models(host, [ModelInfo(name=n, loaded=rng.random() < 0.5) for n in served])
@@ -252,90 +253,95 @@ def decision_section(hosts: int, models: int) -> dict[str, float]:
             "hosts_per_model": statistics.mean(len(v) for v in registry.by_model.values())}
 
 
-def quality_section(load: float, seed: int = 1) -> dict[str, dict[str, float]]:
-    """Discrete-event simulation of a mixed pool (speeds of real cards) under Poisson load."""
+# tokens/s per slot and slots, roughly: H100, A100, RTX 4090, RTX 3060, a CPU box; two of each
+PROFILES = [(110, 8), (80, 6), (60, 4), (30, 2), (8, 1)]
+TOKENS_PER_JOB = 200
+
+
+def _simulate(policy: str, load: float, seed: int) -> dict[str, float]:
+    """One policy under Poisson arrivals; per-slot speeds are constant (no batching slow-down)."""
+    import heapq
+
     from andy_host.config import CoordinatorConfig
     from andy_host.coordinator.hosts import Host, Registry
     from andy_host.coordinator.scheduler import Scheduler
     from andy_host.protocol import ModelInfo
 
-    # tokens/s per slot and slots, roughly: H100, A100, RTX 4090, RTX 3060, CPU box
-    profiles = [(110, 8), (80, 6), (60, 4), (30, 2), (8, 1)]
-    hosts_spec = [p for p in profiles for _ in range(2)]
-    capacity_tps = sum(tps * slots for tps, slots in hosts_spec)
-    tokens_per_job = 200
-    rate = load * capacity_tps / tokens_per_job  # jobs per second
-    out: dict[str, dict[str, float]] = {}
-
     async def noop(*_: Any) -> None:
         return None
 
-    for policy in ("andy-host", "round-robin", "random"):
-        rng = random.Random(seed)
-        registry = Registry()
-        scheduler = Scheduler(registry, CoordinatorConfig())
-        hosts = []
-        for i, (tps, slots) in enumerate(hosts_spec):
-            h = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=slots, send=noop, close=noop)
-            registry.add(h)
-            registry.set_models(h, [ModelInfo(name="m:latest", loaded=True)])
-            h.health.tps = float(tps)  # as the coordinator measures it after a few jobs
-            hosts.append((h, tps))
-        speed = {h.id: tps for h, tps in hosts}
-        t, jobs, rr = 0.0, 4000, 0
-        events: list[tuple[float, int, str, Any]] = []  # (time, seq, kind, payload)
-        import heapq
-        seq = 0
-        for _ in range(jobs):
-            t += rng.expovariate(rate)
-            heapq.heappush(events, (t, seq, "arrive", t))
-            seq += 1
-        queue: list[float] = []
-        latencies, waits = [], []
-        finished_at = 0.0
+    spec = [p for p in PROFILES for _ in range(2)]
+    rate = load * sum(tps * slots for tps, slots in spec) / TOKENS_PER_JOB  # jobs per second
+    rng = random.Random(seed)
+    registry = Registry()
+    scheduler = Scheduler(registry, CoordinatorConfig())
+    hosts: list[Host] = []
+    speed: dict[str, float] = {}
+    for i, (tps, slots) in enumerate(spec):
+        h = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=slots, send=noop, close=noop)
+        registry.add(h)
+        registry.set_models(h, [ModelInfo(name="m:latest", loaded=True)])
+        h.health.tps = float(tps)  # as the coordinator measures it after a few jobs
+        hosts.append(h)
+        speed[h.id] = tps
+    events: list[tuple[float, int, str, Any]] = []
+    t = 0.0
+    for seq in range(4000):
+        t += rng.expovariate(rate)
+        heapq.heappush(events, (t, seq, "arrive", t))
+    seq = 4000
+    rr = 0
+    queue: list[float] = []
+    latencies: list[float] = []
+    waits: list[float] = []
+    finished_at = 0.0
 
-        def choose() -> Host | None:
-            nonlocal rr
-            free = [h for h, _ in hosts if h.free > 0]
-            if not free:
-                return None
-            if policy == "andy-host":
-                return scheduler.pick("m:latest", set())
-            if policy == "random":
-                return rng.choice(free)
-            for k in range(len(hosts)):
-                h = hosts[(rr + k) % len(hosts)][0]
-                if h.free > 0:
-                    rr = (rr + k + 1) % len(hosts)
-                    return h
+    def choose() -> Host | None:
+        nonlocal rr
+        free = [h for h in hosts if h.free > 0]
+        if not free:
             return None
+        if policy == "andy-host":
+            return scheduler.pick("m:latest", set())
+        if policy == "random":
+            return rng.choice(free)
+        for k in range(len(hosts)):
+            h = hosts[(rr + k) % len(hosts)]
+            if h.free > 0:
+                rr = (rr + k + 1) % len(hosts)
+                return h
+        return None
 
-        def start(now: float, arrived: float) -> bool:
-            nonlocal seq
-            h = choose()
-            if h is None:
-                return False
-            a = scheduler.assign(h, "c")
-            waits.append(now - arrived)
-            heapq.heappush(events, (now + tokens_per_job / speed[h.id], seq, "finish", (a, arrived)))
-            seq += 1
-            return True
+    def start(now: float, arrived: float) -> bool:
+        nonlocal seq
+        h = choose()
+        if h is None:
+            return False
+        a = scheduler.assign(h, "c")
+        waits.append(now - arrived)
+        heapq.heappush(events, (now + TOKENS_PER_JOB / speed[h.id], seq, "finish", (a, arrived)))
+        seq += 1
+        return True
 
-        while events:
-            now, _, kind, payload = heapq.heappop(events)
-            if kind == "arrive":
-                if queue or not start(now, payload):
-                    queue.append(payload)
-            else:
-                a, arrived = payload
-                a.host.jobs.pop(a.id, None)
-                latencies.append(now - arrived)
-                finished_at = now
-                while queue and start(now, queue[0]):
-                    queue.pop(0)
-        out[policy] = {"throughput_jobs_s": len(latencies) / finished_at, "p50_s": pct(latencies, 50),
-                       "p95_s": pct(latencies, 95), "mean_wait_s": statistics.mean(waits)}
-    return out
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == "arrive":
+            if queue or not start(now, payload):
+                queue.append(payload)
+        else:
+            a, arrived = payload
+            a.host.jobs.pop(a.id, None)
+            latencies.append(now - arrived)
+            finished_at = now
+            while queue and start(now, queue[0]):
+                queue.pop(0)
+    return {"throughput_jobs_s": len(latencies) / finished_at, "p50_s": pct(latencies, 50),
+            "p95_s": pct(latencies, 95), "mean_wait_s": statistics.mean(waits)}
+
+
+def quality_section(load: float, seed: int = 1) -> dict[str, dict[str, float]]:
+    """Discrete-event simulation of a mixed pool (speeds of real cards) under Poisson load."""
+    return {policy: _simulate(policy, load, seed) for policy in ("andy-host", "round-robin", "random")}
 
 
 async def _real_stream(url: str, n: int, max_tokens: int) -> tuple[float, float]:
@@ -397,7 +403,8 @@ def main() -> None:
         only.add("real")
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"andy-bench-{os.getpid()}"
     results: dict[str, Any] = {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
         "command": " ".join(["scripts/bench.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -18,16 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from websockets.asyncio.client import connect  # noqa: E402
+from websockets.asyncio.client import connect
 
-from andy_host.agent.link import ws_url  # noqa: E402
-from andy_host.protocol import Heartbeat, Hello, ModelInfo, encode  # noqa: E402
+from andy_host.agent.link import ws_url
+from andy_host.protocol import Heartbeat, Hello, ModelInfo, encode
 
 
 async def host(url: str, i: int, interval: float, ready: asyncio.Queue[int]) -> None:
     rng = random.Random(i)
     models = [ModelInfo(name=f"model-{m}:latest", loaded=True) for m in rng.sample(range(50), 3)]
-    hello = Hello(name=f"sim-{i}", backend="ollama", models=models, capacity=rng.choice([1, 2, 4]), host_id=f"sim{i:06d}")
+    capacity = rng.choice([1, 2, 4])
+    hello = Hello(name=f"sim-{i}", backend="ollama", models=models, capacity=capacity, host_id=f"sim{i:06d}")
     async with connect(url, ping_interval=None, compression=None) as ws:
         await ws.send(encode(hello))
         await ws.recv()

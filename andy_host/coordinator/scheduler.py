@@ -2,9 +2,8 @@
 
 Routing among connected hosts that serve the model, admit jobs now (not paused,
 draining, cooling down or ejected) and have a free slot: the model already loaded
-first, then the lowest load against advertised capacity, then the better recent
-speed (coordinator-measured tokens/s; an unmeasured host counts as fast so it gets
-measured), then the host assigned least recently. A slot is reserved the moment a
+first, then load and recent speed together (see ``Scheduler.pick``), then the host
+assigned least recently. A slot is reserved the moment a
 host is chosen, so no host ever gets more jobs than it advertised.
 
 Waiting requests queue per model, grouped by client; a freed slot goes to the
@@ -29,6 +28,8 @@ from andy_host.errors import APIError, no_available_hosts
 
 _job_ids = itertools.count(1)
 MAX_REMEMBERED_CLIENTS = 100_000
+UNMEASURED_TPS = 1e6  # try a host before its speed is known
+LOADED_BONUS = 1e9  # a loaded model beats any speed difference
 
 
 def new_job_id() -> str:
@@ -95,26 +96,39 @@ class Scheduler:
     def pick(
         self, model: str, exclude: set[int], kind: str = "chat", need: str | None = None
     ) -> Host | None:
-        """The best host now; ``exclude`` holds connections (``Host.conn``) already tried."""
+        """The best host now; ``exclude`` holds connections (``Host.conn``) already tried.
+
+        Score: the model loaded first; then expected speed for one more stream, the
+        measured tokens/s discounted by the share of slots in use (``tps * (1 - load/2)``),
+        so equal hosts balance by load and a much faster host wins while it has room;
+        an unmeasured host scores as very fast, so it gets measured; ties go to the
+        host assigned least recently. One pass over the model's hosts, no allocation.
+        """
+        hosts = self.registry.by_model.get(model)
+        if not hosts:
+            return None
         now = time.monotonic()
         best: Host | None = None
-        best_key: tuple[bool, float, float, int] | None = None
-        for host in self.registry.by_model.get(model, ()):
-            if host.conn in exclude or not host.accepts(now):
+        best_score = -1.0
+        best_turn = 0
+        for host in hosts:
+            active = len(host.jobs)
+            capacity = host.capacity
+            if active >= capacity or host.status != "active" or host.conn in exclude:
                 continue
-            if kind == "embed" and not host.models[model].embed:
+            health = host.health
+            if health.cooldown_until > now or health.ejected_until > now or (health.probing and active):
                 continue
             if need is not None and need not in host.features:
                 continue
-            tps = host.health.tps
-            key = (
-                model not in host.loaded,
-                len(host.jobs) / host.capacity,
-                -(math.inf if tps is None else tps),
-                host.last_assigned,
-            )
-            if best_key is None or key < best_key:
-                best, best_key = host, key
+            if kind == "embed" and not host.models[model].embed:
+                continue
+            tps = health.tps
+            score = (UNMEASURED_TPS if tps is None else tps) * (1.0 - 0.5 * active / capacity)
+            if model in host.loaded:
+                score += LOADED_BONUS
+            if score > best_score or (score == best_score and host.last_assigned < best_turn):
+                best, best_score, best_turn = host, score, host.last_assigned
         return best
 
     def assign(self, host: Host, client: str) -> Assignment:
