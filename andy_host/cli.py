@@ -5,6 +5,7 @@ Errors become exit codes here and only here.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ import typer
 
 from andy_host import __version__, logs
 from andy_host.config import Config, default_config_path, load_config, save_agent_config
+from andy_host.coordinator.store import Store
 from andy_host.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A distributed AI compute pool.")
@@ -55,6 +57,116 @@ def coordinator_serve(
         config, {"coordinator": {"host": host, "port": port, "db": db}, "log": {"format": log_format}}
     )
     run_coordinator(loaded.coordinator)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; shown once).")
+tokens_app = typer.Typer(no_args_is_help=True, help="Host tokens for pools with enrolment = 'token'.")
+coordinator_app.add_typer(keys_app, name="keys")
+coordinator_app.add_typer(tokens_app, name="tokens")
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite database file (default: coordinator.db).")]
+
+
+def _store(config: Path | None, db: str | None) -> Store:
+    loaded = _load(config, {"coordinator": {"db": db}})
+    if not loaded.coordinator.db:
+        typer.echo("andy-host: no database: pass --db FILE or set coordinator.db in the config", err=True)
+        raise typer.Exit(2)
+    return Store(loaded.coordinator.db)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    daily_limit: Annotated[int, typer.Option(min=1, help="Requests per UTC day.")] = 1000,
+    per_minute: Annotated[int, typer.Option(min=1, help="Chat requests per minute.")] = 60,
+    host_token: Annotated[
+        str | None, typer.Option(help="Link to a host token (prefix or id): its hosts' work raises the limits.")
+    ] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Create an API key and print it (once)."""
+    store = _store(config, db)
+    try:
+        secret, _ = store.create_key(name, daily_limit, per_minute, host_token)
+    except KeyError as exc:
+        typer.echo(f"andy-host: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(secret)
+    typer.echo("Store this key now: it is not shown again.", err=True)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """List keys: prefix, name, created, last used and usage today (never the key)."""
+    rows = _store(config, db).list_keys()
+    for row in rows:
+        row["created"], row["last_used"] = _when(row["created"]), _when(row["last_used"])
+        row["status"] = "revoked" if row["revoked"] else "active"
+    _table(rows, ["id", "prefix", "name", "status", "created", "last_used", "used_today", "daily_limit",
+                  "per_minute", "host_token"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(ident: Annotated[str, typer.Argument(help="The key's prefix (as listed) or id.")],
+                config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Revoke a key; it stops working at once."""
+    if not _store(config, db).revoke_key(ident):
+        typer.echo(f"andy-host: no live key {ident!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {ident}")
+
+
+@tokens_app.command("create")
+def tokens_create(name: Annotated[str, typer.Option(help="Whose host(s) will use it.")],
+                  config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Create a host token and print it (once); hosts join with --token."""
+    secret, _ = _store(config, db).create_token(name)
+    typer.echo(secret)
+    typer.echo("Store this token now: it is not shown again.", err=True)
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """List host tokens with what their hosts served."""
+    rows = _store(config, db).list_tokens()
+    for row in rows:
+        row["created"] = _when(row["created"])
+        row["status"] = "revoked" if row["revoked"] else "active"
+    _table(rows, ["id", "prefix", "name", "status", "created", "requests", "tokens"])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(ident: Annotated[str, typer.Argument(help="The token's prefix (as listed) or id.")],
+                  config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Revoke a host token; its hosts are disconnected within a second."""
+    if not _store(config, db).revoke_token(ident):
+        typer.echo(f"andy-host: no live host token {ident!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {ident}")
+
+
+@coordinator_app.command("hosts")
+def coordinator_hosts(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """The contribution ledger: per host, requests served, tokens, failures, time connected."""
+    rows = _store(config, db).ledger()
+    for row in rows:
+        row["hours"] = f"{row['connected_seconds'] / 3600:.2f}"
+        row["last_seen"] = _when(row["last_seen"])
+        row["host_token"] = row["host_token"] or "-"
+    _table(rows, ["host_id", "name", "host_token", "requests", "tokens", "failures", "hours", "last_seen"])
 
 
 @app.command()

@@ -7,6 +7,7 @@ Every option is documented in ``config.example.toml`` (a test keeps the two in s
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -51,6 +52,20 @@ class CoordinatorConfig:
     eject_base: float = 5.0
     eject_max: float = 300.0
     shutdown_grace: float = 10.0
+    require_keys: bool = True
+    anon_per_minute: int = 10
+    rate_window: float = 60.0
+    default_daily_limit: int = 1000
+    default_per_minute: int = 60
+    trusted_proxies: list[str] = field(default_factory=list)
+    admin_token: str = ""
+    enrolment: str = "open"
+    max_hosts_per_address: int = 16
+    credit_tokens: int = 100_000
+    credit_daily: int = 1000
+    credit_per_minute: int = 30
+    flush_interval: float = 1.0
+    max_content_chars: int = 1_000_000
 
 
 @dataclass(slots=True)
@@ -221,6 +236,13 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"agent.coordinator must be a URL such as http://pool.example:8080, not {config.agent.coordinator!r}"
         )
+    if config.coordinator.enrolment not in ("open", "token"):
+        raise ConfigError("coordinator.enrolment must be 'open' or 'token'")
+    for proxy in config.coordinator.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"coordinator.trusted_proxies: {proxy!r} is not an address or network") from None
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format must be auto, console or json")
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from andy_host.coordinator.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST_ENV = {
@@ -30,6 +32,7 @@ FAST_ENV = {
     "ANDY_HOST_AGENT_HEARTBEAT_INTERVAL": "1",
     "ANDY_HOST_BACKEND_POLL_INTERVAL": "1",
     "ANDY_HOST_BACKEND_RESTART_BACKOFF_MIN": "0.2",
+    "ANDY_HOST_COORDINATOR_ANON_PER_MINUTE": "1000000",
 }
 
 
@@ -41,6 +44,7 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     url: str = ""
+    key: str = ""  # an API key of this coordinator (generous limits)
 
     def start(self, capture_stdout: bool = False) -> Proc:
         env = {**os.environ, **FAST_ENV, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -142,13 +146,18 @@ class Processes:
         proc.url = f"http://127.0.0.1:{proc.read_port()}"
         return proc
 
-    def coordinator(self, port: int = 0, env: dict[str, str] | None = None, name: str = "coordinator") -> Proc:
+    def coordinator(self, port: int = 0, env: dict[str, str] | None = None, name: str = "coordinator",
+                    db: Path | None = None) -> Proc:
+        db = db or self.tmp / "coordinator.db"
         args = [
             sys.executable, "-m", "andy_host.cli", "coordinator", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--db", str(self.tmp / "coordinator.db"),
-            "--log-format", "json",
+            "--host", "127.0.0.1", "--port", str(port), "--db", str(db), "--log-format", "json",
         ]
+        store = Store(str(db))
+        key, _ = store.create_key("tests", daily_limit=10**9, per_minute=10**9)
+        store.close()
         proc = Proc(name, args, self.tmp / f"{name}.log", env=env or {}).start()
+        proc.key = key
         self.all.append(proc)
         before = len(proc.events()) if proc.log.exists() else 0
         proc.url = proc.wait_event("coordinator.listening", after=before)["url"]

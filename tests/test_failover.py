@@ -39,7 +39,7 @@ def pool(module_procs: Processes) -> dict[str, Any]:
     module_procs.agent(coordinator.url, "llamacpp", f.url, "host-F")
     module_procs.agent(coordinator.url, "ollama", g.url, "host-G")
     wait_models(coordinator.url, {MODEL: 2})
-    return {"url": coordinator.url, "F": f.url, "G": g.url}
+    return {"url": coordinator.url, "F": f.url, "G": g.url, "key": coordinator.key}
 
 
 def fault(backend: str, mode: str, count: int = 1, **extra: Any) -> None:
@@ -135,7 +135,7 @@ def test_nobody_can_continue_ends_with_an_error_event(pool: dict[str, Any]) -> N
 
 
 def test_non_streaming_is_retried_to_completion(pool: dict[str, Any]) -> None:
-    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key=pool["key"], max_retries=0)
     for mode in ("500", "cut", "stall"):
         fault(pool["F"], mode)
         reply = client.chat.completions.create(
@@ -148,7 +148,7 @@ def test_non_streaming_is_retried_to_completion(pool: dict[str, Any]) -> None:
 def test_context_length_error_is_400_and_not_retried(pool: dict[str, Any]) -> None:
     before_g = stats(pool["G"])["requests"]
     fault(pool["F"], "ctx")
-    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key=pool["key"], max_retries=0)
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "long"}])
     assert err.value.code == "context_length_exceeded"

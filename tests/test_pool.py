@@ -29,8 +29,8 @@ def pool(module_procs: Processes) -> dict[str, Any]:
     module_procs.agent(coordinator.url, "ollama", ollama.url, "host-ollama")
     module_procs.agent(coordinator.url, "llamacpp", llama.url, "host-llama")
     wait_models(coordinator.url, {ANDY: 2, "llama3.2:latest": 1})
-    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key="unused", max_retries=0)
-    return {"url": coordinator.url, "client": client}
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0)
+    return {"url": coordinator.url, "client": client, "key": coordinator.key}
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:

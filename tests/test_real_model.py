@@ -44,7 +44,7 @@ def real_pool(module_procs: Processes) -> dict[str, Any]:
         for i in (1, 2)
     ]
     wait_models(coordinator.url, {MODEL: 2}, timeout=60)
-    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0, timeout=120)
     return {"coordinator": coordinator, "agents": agents, "client": client}
 
 

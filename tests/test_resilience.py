@@ -19,7 +19,7 @@ SOLO = "solo:latest"
 
 
 def ask(base: str, model: str = SOLO, content: str = "hi") -> str:
-    client = openai.OpenAI(base_url=base + "/api/andy/v1", api_key="unused", max_retries=0, timeout=20)
+    client = openai.OpenAI(base_url=base + "/api/andy/v1", api_key="none", max_retries=0, timeout=20)
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
     return reply.choices[0].message.content or ""
 

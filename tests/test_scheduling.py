@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from andy_host.coordinator.health import HealthPolicy, HostHealth
+from andy_host.coordinator.store import Store
 from tests.procs import Processes, get_json, wait_models
 from tests.sse import chat_stream
 
@@ -19,6 +20,13 @@ MODEL = "m:latest"
 
 def fault(backend: str, mode: str | None, count: int = -1, **extra: Any) -> None:
     httpx.post(backend + "/_fault", json={"mode": mode, "count": count, **extra}).raise_for_status()
+
+
+def new_keys(procs: Processes, *names: str) -> dict[str, str]:
+    store = Store(str(procs.tmp / "coordinator.db"))
+    keys = {name: store.create_key(name, daily_limit=10**6, per_minute=10**6)[0] for name in names}
+    store.close()
+    return keys
 
 
 def backend_stats(url: str) -> dict[str, int]:
@@ -43,11 +51,12 @@ def test_one_client_flooding_cannot_starve_another(procs: Processes) -> None:
     coordinator = procs.coordinator(env={"ANDY_HOST_COORDINATOR_QUEUE_TIMEOUT": "30"})
     procs.agent(coordinator.url, "llamacpp", backend.url, "one-slot", "--max-concurrency", "1")
     wait_models(coordinator.url, {MODEL: 1})
+    keys = new_keys(procs, "flooder", "single")
     finished: list[tuple[str, float]] = []
     lock = threading.Lock()
 
     def ask(client: str, i: int) -> None:
-        result = chat_stream(coordinator.url, MODEL, f"{client} {i} a b c d e f", headers={"Authorization": f"Bearer {client}"})
+        result = chat_stream(coordinator.url, MODEL, f"{client} {i} a b c d e f", headers={"Authorization": f"Bearer {keys[client]}"})
         assert result.outcome == "complete", result
         with lock:
             finished.append((client, time.monotonic()))
@@ -123,10 +132,11 @@ def test_queue_limits_answer_429_and_503_with_retry_after(procs: Processes) -> N
     })
     procs.agent(coordinator.url, "llamacpp", backend.url, "tiny", "--max-concurrency", "1")
     wait_models(coordinator.url, {MODEL: 1})
+    keys = new_keys(procs, "a", "b")
     with ThreadPoolExecutor(8) as ex:
-        a = [ex.submit(chat_stream, coordinator.url, MODEL, "a " * 20, headers={"Authorization": "Bearer a"}) for _ in range(4)]
+        a = [ex.submit(chat_stream, coordinator.url, MODEL, "a " * 20, headers={"Authorization": f"Bearer {keys['a']}"}) for _ in range(4)]
         time.sleep(0.4)
-        b = [ex.submit(chat_stream, coordinator.url, MODEL, "b " * 20, headers={"Authorization": "Bearer b"}) for _ in range(3)]
+        b = [ex.submit(chat_stream, coordinator.url, MODEL, "b " * 20, headers={"Authorization": f"Bearer {keys['b']}"}) for _ in range(3)]
         results_a = [f.result() for f in a]
         results_b = [f.result() for f in b]
     statuses = sorted(r.status for r in results_a + results_b)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 
 import structlog
@@ -12,15 +14,23 @@ from aiohttp import WSCloseCode, web
 from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator import openai_api
+from andy_host.coordinator.admin import add_admin_routes
+from andy_host.coordinator.auth import Access
 from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
 from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.ledger import Ledger
+from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
-from andy_host.coordinator.state import CONFIG, REGISTRY, RELAY, SCHEDULER, STATS, STORE
+from andy_host.coordinator.state import ACCESS, CONFIG, LEDGER, REGISTRY, RELAY, SCHEDULER, STATS, STORE
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 
 log = structlog.get_logger("andy_host.coordinator")
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -35,6 +45,24 @@ async def health(request: web.Request) -> web.Response:
             "stats": request.app[STATS].as_dict(),
         }
     )
+
+
+async def _housekeeping(app: web.Application) -> None:
+    """Every flush_interval: write usage and the ledger; disconnect revoked host tokens."""
+    config, store, registry = app[CONFIG], app[STORE], app[REGISTRY]
+    while True:
+        await asyncio.sleep(config.flush_interval)
+        try:
+            app[ACCESS].flush()
+            app[LEDGER].flush(list(registry.hosts.values()))
+            revoked = store.revoked_tokens()
+            for host in list(registry.hosts.values()):
+                if host.token_id is not None and host.token_id in revoked:
+                    log.warning("host.token_revoked", host_id=host.id)
+                    registry.remove(host, "host token revoked")
+                    await host.close(WSCloseCode.POLICY_VIOLATION, "host token revoked")
+        except sqlite3.Error as exc:  # a locked database must not stop the loop
+            log.warning("housekeeping.db_error", error=str(exc))
 
 
 def build_app(config: CoordinatorConfig) -> web.Application:
@@ -52,7 +80,16 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         app[SCHEDULER] = scheduler = Scheduler(registry, config)
         app[STATS] = stats = PoolStats()
         app[RELAY] = Relay(scheduler, config, stats)
+        app[ACCESS] = access = Access(store, config)
+        app[LEDGER] = ledger = Ledger(store)
+        registry.on_removed = ledger.host_left
+        ticker = asyncio.create_task(_housekeeping(app))
         yield
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        access.flush()
+        ledger.flush(list(registry.hosts.values()))
         store.close()
 
     async def close_hosts(app: web.Application) -> None:
@@ -64,6 +101,8 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get(HOSTS_WS_PATH, host_websocket)
     openai_api.add_routes(app)
+    add_admin_routes(app)
+    app.router.add_get("/openapi.json", openapi_document)
     return app
 
 

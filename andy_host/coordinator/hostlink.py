@@ -15,7 +15,7 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.state import CONFIG, REGISTRY
+from andy_host.coordinator.state import CONFIG, REGISTRY, STORE
 from andy_host.protocol import (
     Cancel,
     Chunk,
@@ -62,6 +62,23 @@ async def host_websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=str(exc)[:120].encode())
         return ws
 
+    token_id = None
+    if hello.token:
+        token_id = request.app[STORE].find_token(hello.token)
+    refusal = None
+    if config.enrolment == "token" and token_id is None:
+        refusal = "this pool needs a valid host token (join --token andy_ht_...)"
+    elif hello.token and token_id is None:
+        refusal = "the host token is unknown or revoked"
+    elif config.enrolment == "open" and sum(
+        1 for h in registry.hosts.values() if h.peer == peer and h.id != hello.host_id
+    ) >= config.max_hosts_per_address:
+        refusal = f"at most {config.max_hosts_per_address} hosts per address may join this pool"
+    if refusal is not None:
+        log.warning("host.refused", peer=peer, name=hello.name, reason=refusal)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=refusal.encode()[:120])
+        return ws
+
     host_id = hello.host_id or uuid.uuid4().hex[:16]
     old = registry.hosts.get(host_id)
     if old is not None:
@@ -81,6 +98,8 @@ async def host_websocket(request: web.Request) -> web.WebSocketResponse:
         close=close,
         hardware=hello.hardware,
         features=set(hello.features),
+        token_id=token_id,
+        peer=peer or "",
     )
     bound = log.bind(host_id=host_id, host_name=hello.name, peer=peer)
     registry.add(host)

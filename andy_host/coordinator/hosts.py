@@ -60,6 +60,8 @@ class Host:
     health: HostHealth = field(default_factory=HostHealth)
     last_assigned: int = 0
     conn: int = field(default_factory=lambda: next(_connections))
+    token_id: int | None = None
+    peer: str = ""
     connected_at: float = field(default_factory=time.time)
     served: int = 0
     failures: int = 0
@@ -81,6 +83,7 @@ class Registry:
         self.by_model: dict[str, set[Host]] = {}
         self.known_models: set[str] = set(known_models)
         self.on_capacity: Callable[[], None] | None = None
+        self.on_removed: Callable[[Host], None] | None = None
         self.on_new_models: Callable[[set[str]], None] | None = None
 
     def add(self, host: Host) -> None:
@@ -90,6 +93,8 @@ class Registry:
     def remove(self, host: Host, reason: str) -> None:
         if self.hosts.get(host.id) is host:
             del self.hosts[host.id]
+            if self.on_removed is not None:
+                self.on_removed(host)
         self._unindex(host)
         for assignment in list(host.jobs.values()):
             assignment.events.put_nowait(HostLost(reason))

@@ -7,6 +7,7 @@ import json
 import struct
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -14,9 +15,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.clients import client_id
+from andy_host.coordinator.auth import CLIENT
 from andy_host.coordinator.relay import Restart, StreamBroken
-from andy_host.coordinator.state import REGISTRY, RELAY
+from andy_host.coordinator.state import ACCESS, CONFIG, REGISTRY, RELAY, SCHEDULER, STATS
 from andy_host.errors import APIError, bad_request, error_body, model_not_found
 from andy_host.protocol import Done
 
@@ -30,6 +31,41 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PERMIT_HEADERS = "andy_ratelimit_headers"
+POOL_FAILED = "andy_pool_failed"
+
+
+def limited(endpoint: str) -> Callable[[Handler], Handler]:
+    """Admit (401/429) before the handler runs; refund when the pool failed the request."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def limited_handler(request: web.Request) -> web.StreamResponse:
+            access = request.app[ACCESS]
+            permit = access.admit(request, endpoint)
+            request[PERMIT_HEADERS] = permit.headers
+            try:
+                response = await handler(request)
+            except APIError as exc:
+                if exc.status >= 500:
+                    access.refund(permit)
+                exc.headers = {**permit.headers, **exc.headers}
+                raise
+            if response.status >= 500 or request.get(POOL_FAILED):
+                access.refund(permit)
+            return response
+
+        return limited_handler
+
+    return wrap
+
+
+async def add_permit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: rate-limit headers on every answer of a limited endpoint."""
+    for name, value in request.get(PERMIT_HEADERS, {}).items():
+        response.headers.setdefault(name, value)
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -83,14 +119,15 @@ class _ChunkWriter:
         return f'data: {self.head}[],"usage":{json.dumps(usage)}}}\n\n'.encode()
 
 
+@limited("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     requested = parse.parse_model(body)
-    chat = parse.parse_chat(body)
+    chat = parse.parse_chat(body, request.app[CONFIG].max_content_chars)
     stream, include_usage = parse.parse_stream(body)
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    jobs = request.app[RELAY].run("chat", model, chat, client_id(request), stream=stream)
+    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)
     if not stream:
         parts: list[str] = []
         done: Done | None = None
@@ -146,6 +183,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 502, str(exc), type="server_error", code="stream_interrupted"
             )
             log.warning("stream.error_event", model=model, message=error.message)
+            request[POOL_FAILED] = error.status >= 500
             await response.write(f"data: {json.dumps(error.body())}\n\n".encode())
     assert response is not None
     await response.write_eof()
@@ -158,6 +196,7 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+@limited("embeddings")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     requested = parse.parse_model(body)
@@ -173,7 +212,7 @@ async def embeddings(request: web.Request) -> web.Response:
             code="model_cannot_embed",
         )
     done: Done | None = None
-    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, client_id(request), stream=False)
+    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, request.get(CLIENT, ""), stream=False)
     async with aclosing(jobs):
         async for item in jobs:
             if isinstance(item, Done):
@@ -194,6 +233,7 @@ async def embeddings(request: web.Request) -> web.Response:
     )
 
 
+@limited("models")
 async def list_models(request: web.Request) -> web.Response:
     names = request.app[REGISTRY].served_models()
     return web.json_response(
@@ -218,6 +258,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return await handler(request)
     except APIError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except ValueError as exc:  # e.g. a header aiohttp could not parse
+        return web.json_response(error_body(f"Bad request: {exc}", type="invalid_request_error"), status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -241,9 +283,60 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         )
 
 
+@limited("pool_status")
+async def pool_status(request: web.Request) -> web.Response:
+    """Totals, hosts and models; host names only, never addresses or tokens."""
+    registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
+    now = time.time()
+    hosts = list(registry.hosts.values())
+    in_flight = sum(len(h.jobs) for h in hosts)
+    return web.json_response(
+        {
+            "total_hosts": len(hosts),
+            "active_hosts": sum(1 for h in hosts if h.status == "active"),
+            "total_models": len(registry.by_model),
+            "in_flight": in_flight,
+            "queued": scheduler.queued(),
+            "tokens_per_second": round(sum((h.health.tps or 0.0) * len(h.jobs) for h in hosts), 1),
+            "stats": request.app[STATS].as_dict(),
+            "hosts": [
+                {
+                    "id": h.id,
+                    "name": h.name,
+                    "status": "busy" if h.status == "active" and h.free <= 0 else h.status,
+                    "reason": h.reason,
+                    "backend": h.backend,
+                    "models": sorted(h.models),
+                    "loaded": sorted(h.loaded),
+                    "load": len(h.jobs),
+                    "capacity": h.capacity,
+                    "tokens_per_second": h.health.tps,
+                    "time_to_first_token": h.health.ttft,
+                    "uptime": round(now - h.connected_at, 1),
+                    "served": h.served,
+                    "tokens": h.tokens,
+                    "failures": h.failures,
+                }
+                for h in hosts
+            ],
+            "models": [
+                {
+                    "name": name,
+                    "hosts": len(members),
+                    "capacity": sum(h.capacity for h in members),
+                    "queue": scheduler.queued(name),
+                }
+                for name, members in sorted(registry.by_model.items())
+            ],
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     for prefix in ("/api/andy/v1", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
         app.router.add_get(f"{prefix}/models", list_models)
     app.router.add_get("/api/andy/models", andy_models)
+    app.router.add_get("/api/andy/pool_status", pool_status)
+    app.on_response_prepare.append(add_permit_headers)

@@ -39,7 +39,16 @@ def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def _content(raw: Any, index: int) -> str:
+def _content(raw: Any, index: int, max_chars: int) -> str:
+    text = _content_text(raw, index)
+    if len(text) > max_chars:
+        raise bad_request(
+            f"`messages[{index}].content` is longer than {max_chars} characters", param=f"messages[{index}].content"
+        )
+    return text
+
+
+def _content_text(raw: Any, index: int) -> str:
     param = f"messages[{index}].content"
     if raw is None:
         return ""
@@ -72,7 +81,7 @@ def parse_model(body: dict[str, Any]) -> str:
     return model
 
 
-def parse_chat(body: dict[str, Any]) -> dict[str, Any]:
+def parse_chat(body: dict[str, Any], max_content_chars: int = 1_000_000) -> dict[str, Any]:
     """The normalised chat request that hosts receive (no client identity in it)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -88,9 +97,8 @@ def parse_chat(body: dict[str, Any]) -> dict[str, Any]:
             raise bad_request(
                 f"`messages[{i}].role` must be one of {sorted(ROLES)}", param=f"messages[{i}].role"
             )
-        out_messages.append(
-            {"role": "system" if role == "developer" else role, "content": _content(message.get("content"), i)}
-        )
+        content = _content(message.get("content"), i, max_content_chars)
+        out_messages.append({"role": "system" if role == "developer" else role, "content": content})
     request: dict[str, Any] = {"messages": out_messages}
     for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
         value = _number(body, key, lo, hi)

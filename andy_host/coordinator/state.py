@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
+from andy_host.coordinator.auth import Access
 from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
@@ -17,3 +19,5 @@ STORE = web.AppKey("store", Store)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 RELAY = web.AppKey("relay", Relay)
 STATS = web.AppKey("stats", PoolStats)
+ACCESS = web.AppKey("access", Access)
+LEDGER = web.AppKey("ledger", Ledger)

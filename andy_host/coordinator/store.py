@@ -1,7 +1,9 @@
-"""The coordinator's SQLite store (WAL): one connection, one writer, idempotent schema.
+"""The coordinator's SQLite store (WAL): idempotent schema that upgrades itself.
 
-For now it remembers every model name ever served, so that a known model with no
-connected host is answered 503 (not 404) after a restart too.
+One writer: the coordinator process. The admin CLI opens the same file for short
+transactions (create, revoke, list); the running coordinator reads keys on every
+request, so a revocation takes effect at once. Usage counters are kept in memory
+and flushed every ``flush_interval`` seconds and at shutdown.
 """
 
 from __future__ import annotations
@@ -9,26 +11,78 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS models_seen (name TEXT PRIMARY KEY, first_seen REAL NOT NULL)",
+from andy_host.coordinator import secrets as sec
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: models ever served
+        "CREATE TABLE IF NOT EXISTS models_seen (name TEXT PRIMARY KEY, first_seen REAL NOT NULL)",
+    ],
+    [  # 2: keys, host tokens, usage and the contribution ledger
+        """CREATE TABLE IF NOT EXISTS host_tokens (
+            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, revoked REAL)""",
+        """CREATE TABLE IF NOT EXISTS api_keys (
+            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, last_used REAL, revoked REAL,
+            daily_limit INTEGER NOT NULL, per_minute INTEGER NOT NULL,
+            host_token_id INTEGER REFERENCES host_tokens(id))""",
+        """CREATE TABLE IF NOT EXISTS key_usage (
+            key_id INTEGER NOT NULL, day TEXT NOT NULL, count INTEGER NOT NULL,
+            PRIMARY KEY (key_id, day))""",
+        """CREATE TABLE IF NOT EXISTS host_ledger (
+            host_id TEXT PRIMARY KEY, name TEXT NOT NULL, token_id INTEGER,
+            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0, connected_seconds REAL NOT NULL DEFAULT 0,
+            last_seen REAL)""",
+    ],
 ]
-SCHEMA_VERSION = 1
+
+
+def utc_day(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now if now is not None else time.time()))
+
+
+@dataclass(slots=True)
+class ApiKey:
+    id: int
+    display: str
+    name: str
+    daily_limit: int
+    per_minute: int
+    host_token_id: int | None
 
 
 class Store:
     def __init__(self, path: str) -> None:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path or ":memory:", isolation_level=None)
+        self.db = sqlite3.connect(path or ":memory:", isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        for statement in SCHEMA:
-            self.db.execute(statement)
-        if self.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-            self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            with self.db:
+                self.db.execute("BEGIN")
+                for statement in statements:
+                    self.db.execute(statement)
+                self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    # models ----------------------------------------------------------------------
 
     def known_models(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT name FROM models_seen ORDER BY name")]
@@ -38,6 +92,150 @@ class Store:
         self.db.executemany(
             "INSERT OR IGNORE INTO models_seen (name, first_seen) VALUES (?, ?)", [(n, now) for n in names]
         )
+
+    # API keys --------------------------------------------------------------------
+
+    def create_key(
+        self, name: str, daily_limit: int = 1000, per_minute: int = 60, host_token: str | None = None
+    ) -> tuple[str, int]:
+        token_id = None
+        if host_token:
+            token_id = self._token_id_by_display(host_token)
+        secret = sec.new_secret(sec.API_KEY_PREFIX)
+        cur = self.db.execute(
+            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id),
+        )
+        return secret, int(cur.lastrowid or 0)
+
+    def find_key(self, secret: str) -> ApiKey | None:
+        """The live key for this secret, or None (malformed, unknown or revoked)."""
+        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
+            return None
+        wanted = sec.digest(secret)
+        row = self.db.execute(
+            "SELECT id, display, name, daily_limit, per_minute, host_token_id, hash, revoked"
+            " FROM api_keys WHERE hash = ?",
+            (wanted,),
+        ).fetchone()
+        if row is None or row[7] is not None or not sec.same(row[6], wanted):
+            return None
+        return ApiKey(*row[:6])
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        day = utc_day()
+        rows = self.db.execute(
+            "SELECT k.id, k.display, k.name, k.created, k.last_used, k.revoked, k.daily_limit, k.per_minute,"
+            " COALESCE(u.count, 0), t.display FROM api_keys k"
+            " LEFT JOIN key_usage u ON u.key_id = k.id AND u.day = ?"
+            " LEFT JOIN host_tokens t ON t.id = k.host_token_id ORDER BY k.id",
+            (day,),
+        ).fetchall()
+        names = ("id", "prefix", "name", "created", "last_used", "revoked", "daily_limit", "per_minute",
+                 "used_today", "host_token")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def revoke_key(self, ident: str) -> bool:
+        cur = self.db.execute(
+            "UPDATE api_keys SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
+            (time.time(), ident[: sec.DISPLAY_LEN], ident),
+        )
+        return cur.rowcount > 0
+
+    def usage_today(self, key_id: int) -> int:
+        row = self.db.execute(
+            "SELECT count FROM key_usage WHERE key_id = ? AND day = ?", (key_id, utc_day())
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO key_usage (key_id, day, count) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_id, day) DO UPDATE SET count = count + excluded.count",
+                [(k, d, n) for (k, d), n in counts.items() if n],
+            )
+            self.db.executemany(
+                "UPDATE api_keys SET last_used = ? WHERE id = ?", [(t, k) for k, t in last_used.items()]
+            )
+
+    # host tokens -----------------------------------------------------------------
+
+    def create_token(self, name: str) -> tuple[str, int]:
+        secret = sec.new_secret(sec.HOST_TOKEN_PREFIX)
+        cur = self.db.execute(
+            "INSERT INTO host_tokens (display, name, hash, created) VALUES (?, ?, ?, ?)",
+            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time()),
+        )
+        return secret, int(cur.lastrowid or 0)
+
+    def _token_id_by_display(self, ident: str) -> int:
+        row = self.db.execute(
+            "SELECT id FROM host_tokens WHERE display = ? OR CAST(id AS TEXT) = ?",
+            (ident[: sec.DISPLAY_LEN], ident),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no host token {ident!r}")
+        return int(row[0])
+
+    def find_token(self, secret: str) -> int | None:
+        if not sec.well_formed(secret, sec.HOST_TOKEN_PREFIX):
+            return None
+        wanted = sec.digest(secret)
+        row = self.db.execute("SELECT id, hash, revoked FROM host_tokens WHERE hash = ?", (wanted,)).fetchone()
+        if row is None or row[2] is not None or not sec.same(row[1], wanted):
+            return None
+        return int(row[0])
+
+    def revoked_tokens(self) -> set[int]:
+        return {int(r[0]) for r in self.db.execute("SELECT id FROM host_tokens WHERE revoked IS NOT NULL")}
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT t.id, t.display, t.name, t.created, t.revoked,"
+            " COALESCE(SUM(l.requests), 0), COALESCE(SUM(l.tokens), 0) FROM host_tokens t"
+            " LEFT JOIN host_ledger l ON l.token_id = t.id GROUP BY t.id ORDER BY t.id"
+        ).fetchall()
+        names = ("id", "prefix", "name", "created", "revoked", "requests", "tokens")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def revoke_token(self, ident: str) -> bool:
+        cur = self.db.execute(
+            "UPDATE host_tokens SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
+            (time.time(), ident[: sec.DISPLAY_LEN], ident),
+        )
+        return cur.rowcount > 0
+
+    def tokens_served_by_token(self, token_id: int) -> int:
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(tokens), 0) FROM host_ledger WHERE token_id = ?", (token_id,)
+        ).fetchone()
+        return int(row[0])
+
+    # contribution ledger -----------------------------------------------------------
+
+    def add_ledger(self, rows: Iterable[tuple[str, str, int | None, int, int, int, float]]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO host_ledger (host_id, name, token_id, requests, tokens, failures, connected_seconds,"
+                " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET"
+                " name = excluded.name, token_id = excluded.token_id, requests = requests + excluded.requests,"
+                " tokens = tokens + excluded.tokens, failures = failures + excluded.failures,"
+                " connected_seconds = connected_seconds + excluded.connected_seconds, last_seen = excluded.last_seen",
+                [(*row, now) for row in rows],
+            )
+
+    def ledger(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT l.host_id, l.name, t.display, l.requests, l.tokens, l.failures, l.connected_seconds, l.last_seen"
+            " FROM host_ledger l LEFT JOIN host_tokens t ON t.id = l.token_id ORDER BY l.tokens DESC"
+        ).fetchall()
+        names = ("host_id", "name", "host_token", "requests", "tokens", "failures", "connected_seconds", "last_seen")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         self.db.close()
