@@ -130,15 +130,19 @@ class Access:
         if used >= daily_limit:
             reset = _seconds_to_utc_midnight(now)
             raise _limited(Decision(False, daily_limit, 0, reset), "per day for this API key")
-        who = f"key:{key.id}"
-        minute = self.minute.check(who, key.per_minute + credit * self.config.credit_per_minute, now)
-        self._raise_if_limited(minute, "per minute for this API key")
+        daily = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
+        tighter = daily
+        if endpoint == "chat":  # chat also has the key's per-minute limit
+            who = f"key:{key.id}"
+            minute = self.minute.check(who, key.per_minute + credit * self.config.credit_per_minute, now)
+            self._raise_if_limited(minute, "per minute for this API key")
+            permit.window_who, permit.stamp = who, minute.stamp
+            if minute.remaining < daily.remaining:
+                tighter = minute
         self.pending[(key.id, day)] += 1
         self.last_used[key.id] = now
-        daily = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
-        tighter = daily if daily.remaining < minute.remaining else minute
         permit.headers = _headers(tighter)
-        permit.window_who, permit.stamp, permit.key_id, permit.day = who, minute.stamp, key.id, day
+        permit.key_id, permit.day = key.id, day
         return permit
 
     @staticmethod

@@ -84,6 +84,31 @@ CHAT_RESPONSE = {
         "usage": USAGE,
     },
 }
+CHUNK = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object", "required": ["index", "delta", "finish_reason"],
+            "properties": {
+                "index": {"type": "integer"},
+                "delta": {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}},
+                "finish_reason": {"type": "string", "enum": ["stop", "length"], "nullable": True},
+            }}},
+        "usage": {**USAGE, "nullable": True},
+    },
+}
+# One SSE event. Its data is the JSON of a CHUNK, of an ERROR (the last event of a
+# stream that failed after content: then no [DONE]), or the literal [DONE].
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "JSON of a chunk or an error, or [DONE]"}},
+    "x-data-schemas": {"chunk": CHUNK, "error": ERROR},
+}
 EMBED_REQUEST = {
     "type": "object",
     "required": ["model", "input"],
@@ -151,7 +176,7 @@ def openapi_spec() -> dict[str, Any]:
     chat = _op(
         "Chat completion (OpenAI-compatible); with stream=true, Server-Sent Events ending in data: [DONE]",
         {"description": "The completion", "content": {
-            "application/json": {"schema": CHAT_RESPONSE}, "text/event-stream": {"schema": {"type": "string"}}}},
+            "application/json": {"schema": CHAT_RESPONSE}, "text/event-stream": {"schema": SSE_EVENT}}},
         POOL, CHAT_REQUEST,
     )
     embed = _op("Embeddings (OpenAI-compatible)", _json(EMBED_RESPONSE, "The vectors"), POOL, EMBED_REQUEST, keyed=True)

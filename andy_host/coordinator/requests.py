@@ -93,7 +93,7 @@ def parse_chat(body: dict[str, Any], max_content_chars: int = 1_000_000) -> dict
         if not isinstance(message, dict):
             raise bad_request(f"`messages[{i}]` must be an object", param=f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_request(
                 f"`messages[{i}].role` must be one of {sorted(ROLES)}", param=f"messages[{i}].role"
             )
