@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 
@@ -18,15 +19,21 @@ def configure(format: str = "auto", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    factory: structlog.typing.WrappedLogger
     if use_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
+        factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

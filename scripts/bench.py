@@ -46,8 +46,11 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
+HEADERS: dict[str, str] = {}  # the API key for pool requests (set once the coordinator runs)
+
+
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> None:
-    async with session.post(url, json=body) as resp:
+    async with session.post(url, json=body, headers=HEADERS) as resp:
         await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{url}: HTTP {resp.status}")
@@ -101,7 +104,7 @@ async def streaming(url: str, concurrency: int, chunks: int) -> tuple[float, flo
             nonlocal total
             t0 = time.perf_counter()
             first = None
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, json=body, headers=HEADERS) as resp:
                 async for line in resp.content:
                     if line.startswith(b"data: {") and b'"content"' in line:
                         choices = json.loads(line[6:])["choices"]
@@ -127,6 +130,7 @@ def relay_section(tmp: Path, runs: int) -> dict[str, Any]:
     try:
         stub = procs.fake("llamacpp", "--model", MODEL, name="stub")
         coordinator = procs.coordinator(env=QUIET_ENV)
+        HEADERS["Authorization"] = f"Bearer {coordinator.key}"  # keyed requests: the full access path
         procs.agent(coordinator.url, "llamacpp", stub.url, "bench-host", "--max-concurrency", "64", env=QUIET_ENV)
         wait_models(coordinator.url, {MODEL: 1})
         direct_url = stub.url + "/v1/chat/completions"
@@ -162,6 +166,7 @@ def failover_section(tmp: Path, runs: int) -> dict[str, Any]:
         g = procs.fake("ollama", "--models", MODEL, "--label", "pool", "--nothing-loaded", name="good")
         env = {**QUIET_ENV, "ANDY_HOST_COORDINATOR_EJECT_AFTER": "100000"}
         coordinator = procs.coordinator(env=env)
+        HEADERS["Authorization"] = f"Bearer {coordinator.key}"
         procs.agent(coordinator.url, "llamacpp", f.url, "f", env=QUIET_ENV)
         procs.agent(coordinator.url, "ollama", g.url, "g", env=QUIET_ENV)
         wait_models(coordinator.url, {MODEL: 2})
@@ -175,7 +180,7 @@ def failover_section(tmp: Path, runs: int) -> dict[str, Any]:
                     async with session.post(f.url + "/_fault", json={"mode": mode, "count": 1 if mode else 0}) as r:
                         await r.read()
                     t0 = time.perf_counter()
-                    async with session.post(url, json=body) as resp:
+                    async with session.post(url, json=body, headers=HEADERS) as resp:
                         raw = await resp.read()
                     assert b"data: [DONE]" in raw, raw[-200:]
                     out.append((time.perf_counter() - t0) * 1000)
@@ -353,7 +358,7 @@ async def _real_stream(url: str, n: int, max_tokens: int) -> tuple[float, float]
             t0 = time.perf_counter()
             first = None
             tokens = 0
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, json=body, headers=HEADERS) as resp:
                 async for line in resp.content:
                     if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
                         tokens += 1
@@ -370,6 +375,7 @@ def real_section(tmp: Path, runs: int) -> dict[str, float]:
     procs = Processes(tmp / "real")
     try:
         coordinator = procs.coordinator(env=QUIET_ENV)
+        HEADERS["Authorization"] = f"Bearer {coordinator.key}"
         agent = procs.agent(coordinator.url, "llamacpp", None, "real", "--managed", "--model", "gemma3-270m",
                             env={**QUIET_ENV, "ANDY_HOST_BACKEND_PARALLEL": "1"}, timeout=120)
         wait_models(coordinator.url, {"gemma3-270m:latest": 1}, timeout=60)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import struct
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -88,6 +88,14 @@ def resolve_model(request: web.Request, requested: str) -> str:
     return model
 
 
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+
+
 def _usage(done: Done) -> dict[str, int]:
     prompt = done.usage.get("prompt_tokens", 0)
     completion = done.usage.get("completion_tokens", 0)
@@ -126,7 +134,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse.parse_chat(body, request.app[CONFIG].max_content_chars)
     stream, include_usage = parse.parse_stream(body)
     model = resolve_model(request, requested)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)
     if not stream:
         parts: list[str] = []
@@ -140,7 +148,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 else:
                     done = item
         assert done is not None  # run_job ends with Done or raises
-        return web.json_response(
+        return json_response(
             {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -220,7 +228,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if done is None or done.embeddings is None or len(done.embeddings) != len(inputs):
         raise APIError(502, "The host returned no embeddings for this input.", type="server_error")
     prompt_tokens = done.usage.get("prompt_tokens", 0)
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": [
@@ -236,7 +244,7 @@ async def embeddings(request: web.Request) -> web.Response:
 @limited("models")
 async def list_models(request: web.Request) -> web.Response:
     names = request.app[REGISTRY].served_models()
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": "andy-host"} for n in names],
@@ -246,7 +254,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def andy_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    return web.json_response(
+    return json_response(
         {"models": [{"name": n, "hosts": len(registry.by_model[n])} for n in registry.served_models()]}
     )
 
@@ -257,9 +265,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     try:
         return await handler(request)
     except APIError as exc:
-        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        return json_response(exc.body(), status=exc.status, headers=exc.headers)
     except ValueError as exc:  # e.g. a header aiohttp could not parse
-        return web.json_response(error_body(f"Bad request: {exc}", type="invalid_request_error"), status=400)
+        return json_response(error_body(f"Bad request: {exc}", type="invalid_request_error"), status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -268,7 +276,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
             405: f"Method {request.method} is not allowed on {request.path}.",
             413: "The request body is too large.",
         }.get(exc.status, exc.reason)
-        return web.json_response(
+        return json_response(
             error_body(message, type="invalid_request_error", code=exc.reason.lower().replace(" ", "_")),
             status=exc.status,
         )
@@ -277,7 +285,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         raise
     except Exception:
         log.exception("request.internal_error", path=request.path)
-        return web.json_response(
+        return json_response(
             error_body("Internal error in the coordinator; it has been logged.", type="server_error"),
             status=500,
         )
@@ -290,7 +298,7 @@ async def pool_status(request: web.Request) -> web.Response:
     now = time.time()
     hosts = list(registry.hosts.values())
     in_flight = sum(len(h.jobs) for h in hosts)
-    return web.json_response(
+    return json_response(
         {
             "total_hosts": len(hosts),
             "active_hosts": sum(1 for h in hosts if h.status == "active"),

@@ -21,7 +21,7 @@ DISPLAY_LEN = 14  # characters shown in listings: prefix and a few of the body
 
 
 def _checksum(body: str) -> str:
-    return base64.b32encode(hashlib.sha256(body.encode()).digest()).decode().lower()[:_SUM_LEN]
+    return hashlib.sha256(body.encode()).hexdigest()[:_SUM_LEN]
 
 
 def new_secret(prefix: str) -> str:
