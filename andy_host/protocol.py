@@ -63,6 +63,7 @@ class Heartbeat:
     reason: str | None = None
     loaded: list[str] = field(default_factory=list)
     hardware: dict[str, Any] | None = None
+    capacity: int | None = None  # set when it changed (config reload)
     type: Literal["heartbeat"] = "heartbeat"
 
 
@@ -282,6 +283,7 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
             reason=_str(obj, "reason", optional=True),
             loaded=_str_list(obj, "loaded"),
             hardware=_dict(obj, "hardware", optional=True),
+            capacity=_int(obj, "capacity", lo=1, hi=1024, optional=True),
         )
     if kind == "models":
         return Models(models=_models(obj))

@@ -24,8 +24,19 @@ from andy_host.protocol import FEATURE_CONTINUE, Heartbeat, Hello, Models, encod
 log = structlog.get_logger("andy_host.agent")
 
 
-async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | None = None) -> None:
-    """Serve until ``stop``; on ``drain``, finish running jobs (up to drain_timeout) first."""
+Reload = Callable[[], Config]
+RESTART_ONLY = ("coordinator", "name", "token", "state_dir")
+
+
+async def run_agent(
+    config: Config,
+    stop: asyncio.Event,
+    drain: asyncio.Event | None = None,
+    reload: asyncio.Event | None = None,
+    load: Reload | None = None,
+) -> None:
+    """Serve until ``stop``; on ``drain``, finish running jobs (up to drain_timeout) first;
+    on ``reload``, apply the config ``load`` returns (an invalid one is rejected)."""
     agent = config.agent
     name = agent.effective_name()
     my_id = host_id(state_dir(agent.state_dir), name)
@@ -55,7 +66,10 @@ async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | 
                 features=[FEATURE_CONTINUE],
             )
 
+        capacity_changed = False
+
         def heartbeat() -> Heartbeat:
+            nonlocal capacity_changed
             down = not catalog.reachable
             status, reason = ("backend_down", catalog.error) if down else ("active", None)
             if runner.draining:
@@ -65,6 +79,7 @@ async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | 
                 status=status,
                 reason=reason,
                 loaded=[m.name for m in catalog.models if m.loaded],
+                capacity=agent.max_concurrency if capacity_changed else None,
             )
 
         link = Link(agent, hello, heartbeat, runner)
@@ -72,6 +87,32 @@ async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | 
         async def on_backend_change() -> None:
             if await catalog.refresh():
                 await link.send_quietly(encode(Models(models=catalog.models)))
+                await link.send_quietly(encode(heartbeat()))
+
+        async def reloads() -> None:
+            nonlocal capacity_changed
+            assert reload is not None and load is not None
+            while True:
+                await reload.wait()
+                reload.clear()
+                try:
+                    new = load()
+                except Exception as exc:  # ConfigError or an unreadable file: keep the old one
+                    log.error("config.reload_rejected", error=str(exc))
+                    continue
+                for key in RESTART_ONLY:
+                    if getattr(new.agent, key) != getattr(agent, key):
+                        log.warning("config.needs_restart", option=f"agent.{key}")
+                if (new.backend.kind, new.backend.url) != (config.backend.kind, config.backend.url):
+                    log.warning("config.needs_restart", option="backend.kind/url")
+                if new.agent.max_concurrency != agent.max_concurrency:
+                    agent.max_concurrency = new.agent.max_concurrency
+                    runner.resize(new.agent.max_concurrency)
+                    capacity_changed = True
+                for key in ("heartbeat_interval", "reconnect_min", "reconnect_max", "drain_timeout"):
+                    setattr(agent, key, getattr(new.agent, key))
+                config.backend.poll_interval = new.backend.poll_interval
+                log.info("config.reloaded", max_concurrency=agent.max_concurrency)
                 await link.send_quietly(encode(heartbeat()))
 
         async def poll_backend() -> None:
@@ -88,8 +129,11 @@ async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | 
             await catalog.refresh()
             backend_version = await backend.version()
             tasks.append(asyncio.create_task(poll_backend()))
+            if reload is not None and load is not None:
+                tasks.append(asyncio.create_task(reloads()))
             link_task = asyncio.create_task(link.run(stop))
             tasks.append(link_task)
+            tasks.append(asyncio.create_task(link.notifier.watchdog()))
             waits: list[asyncio.Task[Any]] = [link_task, asyncio.create_task(stop.wait())]
             if drain is not None:
                 waits.append(asyncio.create_task(drain.wait()))
@@ -100,6 +144,7 @@ async def run_agent(config: Config, stop: asyncio.Event, drain: asyncio.Event | 
             if drain is not None and drain.is_set() and not stop.is_set():
                 await _drain(runner, link, heartbeat, agent.drain_timeout)
         finally:
+            link.notifier.stopping("stopping")
             stop.set()
             await runner.cancel_all()
             for task in tasks:
@@ -121,14 +166,16 @@ async def _drain(runner: JobRunner, link: Link, heartbeat: Callable[[], Heartbea
         log.warning("agent.drain_timeout", cancelled=runner.active)
 
 
-def run_agent_forever(config: Config) -> None:
-    """SIGINT (Ctrl-C) stops at once; SIGTERM drains first, as a service manager expects."""
+def run_agent_forever(config: Config, load: Reload | None = None) -> None:
+    """SIGINT (Ctrl-C) stops at once; SIGTERM drains first, as a service manager expects;
+    SIGHUP reloads the config through ``load``."""
 
     async def main() -> None:
-        stop, drain = asyncio.Event(), asyncio.Event()
+        stop, drain, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, drain.set)
-        await run_agent(config, stop, drain)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await run_agent(config, stop, drain, reload, load)
 
     run_loop(main())

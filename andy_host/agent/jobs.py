@@ -60,6 +60,11 @@ class JobRunner:
         self.draining = False
         self._slots = asyncio.Semaphore(capacity)
 
+    def resize(self, capacity: int) -> None:
+        """New capacity for jobs that start from now on (running ones are untouched)."""
+        self.capacity = capacity
+        self._slots = asyncio.Semaphore(capacity)
+
     @property
     def active(self) -> int:
         return len(self.tasks)

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from andy_host.agent.jobs import JobRunner
 from andy_host.config import AgentConfig
+from andy_host.notify import Notifier
 from andy_host.protocol import (
     Cancel,
     Heartbeat,
@@ -75,6 +76,8 @@ class Link:
         self.host_id: str | None = None
         self.last_error: str | None = None
         self.connected = asyncio.Event()
+        self.notifier = Notifier()
+        self._ready_sent = False
 
     async def send(self, text: str) -> None:
         ws = self.ws
@@ -104,6 +107,12 @@ class Link:
                     backoff.reset()
                     self.connected.set()
                     log.info("link.connected", url=self.url, host_id=welcome.host_id)
+                    line = f"connected to {self.config.coordinator} as {welcome.host_id}"
+                    if self._ready_sent:
+                        self.notifier.status(line)
+                    else:
+                        self.notifier.ready(line)
+                        self._ready_sent = True
                     await self._session(ws, stop, welcome.heartbeat_interval)
                     reason = f"closed ({ws.close_code} {ws.close_reason or ''})".strip()
             except InvalidURI as exc:
@@ -122,6 +131,7 @@ class Link:
                 break
             delay = backoff.next()
             log.warning("link.down", url=self.url, reason=reason, retry_in=round(delay, 2))
+            self.notifier.status(f"not connected ({reason}); retrying in {delay:.0f}s")
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

@@ -25,6 +25,7 @@ from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import ACCESS, CONFIG, LEDGER, REGISTRY, RELAY, SCHEDULER, STATS, STORE
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
+from andy_host.notify import Notifier
 
 log = structlog.get_logger("andy_host.coordinator")
 
@@ -110,22 +111,49 @@ async def serve(
     config: CoordinatorConfig, stop: asyncio.Event, ready: asyncio.Future[str] | None = None
 ) -> None:
     """Run until ``stop`` is set; logs ``coordinator.listening`` and resolves ``ready`` with the URL."""
-    runner = web.AppRunner(
-        build_app(config), handler_cancellation=True, shutdown_timeout=config.shutdown_grace
-    )
+    app = build_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
     host, port = runner.addresses[0][:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     log.info("coordinator.listening", url=url, api=f"{url}/api/andy/v1")
+    notifier = Notifier()
+    notifier.ready(f"listening on {url}")
+    watchdog = asyncio.create_task(notifier.watchdog())
+    status = asyncio.create_task(_status_lines(app, notifier, url))
     if ready is not None:
         ready.set_result(url)
     try:
         await stop.wait()
     finally:
-        log.info("coordinator.stopping")
-        await runner.cleanup()
+        notifier.stopping("stopping: finishing open requests")
+        log.info("coordinator.stopping", grace=config.shutdown_grace)
+        await site.stop()  # no new connections; open ones (streams) carry on
+        await _wait_in_flight(app, config.shutdown_grace)
+        await runner.cleanup()  # then hosts are told 1012 (restarting) and everything closes
+        for task in (watchdog, status):
+            task.cancel()
+
+
+async def _wait_in_flight(app: web.Application, grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    registry = app[REGISTRY]
+    # polled: runs once, at shutdown, bounded by the grace period
+    while loop.time() < deadline and any(h.jobs for h in registry.hosts.values()):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def _status_lines(app: web.Application, notifier: Notifier, url: str) -> None:
+    if not notifier.enabled:
+        return
+    while True:
+        await asyncio.sleep(5)
+        registry = app[REGISTRY]
+        jobs = sum(len(h.jobs) for h in registry.hosts.values())
+        notifier.status(f"{url}: {len(registry.hosts)} hosts, {len(registry.by_model)} models, {jobs} in flight")
 
 
 def run_coordinator(config: CoordinatorConfig) -> None:

@@ -151,6 +151,8 @@ def handle_frame(registry: Registry, host: Host, message: HostMessage) -> None:
             assignment.events.put_nowait(message)
     elif isinstance(message, Heartbeat):
         changed = host.status != message.status
+        if message.capacity is not None and message.capacity != host.capacity:
+            host.capacity, changed = message.capacity, True
         host.status = message.status
         host.reason = message.reason
         host.loaded = set(message.loaded)
