@@ -225,6 +225,42 @@ def join(
         raise
 
 
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Option(help="The host's name, when several daemons run here.")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="The daemon's state directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Is the local daemon connected, what is it doing, how are its GPUs."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    from andy_host.agent.identity import state_dir as resolve_state_dir
+    from andy_host.agent.status import read_status, render, socket_path
+
+    loaded = _load(config, {"agent": {"state_dir": state_dir, "name": name}})
+    directory = resolve_state_dir(loaded.agent.state_dir)
+    if name or loaded.agent.name:
+        sockets = [socket_path(directory, loaded.agent.effective_name())]
+    else:
+        sockets = sorted(directory.glob("status-*.sock")) or [socket_path(directory, loaded.agent.effective_name())]
+    found = 0
+    for path in sockets:
+        try:
+            data = asyncio.run(read_status(path))
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            typer.echo(f"andy-host is not running: no daemon answers at {path}.\n"
+                       "Start it with `andy-host join --coordinator URL ...` or `systemctl start andy-host`.")
+            continue
+        found += 1
+        typer.echo(json.dumps(data, indent=2) if as_json else render(data))
+    if not found:
+        raise typer.Exit(1)
+
+
 service_app = typer.Typer(no_args_is_help=True, help="Run andy-host as a systemd service.")
 app.add_typer(service_app, name="service")
 

@@ -66,6 +66,7 @@ class CoordinatorConfig:
     credit_per_minute: int = 30
     flush_interval: float = 1.0
     max_content_chars: int = 1_000_000
+    metrics_access: str = "public"
 
 
 @dataclass(slots=True)
@@ -236,6 +237,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"agent.coordinator must be a URL such as http://pool.example:8080, not {config.agent.coordinator!r}"
         )
+    if config.coordinator.metrics_access not in ("public", "admin", "off"):
+        raise ConfigError("coordinator.metrics_access must be public, admin or off")
     if config.coordinator.enrolment not in ("open", "token"):
         raise ConfigError("coordinator.enrolment must be 'open' or 'token'")
     for proxy in config.coordinator.trusted_proxies:

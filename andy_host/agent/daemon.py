@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from andy_host.agent.identity import host_id, state_dir
 from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link
 from andy_host.agent.managed import ManagedLlamaServer
+from andy_host.agent.status import socket_path, status_server
 from andy_host.aio import run_loop
 from andy_host.config import Config
 from andy_host.protocol import FEATURE_CONTINUE, Heartbeat, Hello, Models, encode
@@ -120,39 +123,55 @@ async def run_agent(
                 await asyncio.sleep(config.backend.poll_interval)
                 await on_backend_change()
 
+        started = time.time()
+
+        def status() -> dict[str, Any]:
+            beat = heartbeat()
+            return {
+                "name": name, "host_id": my_id, "pid": os.getpid(), "coordinator": agent.coordinator,
+                "connected": link.connected.is_set(), "last_error": link.last_error,
+                "status": beat.status, "reason": beat.reason, "pause_reasons": [],
+                "jobs_in_flight": runner.active, "served": runner.served, "tokens": runner.tokens,
+                "backend": {"kind": backend.kind, "url": url, "reachable": catalog.reachable,
+                            "error": catalog.error, "models": [m.name for m in catalog.models]},
+                "hardware": hello().hardware, "uptime": time.time() - started,
+            }
+
         log.info("agent.starting", name=name, coordinator=agent.coordinator, backend=backend.kind, url=url)
         tasks: list[asyncio.Task[Any]] = []
-        try:
-            if managed is not None:
-                await managed.start()
-                tasks.append(asyncio.create_task(managed.supervise(on_backend_change)))
-            await catalog.refresh()
-            backend_version = await backend.version()
-            tasks.append(asyncio.create_task(poll_backend()))
-            if reload is not None and load is not None:
-                tasks.append(asyncio.create_task(reloads()))
-            link_task = asyncio.create_task(link.run(stop))
-            tasks.append(link_task)
-            tasks.append(asyncio.create_task(link.notifier.watchdog()))
-            waits: list[asyncio.Task[Any]] = [link_task, asyncio.create_task(stop.wait())]
-            if drain is not None:
-                waits.append(asyncio.create_task(drain.wait()))
-            tasks.extend(waits[1:])
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if link_task.done() and link_task.exception() is not None:
-                raise link_task.exception()  # type: ignore[misc]
-            if drain is not None and drain.is_set() and not stop.is_set():
-                await _drain(runner, link, heartbeat, agent.drain_timeout)
-        finally:
-            link.notifier.stopping("stopping")
-            stop.set()
-            await runner.cancel_all()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if managed is not None:
-                await managed.stop()
-            log.info("agent.stopped", served=runner.served)
+        status_socket = socket_path(state_dir(agent.state_dir), name)
+        async with status_server(status_socket, status):
+            try:
+                if managed is not None:
+                    await managed.start()
+                    tasks.append(asyncio.create_task(managed.supervise(on_backend_change)))
+                await catalog.refresh()
+                backend_version = await backend.version()
+                tasks.append(asyncio.create_task(poll_backend()))
+                if reload is not None and load is not None:
+                    tasks.append(asyncio.create_task(reloads()))
+                link_task = asyncio.create_task(link.run(stop))
+                tasks.append(link_task)
+                tasks.append(asyncio.create_task(link.notifier.watchdog()))
+                waits: list[asyncio.Task[Any]] = [link_task, asyncio.create_task(stop.wait())]
+                if drain is not None:
+                    waits.append(asyncio.create_task(drain.wait()))
+                tasks.extend(waits[1:])
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if link_task.done() and link_task.exception() is not None:
+                    raise link_task.exception()  # type: ignore[misc]
+                if drain is not None and drain.is_set() and not stop.is_set():
+                    await _drain(runner, link, heartbeat, agent.drain_timeout)
+            finally:
+                link.notifier.stopping("stopping")
+                stop.set()
+                await runner.cancel_all()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if managed is not None:
+                    await managed.stop()
+                log.info("agent.stopped", served=runner.served)
 
 
 async def _drain(runner: JobRunner, link: Link, heartbeat: Callable[[], Heartbeat], limit: float) -> None:

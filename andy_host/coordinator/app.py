@@ -16,13 +16,25 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator import openai_api
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.auth import Access
+from andy_host.coordinator.dashboard import add_dashboard_routes
 from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
+from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
-from andy_host.coordinator.state import ACCESS, CONFIG, LEDGER, REGISTRY, RELAY, SCHEDULER, STATS, STORE
+from andy_host.coordinator.state import (
+    ACCESS,
+    CONFIG,
+    LEDGER,
+    METRICS,
+    REGISTRY,
+    RELAY,
+    SCHEDULER,
+    STATS,
+    STORE,
+)
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 from andy_host.notify import Notifier
@@ -46,6 +58,12 @@ async def health(request: web.Request) -> web.Response:
             "stats": request.app[STATS].as_dict(),
         }
     )
+
+
+async def _sample(metrics: Metrics) -> None:
+    while True:
+        metrics.sample()
+        await asyncio.sleep(1.0)
 
 
 async def _housekeeping(app: web.Application) -> None:
@@ -83,12 +101,15 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         app[RELAY] = Relay(scheduler, config, stats)
         app[ACCESS] = access = Access(store, config)
         app[LEDGER] = ledger = Ledger(store)
+        app[METRICS] = metrics = Metrics(registry, scheduler, stats)
         registry.on_removed = ledger.host_left
         ticker = asyncio.create_task(_housekeeping(app))
+        sampler = asyncio.create_task(_sample(metrics))
         yield
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in (ticker, sampler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         access.flush()
         ledger.flush(list(registry.hosts.values()))
         store.close()
@@ -103,6 +124,7 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get(HOSTS_WS_PATH, host_websocket)
     openai_api.add_routes(app)
     add_admin_routes(app)
+    add_dashboard_routes(app)
     app.router.add_get("/openapi.json", openapi_document)
     return app
 

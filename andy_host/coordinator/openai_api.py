@@ -7,7 +7,7 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -16,8 +16,9 @@ import structlog
 from aiohttp import web
 
 from andy_host.coordinator.auth import CLIENT
+from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.relay import Restart, StreamBroken
-from andy_host.coordinator.state import ACCESS, CONFIG, REGISTRY, RELAY, SCHEDULER, STATS
+from andy_host.coordinator.state import ACCESS, CONFIG, METRICS, REGISTRY, RELAY, SCHEDULER, STATS
 from andy_host.errors import APIError, bad_request, error_body, model_not_found
 from andy_host.protocol import Done
 
@@ -36,6 +37,7 @@ SSE_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PERMIT_HEADERS = "andy_ratelimit_headers"
 POOL_FAILED = "andy_pool_failed"
+MODEL = "andy_model"  # request key: the resolved model, for metrics
 
 
 def limited(endpoint: str) -> Callable[[Handler], Handler]:
@@ -43,19 +45,29 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
 
     def wrap(handler: Handler) -> Handler:
         async def limited_handler(request: web.Request) -> web.StreamResponse:
-            access = request.app[ACCESS]
-            permit = access.admit(request, endpoint)
-            request[PERMIT_HEADERS] = permit.headers
+            access, metrics = request.app[ACCESS], request.app[METRICS]
+            started = time.monotonic()
+            status = 500
             try:
-                response = await handler(request)
-            except APIError as exc:
-                if exc.status >= 500:
+                permit = access.admit(request, endpoint)
+                request[PERMIT_HEADERS] = permit.headers
+                try:
+                    response = await handler(request)
+                except APIError as exc:
+                    if exc.status >= 500:
+                        access.refund(permit)
+                    exc.headers = {**permit.headers, **exc.headers}
+                    raise
+                status = response.status
+                if status >= 500 or request.get(POOL_FAILED):
                     access.refund(permit)
-                exc.headers = {**permit.headers, **exc.headers}
+                    status = 502 if status < 500 else status  # a stream that ended in an error event
+                return response
+            except APIError as exc:
+                status = exc.status
                 raise
-            if response.status >= 500 or request.get(POOL_FAILED):
-                access.refund(permit)
-            return response
+            finally:
+                metrics.observe(endpoint, request.get(MODEL, ""), status, time.monotonic() - started)
 
         return limited_handler
 
@@ -85,6 +97,7 @@ def resolve_model(request: web.Request, requested: str) -> str:
     model = request.app[REGISTRY].resolve(requested)
     if model is None:
         raise model_not_found(requested)
+    request[MODEL] = model
     return model
 
 
@@ -135,7 +148,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream, include_usage = parse.parse_stream(body)
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)
+    metrics, started = request.app[METRICS], time.monotonic()
+    jobs = _observed(request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream),
+                     metrics, model, started)
     if not stream:
         parts: list[str] = []
         done: Done | None = None
@@ -196,6 +211,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     assert response is not None
     await response.write_eof()
     return response
+
+
+async def _observed(
+    jobs: AsyncGenerator[str | Done | Restart, None], metrics: Metrics, model: str, started: float
+) -> AsyncGenerator[str | Done | Restart, None]:
+    """Pass the relay's items through, recording time to first token and tokens."""
+    first = True
+    async with aclosing(jobs):
+        async for item in jobs:
+            if first and isinstance(item, str):
+                metrics.ttft.labels(model).observe(time.monotonic() - started)
+                first = False
+            elif isinstance(item, Done):
+                metrics.observe_tokens(model, item.usage.get("completion_tokens", 0))
+            yield item
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

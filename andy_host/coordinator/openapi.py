@@ -197,6 +197,13 @@ def openapi_spec() -> dict[str, Any]:
     paths["/api/andy/pool_status"] = {"get": _op("Pool status: totals, hosts, models", _json(OBJECT, "Status"),
                                                  (401, 429), keyed=True)}
     paths["/health"] = {"get": _op("Liveness", _json(OBJECT, "Counts"), ())}
+    paths["/"] = {"get": {"summary": "The live dashboard (HTML)", "responses": {
+        "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+    paths["/api/andy/dashboard"] = {"get": _op("The dashboard's public feed: aggregates and host names only",
+                                               _json(OBJECT, "Pool view"), ())}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics (coordinator.metrics_access)", "responses": {
+        "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **_errors(401, 404)}}}
     paths["/openapi.json"] = {"get": _op("This document", _json(OBJECT, "OpenAPI"), ())}
     paths["/api/andy/admin/keys"] = {
         "get": _op("List API keys (never the keys)", _json(OBJECT, "Keys"), (401, 404), admin=True),

@@ -8,6 +8,7 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
+from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
@@ -21,3 +22,4 @@ RELAY = web.AppKey("relay", Relay)
 STATS = web.AppKey("stats", PoolStats)
 ACCESS = web.AppKey("access", Access)
 LEDGER = web.AppKey("ledger", Ledger)
+METRICS = web.AppKey("metrics", Metrics)
