@@ -185,6 +185,16 @@ def join(
     ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name the pool uses for that model.")] = None,
     state_dir: Annotated[str | None, typer.Option(help="Where the host id is kept.")] = None,
+    share_models: Annotated[str | None, typer.Option(help="Models to share: patterns, comma-separated.")] = None,
+    deny_models: Annotated[str | None, typer.Option(help="Models never shared: patterns, comma-separated.")] = None,
+    min_free_vram_mib: Annotated[int | None, typer.Option(help="Pause below this much free VRAM (MiB).")] = None,
+    max_foreign_vram_mib: Annotated[
+        int | None, typer.Option(help="Pause while other processes use more VRAM than this (MiB).")
+    ] = None,
+    max_temperature: Annotated[int | None, typer.Option(help="Pause at or over this GPU temperature (°C).")] = None,
+    active_hours: Annotated[
+        str | None, typer.Option(help="Serve only between these local times, e.g. 22:00-08:00.")
+    ] = None,
     config: ConfigOpt = None,
     save: Annotated[bool, typer.Option("--save", help="Write the effective config to the config file.")] = False,
     log_format: LogFormatOpt = None,
@@ -207,6 +217,14 @@ def join(
             "model": model,
             "model_name": model_name,
         },
+        "controls": {
+            "share_models": share_models,
+            "deny_models": deny_models,
+            "min_free_vram_mib": min_free_vram_mib,
+            "max_foreign_vram_mib": max_foreign_vram_mib,
+            "max_temperature": max_temperature,
+            "active_hours": active_hours,
+        },
         "log": {"format": log_format},
     }
     loaded = _load(config, flags)
@@ -223,6 +241,29 @@ def join(
             typer.echo(f"andy-host: {exc}", err=True)
             raise typer.Exit(1) from None
         raise
+
+
+@app.command()
+def probe(
+    backend: Annotated[str | None, typer.Option(help="ollama or llamacpp.")] = None,
+    backend_url: Annotated[str | None, typer.Option(help="URL of the local inference server.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """What this machine would contribute: GPUs, the backend, its models, which are shared."""
+    import asyncio
+    import json
+
+    from andy_host.agent.probe import print_report, run_probe
+
+    loaded = _load(config, {"backend": {"kind": backend, "url": backend_url}})
+    report = asyncio.run(run_probe(loaded))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    if not report["backend"]["reachable"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -112,10 +112,22 @@ class AgentConfig:
 
 
 @dataclass(slots=True)
+class ControlsConfig:
+    share_models: list[str] = field(default_factory=list)
+    deny_models: list[str] = field(default_factory=list)
+    min_free_vram_mib: int = 0
+    max_foreign_vram_mib: int = 0
+    max_temperature: int = 0
+    active_hours: str = ""
+    check_interval: float = 1.0
+
+
+@dataclass(slots=True)
 class Config:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -123,6 +135,7 @@ SECTIONS: dict[str, type] = {
     "coordinator": CoordinatorConfig,
     "agent": AgentConfig,
     "backend": BackendConfig,
+    "controls": ControlsConfig,
     "log": LogConfig,
 }
 
@@ -169,7 +182,7 @@ def _coerce(section: str, key: str, value: Any, kind: Any, source: str) -> Any:
             return str(value)
         if origin is list:
             if isinstance(value, str):
-                return value.split() if value else []
+                return [v for v in value.replace(",", " ").split() if v]
             if isinstance(value, list):
                 return [str(v) for v in value]
             raise ValueError(value)
@@ -246,6 +259,9 @@ def validate(config: Config) -> None:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"coordinator.trusted_proxies: {proxy!r} is not an address or network") from None
+    from andy_host.agent.controls import parse_hours
+
+    parse_hours(config.controls.active_hours)
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format must be auto, console or json")
 
@@ -257,6 +273,7 @@ def save_agent_config(config: Config, path: str | Path) -> Path:
     data = {
         "agent": dataclasses.asdict(config.agent),
         "backend": dataclasses.asdict(config.backend),
+        "controls": dataclasses.asdict(config.controls),
         "log": dataclasses.asdict(config.log),
     }
     target.write_text(tomli_w.dumps(data))

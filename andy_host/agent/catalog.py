@@ -5,14 +5,18 @@ from __future__ import annotations
 import structlog
 
 from andy_host.agent.backends.base import Backend, BackendError
+from andy_host.agent.controls import shared
+from andy_host.config import ControlsConfig
 from andy_host.protocol import ModelInfo
 
 log = structlog.get_logger("andy_host.catalog")
 
 
 class Catalog:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, controls: ControlsConfig | None = None) -> None:
         self.backend = backend
+        self.controls = controls or ControlsConfig()
+        self.withheld: list[str] = []  # served by the backend, not shared by the owner
         self.models: list[ModelInfo] = []
         self.backend_ids: dict[str, str] = {}
         self.reachable = False
@@ -29,6 +33,8 @@ class Catalog:
             self.reachable, self.error = False, exc.message
             self.models, self.backend_ids = [], {}
             return changed
+        self.withheld = sorted(d.info.name for d in found if not shared(d.info.name, self.controls))
+        found = [d for d in found if shared(d.info.name, self.controls)]
         models = [d.info for d in found]
         ids = {d.info.name: d.backend_id for d in found}
         changed = models != self.models or not self.reachable

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import signal
 import time
 from collections.abc import Callable
@@ -15,6 +14,8 @@ import structlog
 
 from andy_host.agent.backends import make_backend
 from andy_host.agent.catalog import Catalog
+from andy_host.agent.controls import pause_reasons
+from andy_host.agent.hardware import HardwareProbe
 from andy_host.agent.identity import host_id, state_dir
 from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link
@@ -51,7 +52,9 @@ async def run_agent(
             managed = ManagedLlamaServer(config.backend)
             url = managed.url
         backend = make_backend(config.backend, session, url)
-        catalog = Catalog(backend)
+        catalog = Catalog(backend, config.controls)
+        probe = HardwareProbe()
+        readings = probe.sample()
         runner = JobRunner(backend, catalog, agent.max_concurrency)
         backend_version: str | None = None
 
@@ -64,7 +67,7 @@ async def run_agent(
                 backend_version=backend_version,
                 models=catalog.models,
                 capacity=agent.max_concurrency,
-                hardware={"platform": platform.platform(), "machine": platform.machine()},
+                hardware=readings,
                 jobs=list(runner.tasks),
                 features=[FEATURE_CONTINUE],
             )
@@ -75,6 +78,8 @@ async def run_agent(
             nonlocal capacity_changed
             down = not catalog.reachable
             status, reason = ("backend_down", catalog.error) if down else ("active", None)
+            if runner.paused:
+                status, reason = "paused", "; ".join(runner.paused)
             if runner.draining:
                 status, reason = "draining", "host shutting down"
             return Heartbeat(
@@ -83,6 +88,7 @@ async def run_agent(
                 reason=reason,
                 loaded=[m.name for m in catalog.models if m.loaded],
                 capacity=agent.max_concurrency if capacity_changed else None,
+                hardware=readings,
             )
 
         link = Link(agent, hello, heartbeat, runner)
@@ -114,9 +120,23 @@ async def run_agent(
                     capacity_changed = True
                 for key in ("heartbeat_interval", "reconnect_min", "reconnect_max", "drain_timeout"):
                     setattr(agent, key, getattr(new.agent, key))
+                config.controls = catalog.controls = new.controls
+                await on_backend_change()  # the shared models may have changed
                 config.backend.poll_interval = new.backend.poll_interval
                 log.info("config.reloaded", max_concurrency=agent.max_concurrency)
                 await link.send_quietly(encode(heartbeat()))
+
+        async def watch_controls() -> None:
+            """Sample the hardware and apply the owner's controls every check_interval."""
+            nonlocal readings
+            while True:
+                readings = probe.sample()
+                reasons = pause_reasons(config.controls, readings)
+                if reasons != runner.paused:
+                    log.info("controls.paused" if reasons else "controls.resumed", reasons=reasons)
+                    runner.paused = reasons
+                    await link.send_quietly(encode(heartbeat()))
+                await asyncio.sleep(config.controls.check_interval)
 
         async def poll_backend() -> None:
             while True:
@@ -130,11 +150,12 @@ async def run_agent(
             return {
                 "name": name, "host_id": my_id, "pid": os.getpid(), "coordinator": agent.coordinator,
                 "connected": link.connected.is_set(), "last_error": link.last_error,
-                "status": beat.status, "reason": beat.reason, "pause_reasons": [],
+                "status": beat.status, "reason": beat.reason, "pause_reasons": runner.paused,
                 "jobs_in_flight": runner.active, "served": runner.served, "tokens": runner.tokens,
                 "backend": {"kind": backend.kind, "url": url, "reachable": catalog.reachable,
                             "error": catalog.error, "models": [m.name for m in catalog.models]},
-                "hardware": hello().hardware, "uptime": time.time() - started,
+                "hardware": readings, "uptime": time.time() - started,
+                "withheld_models": catalog.withheld,
             }
 
         log.info("agent.starting", name=name, coordinator=agent.coordinator, backend=backend.kind, url=url)
@@ -148,6 +169,7 @@ async def run_agent(
                 await catalog.refresh()
                 backend_version = await backend.version()
                 tasks.append(asyncio.create_task(poll_backend()))
+                tasks.append(asyncio.create_task(watch_controls()))
                 if reload is not None and load is not None:
                     tasks.append(asyncio.create_task(reloads()))
                 link_task = asyncio.create_task(link.run(stop))
@@ -171,6 +193,7 @@ async def run_agent(
                 await asyncio.gather(*tasks, return_exceptions=True)
                 if managed is not None:
                     await managed.stop()
+                probe.close()
                 log.info("agent.stopped", served=runner.served)
 
 

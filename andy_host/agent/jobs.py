@@ -58,6 +58,7 @@ class JobRunner:
         self.served = 0
         self.tokens = 0
         self.draining = False
+        self.paused: list[str] = []  # reasons the owner's controls give
         self._slots = asyncio.Semaphore(capacity)
 
     def resize(self, capacity: int) -> None:
@@ -98,6 +99,8 @@ class JobRunner:
         try:
             if self.draining:
                 raise BackendError(503, "this host is draining and takes no new jobs")
+            if self.paused:
+                raise BackendError(503, f"this host is paused: {'; '.join(self.paused)}")
             if backend_id is None:
                 raise BackendError(503, f"model {job.model} is not served by this host any more")
             async with self._slots:

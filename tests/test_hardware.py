@@ -1,0 +1,201 @@
+"""Hardware probing and the owner's controls. No GPU here: NVML is faked at the pynvml
+boundary (tests/fakes/nvml/pynvml.py) from fixture files of real card models
+(tests/fixtures/gpus/; their "source" field says where the values came from)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from andy_host.agent import hardware
+from andy_host.agent.controls import pause_reasons, shared
+from andy_host.config import ControlsConfig
+from tests.procs import ROOT, Proc, Processes, wait_models
+from tests.sse import chat_stream
+
+FIXTURES = ROOT / "tests" / "fixtures" / "gpus"
+FAKE_NVML = ROOT / "tests" / "fakes" / "nvml"
+MODEL = "m:latest"
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Any:
+    spec = importlib.util.spec_from_file_location("fake_pynvml", FAKE_NVML / "pynvml.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(hardware, "pynvml", module)
+    return module
+
+
+def probe_with(fixture: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("ANDY_HOST_TEST_NVML", str(FIXTURES / fixture))
+    probe = hardware.HardwareProbe()
+    try:
+        return probe.sample()
+    finally:
+        probe.close()
+
+
+def test_h100(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sample = probe_with("h100-80gb.json", monkeypatch)
+    (gpu,) = sample["gpus"]
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["memory_total"] == 81559 * 2**20
+    assert gpu["memory_free"] == gpu["memory_total"] - gpu["memory_used"]
+    assert gpu["power_limit_w"] == 700.0 and gpu["cuda_driver_version"] == "12.4" and gpu["mig_mode"] is False
+    assert sample["host"]["cores"] >= 1 and sample["host"]["ram_total"] > 0
+
+
+def test_eight_a100s_and_mig(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [g["index"] for g in probe_with("8x-a100-80gb.json", monkeypatch)["gpus"]] == list(range(8))
+    (mig,) = probe_with("a100-mig.json", monkeypatch)["gpus"]
+    assert mig["mig_mode"] is True and len(mig["mig_instances"]) == 4
+    assert all(i["uuid"].startswith("MIG-") for i in mig["mig_instances"])
+
+
+def test_consumer_card_reports_other_processes_memory(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (gpu,) = probe_with("rtx-4090.json", monkeypatch)["gpus"]
+    assert gpu["other_processes_memory"] == 900 * 2**20  # pid 4242 is not ours
+
+
+def test_no_driver_is_a_cpu_host(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = probe_with("no-driver.json", monkeypatch)
+    assert sample["gpus"] == [] and "CPU host" in sample["nvml"]
+
+
+def test_gpu_lost_mid_run_is_reported_not_raised(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    live = tmp_path / "gpu.json"
+    shutil.copy(FIXTURES / "rtx-4090.json", live)
+    monkeypatch.setenv("ANDY_HOST_TEST_NVML", str(live))
+    probe = hardware.HardwareProbe()
+    assert "error" not in probe.sample()["gpus"][0]
+    live.write_text((FIXTURES / "gpu-lost.json").read_text())
+    lost = probe.sample()["gpus"][0]
+    assert lost["error"] == "GPU is lost"
+    assert pause_reasons(ControlsConfig(), {"gpus": [lost]}) == ["GPU 0 in error: GPU is lost"]
+    probe.close()
+
+
+def test_controls_unit() -> None:
+    controls = ControlsConfig(share_models=["llama3*", "sweaterdog/*"], deny_models=["*:70b"])
+    assert shared("llama3.2:latest", controls) and shared("sweaterdog/andy-4:latest", controls)
+    assert not shared("llama3:70b", controls) and not shared("mistral:latest", controls)
+    night = ControlsConfig(active_hours="22:00-08:00")
+    assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 23, 30)) == []
+    assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 7, 59)) == []
+    assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 12, 0)) == ["outside active hours 22:00-08:00"]
+
+
+def test_sampling_is_cheap(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANDY_HOST_TEST_NVML", str(FIXTURES / "8x-a100-80gb.json"))
+    probe = hardware.HardwareProbe()
+    started = time.perf_counter()
+    for _ in range(20):
+        probe.sample()
+    per_sample = (time.perf_counter() - started) / 20
+    probe.close()
+    print(f"\none sample of 8 (fake) GPUs + host: {per_sample * 1000:.2f} ms")
+    assert per_sample < 0.5  # generous: this is a sanity bound, the figure is printed
+
+
+def host_status(coordinator: Proc) -> dict[str, Any]:
+    status = httpx.get(coordinator.url + "/api/andy/pool_status",
+                       headers={"Authorization": f"Bearer {coordinator.key}"}).json()
+    (host,) = status["hosts"]
+    return host
+
+
+def wait_status(coordinator: Proc, wanted: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        host = host_status(coordinator)
+        if host["status"] == wanted:
+            return host
+        time.sleep(0.1)
+    raise AssertionError(f"host status stayed {host_status(coordinator)}")
+
+
+CONTROL_CASES = [
+    ("max_temperature", "80", lambda g: g.update(temperature=91), "91°C"),
+    ("min_free_vram_mib", "4096", lambda g: g.update(memory_used=g["memory_total"] - 1024 * 2**20), "below the floor"),
+    ("max_foreign_vram_mib", "2048", lambda g: g["processes"].append({"pid": 777, "used_memory": 8 * 2**30}),
+     "other processes use"),
+]
+
+
+@pytest.mark.parametrize("option, value, change, reason", CONTROL_CASES, ids=[c[0] for c in CONTROL_CASES])
+def test_each_control_pauses_and_resumes_a_running_host(procs: Processes, option: str, value: str,
+                                                        change: Any, reason: str) -> None:
+    live = procs.tmp / "gpu.json"
+    original = json.loads((FIXTURES / "rtx-4090.json").read_text())
+    live.write_text(json.dumps(original))
+    backend = procs.fake("ollama", "--models", MODEL, "--token-delay", "0.05")
+    coordinator = procs.coordinator()
+    env = {"ANDY_HOST_TEST_NVML": str(live), "PYTHONPATH": str(FAKE_NVML), "ANDY_HOST_CONTROLS_CHECK_INTERVAL": "0.2"}
+    agent = procs.agent(coordinator.url, "ollama", backend.url, "owner-box", f"--{option.replace('_', '-')}", value,
+                        env=env)
+    wait_models(coordinator.url, {MODEL: 1})
+    assert host_status(coordinator)["status"] == "active"
+    gpus = host_status(coordinator)
+    assert gpus["name"] == "owner-box"
+    # a job in flight when the pause starts still finishes
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        running = ex.submit(chat_stream, coordinator.url, MODEL, "in flight " + "w " * 20)
+        time.sleep(0.3)
+        changed = json.loads(live.read_text())
+        change(changed["gpus"][0])
+        live.write_text(json.dumps(changed))
+        paused = wait_status(coordinator, "paused")
+        assert reason in paused["reason"]
+        assert running.result(timeout=20).outcome == "complete"
+    refused = chat_stream(coordinator.url, MODEL, "while paused")
+    assert refused.status == 503  # the only host is paused: no job is sent to it
+    agent.wait_event("controls.paused")
+    live.write_text(json.dumps(original))
+    wait_status(coordinator, "active")
+    agent.wait_event("controls.resumed")
+    assert chat_stream(coordinator.url, MODEL, "resumed").outcome == "complete"
+
+
+def test_active_hours_pause_and_model_lists_through_reload(procs: Processes) -> None:
+    backend = procs.fake("ollama", "--models", f"{MODEL},llama3:70b,sweaterdog/andy-4:latest")
+    coordinator = procs.coordinator()
+    now = dt.datetime.now()
+    outside = f"{(now + dt.timedelta(hours=2)):%H:%M}-{(now + dt.timedelta(hours=3)):%H:%M}"
+    config = procs.tmp / "host.toml"
+    config.write_text(f'[controls]\nactive_hours = "{outside}"\ndeny_models = ["*:70b"]\n')
+    env = {"ANDY_HOST_TEST_NVML": str(FIXTURES / "no-driver.json"), "PYTHONPATH": str(FAKE_NVML),
+           "ANDY_HOST_CONTROLS_CHECK_INTERVAL": "0.2"}
+    agent = procs.agent(coordinator.url, "ollama", backend.url, "night-owl", "--config", str(config), env=env)
+    wait_models(coordinator.url, {MODEL: 1, "sweaterdog/andy-4:latest": 1, "llama3:70b": 0})
+    assert "outside active hours" in wait_status(coordinator, "paused")["reason"]
+    inside = f"{(now - dt.timedelta(hours=1)):%H:%M}-{(now + dt.timedelta(hours=1)):%H:%M}"
+    config.write_text(f'[controls]\nactive_hours = "{inside}"\nshare_models = ["sweaterdog/*"]\n')
+    agent.signal(__import__("signal").SIGHUP)
+    wait_status(coordinator, "active")
+    wait_models(coordinator.url, {MODEL: 0, "sweaterdog/andy-4:latest": 1})
+    assert chat_stream(coordinator.url, "andy-4", "late night").outcome == "complete"
+
+
+def test_probe_command(tmp_path: Path) -> None:
+    env = {**__import__("os").environ, "ANDY_HOST_TEST_NVML": str(FIXTURES / "a100-mig.json"),
+           "PYTHONPATH": f"{FAKE_NVML}:{ROOT}"}
+    result = subprocess.run([sys.executable, "-m", "andy_host.cli", "probe", "--json", "--backend", "ollama",
+                             "--backend-url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1  # the backend is not reachable
+    report = json.loads(result.stdout)
+    assert report["gpus"][0]["mig_mode"] is True
+    assert report["backend"]["error"].startswith("Ollama is not reachable at http://127.0.0.1:9")
+    assert "ollama serve" in report["backend"]["error"]
