@@ -84,6 +84,9 @@ async def _main(config: Config) -> int:
         _say(f'    client = OpenAI(base_url="{api}", api_key="none")')
         _say(f'    print(client.chat.completions.create(model="{PYPI_MODEL}",')
         _say('          messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)')
+        _say("\nChat needs no key (10 requests a minute); embeddings and /v1/models need one:")
+        _say(f"    andy-host coordinator keys create --name me --db {config.coordinator.db}")
+        _say(f"Dashboard: {url}/   Metrics: {url}/metrics")
         _say("\nServing until Ctrl-C.")
         await stop.wait()
         return 0
@@ -105,7 +108,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, threads: int = 0) -> int
         print(f"andy-host demo: {exc}", file=sys.stderr)
         return 1
     config = Config(
-        coordinator=CoordinatorConfig(host=host, port=port),
+        coordinator=CoordinatorConfig(host=host, port=port, db=str(cache_dir() / "demo.db")),
         agent=AgentConfig(name="demo-host", max_concurrency=2),
         backend=BackendConfig(kind="llamacpp", managed=True, model=PYPI_MODEL, threads=threads, parallel=2),
         log=LogConfig(format="console", level="warning"),
