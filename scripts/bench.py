@@ -200,7 +200,10 @@ def failover_section(tmp: Path, runs: int) -> dict[str, Any]:
 def scale_section(tmp: Path, hosts: int, interval: float) -> dict[str, Any]:
     procs = Processes(tmp / "scale")
     try:
-        coordinator = procs.coordinator(env={**QUIET_ENV, "ANDY_HOST_COORDINATOR_HOST_TIMEOUT": str(interval * 3)})
+        coordinator = procs.coordinator(env={
+            **QUIET_ENV, "ANDY_HOST_COORDINATOR_HOST_TIMEOUT": str(interval * 3),
+            "ANDY_HOST_COORDINATOR_MAX_HOSTS_PER_ADDRESS": str(hosts + 10),  # all simulated hosts share 127.0.0.1
+        })
         assert coordinator.popen is not None
         proc = psutil.Process(coordinator.popen.pid)
         rss_before = proc.memory_info().rss
@@ -210,6 +213,8 @@ def scale_section(tmp: Path, hosts: int, interval: float) -> dict[str, Any]:
         )
         assert sim.stdout is not None
         line = sim.stdout.readline()  # "registered N in S"
+        if not line.startswith("registered"):
+            raise RuntimeError(f"simulated hosts failed: {line!r}")
         registered_s = float(line.split()[-1])
         time.sleep(2)
         cpu0 = proc.cpu_times()

@@ -48,8 +48,17 @@ async def main(base: str, n: int, interval: float) -> None:
         tasks.append(asyncio.create_task(host(url, i, interval, ready)))
         if i % 50 == 49:
             await asyncio.sleep(0)  # let connections progress
-    for _ in range(n):
-        await ready.get()
+    async def all_ready() -> None:
+        for _ in range(n):
+            await ready.get()
+
+    waiting = asyncio.create_task(all_ready())
+    await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in tasks if t.done() and t.exception() is not None]
+    if failed:
+        print(f"failed: {failed[0].exception()!r}", flush=True)
+        raise SystemExit(1)
+    await waiting
     print(f"registered {n} in {time.perf_counter() - t0:.3f}", flush=True)
     await asyncio.gather(*tasks)
 

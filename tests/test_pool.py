@@ -193,3 +193,14 @@ def test_embeddings(pool: dict[str, Any]) -> None:
     assert result.data[0].embedding != result.data[1].embedding
     again = pool["client"].embeddings.create(model="nomic-embed-text", input="alpha")
     assert again.data[0].embedding == result.data[0].embedding
+
+
+def test_model_that_cannot_embed_gets_a_clear_400(procs: Processes) -> None:
+    backend = procs.fake("llamacpp", "--model", "chat-only:latest", "--no-embeddings")
+    coordinator = procs.coordinator()
+    procs.agent(coordinator.url, "llamacpp", backend.url, "chat-only-host")
+    wait_models(coordinator.url, {"chat-only:latest": 1})
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="chat-only", input="x")
+    assert "cannot create embeddings" in err.value.message

@@ -38,9 +38,12 @@ def test_host_killed_and_restarted(procs: Processes) -> None:
     assert err.value.status_code == 503
     assert "No available hosts" in err.value.message
 
-    procs.agent(coordinator.url, "ollama", backend.url, "solo-host")
+    again = procs.agent(coordinator.url, "ollama", backend.url, "solo-host")
     wait_models(coordinator.url, {SOLO: 1})
     assert ask(coordinator.url, content="back") == "ollama heard: back"
+    # the same host, by its id kept in the state directory
+    ids = [e["host_id"] for e in (*agent.events(), *again.events()) if e.get("event") == "link.connected"]
+    assert len(ids) >= 2 and len(set(ids)) == 1  # (both runs log to solo-host.log)
 
 
 def test_coordinator_restart_hosts_reconnect(procs: Processes) -> None:

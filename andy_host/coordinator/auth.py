@@ -57,6 +57,7 @@ class Access:
         self.config = config
         self.minute = SlidingWindow(config.rate_window)
         self.pending: defaultdict[tuple[int, str], int] = defaultdict(int)
+        self.stored: dict[tuple[int, str], int] = {}  # usage already in the store, read once per key and day
         self.last_used: dict[int, float] = {}
         self.trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
 
@@ -126,7 +127,9 @@ class Access:
         credit = self._credit(key)
         daily_limit = key.daily_limit + credit * self.config.credit_daily
         day = utc_day(now)
-        used = self.store.usage_today(key.id) + self.pending[(key.id, day)]
+        if (key.id, day) not in self.stored:  # this process is the only writer of usage
+            self.stored[(key.id, day)] = self.store.usage_today(key.id)
+        used = self.stored[(key.id, day)] + self.pending[(key.id, day)]
         if used >= daily_limit:
             reset = _seconds_to_utc_midnight(now)
             raise _limited(Decision(False, daily_limit, 0, reset), "per day for this API key")
@@ -160,8 +163,13 @@ class Access:
     def flush(self) -> None:
         if self.pending or self.last_used:
             self.store.add_usage(dict(self.pending), dict(self.last_used))
+            for slot, count in self.pending.items():
+                if slot in self.stored:
+                    self.stored[slot] += count
             self.pending.clear()
             self.last_used.clear()
+            today = utc_day()
+            self.stored = {slot: n for slot, n in self.stored.items() if slot[1] == today}
 
 
 def _headers(decision: Decision) -> dict[str, str]:
