@@ -358,7 +358,8 @@ async def _real_stream(url: str, n: int, max_tokens: int) -> tuple[float, float]
     body = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
             "stream": True, "max_tokens": max_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
     tps, ttft = [], []
-    async with aiohttp.ClientSession() as session:
+    # llama-server may close a connection after a stream: a fresh one per request, both ways
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for _ in range(n):
             t0 = time.perf_counter()
             first = None
