@@ -445,15 +445,15 @@ def render(r: dict[str, Any]) -> str:
             "| relay (stub backend) | direct | through the pool | pool / direct |",
             "| --- | --- | --- | --- |",
             f"| latency p50, concurrency 1 | {x['direct_p50']:.2f} ms | {x['pool_p50']:.2f} ms | "
-            f"+{x['pool_p50'] - x['direct_p50']:.2f} ms |",
+            f"{x['pool_p50'] - x['direct_p50']:+.2f} ms |",
             f"| latency p99, concurrency 1 | {x['direct_p99']:.2f} ms | {x['pool_p99']:.2f} ms | "
-            f"+{x['pool_p99'] - x['direct_p99']:.2f} ms |",
+            f"{x['pool_p99'] - x['direct_p99']:+.2f} ms |",
             f"| requests/s, concurrency 32 | {x['direct_rps']:.0f} | {x['pool_rps']:.0f} | "
             f"{x['pool_rps'] / x['direct_rps']:.2f} |",
             f"| streamed chunks/s, concurrency 4 | {x['direct_chunks']:.0f} | {x['pool_chunks']:.0f} | "
             f"{x['pool_chunks'] / x['direct_chunks']:.2f} |",
             f"| time to first chunk | {x['direct_ttfc']:.2f} ms | {x['pool_ttfc']:.2f} ms | "
-            f"+{x['pool_ttfc'] - x['direct_ttfc']:.2f} ms |",
+            f"{x['pool_ttfc'] - x['direct_ttfc']:+.2f} ms |",
             "",
         ]
     if "failover" in r:
