@@ -33,6 +33,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _name(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise bad_request("`name` is required", param="name")
+    return name
+
+
 def _positive(body: dict[str, Any], key: str, default: int) -> int:
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -49,12 +56,9 @@ async def create_key(request: web.Request) -> web.Response:
     _guard(request)
     body = await _body(request)
     config = request.app[CONFIG]
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad_request("`name` is required", param="name")
     try:
         secret, key_id = request.app[STORE].create_key(
-            name,
+            _name(body),
             _positive(body, "daily_limit", config.default_daily_limit),
             _positive(body, "per_minute", config.default_per_minute),
             body.get("host_token"),
@@ -78,11 +82,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     _guard(request)
-    body = await _body(request)
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad_request("`name` is required", param="name")
-    secret, token_id = request.app[STORE].create_token(name)
+    secret, token_id = request.app[STORE].create_token(_name(await _body(request)))
     return web.json_response({"id": token_id, "token": secret, "note": "shown once; store it now"}, status=201)
 
 
