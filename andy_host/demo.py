@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -85,7 +86,9 @@ async def _main(config: Config) -> int:
         _say(f'    print(client.chat.completions.create(model="{PYPI_MODEL}",')
         _say('          messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)')
         _say("\nChat needs no key (10 requests a minute); embeddings and /v1/models need one:")
-        _say(f"    andy-host coordinator keys create --name me --db {config.coordinator.db}")
+        cli = Path(sys.executable).parent / "andy-host"
+        command = cli if cli.exists() else "andy-host"
+        _say(f"    {command} coordinator keys create --name me --db {config.coordinator.db}")
         _say(f"Dashboard: {url}/   Metrics: {url}/metrics")
         _say("\nServing until Ctrl-C.")
         await stop.wait()
