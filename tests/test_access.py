@@ -284,3 +284,18 @@ def test_openapi_document_describes_every_route(procs: Processes) -> None:
     spec = get_json(coordinator.url + "/openapi.json")
     documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
     assert routes == documented
+
+
+def test_open_enrolment_caps_hosts_per_address(procs: Processes) -> None:
+    backend = procs.fake("ollama", "--models", MODEL)
+    coordinator = procs.coordinator(env={"ANDY_HOST_COORDINATOR_MAX_HOSTS_PER_ADDRESS": "1"})
+    first = procs.agent(coordinator.url, "ollama", backend.url, "first")
+    wait_models(coordinator.url, {MODEL: 1})
+    second = procs.agent(coordinator.url, "ollama", backend.url, "second", wait=False)
+    second.wait_event("link.down", timeout=10)
+    refused = coordinator.wait_event("host.refused")
+    assert refused["name"] == "second" and "at most 1 hosts per address" in refused["reason"]
+    assert get_json(coordinator.url + "/health")["hosts"] == 1
+    first.signal(__import__("signal").SIGINT)  # its place frees up: the second gets in on a retry
+    second.wait_event("link.connected", timeout=15)
+    wait_models(coordinator.url, {MODEL: 1})
