@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 PROTOCOL_VERSION = 1
+HOSTS_WS_PATH = "/api/andy/hosts/ws"  # where hosts connect, on the coordinator
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
 MAX_MODELS = 500

@@ -15,6 +15,7 @@ from andy_host.agent.jobs import JobRunner
 from andy_host.config import AgentConfig
 from andy_host.notify import Notifier
 from andy_host.protocol import (
+    HOSTS_WS_PATH,
     Cancel,
     Heartbeat,
     Hello,
@@ -27,7 +28,6 @@ from andy_host.protocol import (
 
 log = structlog.get_logger("andy_host.link")
 
-HOSTS_WS_PATH = "/api/andy/hosts/ws"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 

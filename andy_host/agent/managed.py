@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import os
 import signal
 import socket
 import sys
@@ -164,10 +163,3 @@ class ManagedLlamaServer:
             self._reader.cancel()
         log.info("llama_server.stopped", pid=self.proc.pid if self.proc else None)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -14,12 +14,17 @@ from andy_host.errors import APIError, bad_request
 PREFIX = "/api/andy/admin"
 
 
-def _guard(request: web.Request) -> None:
+def has_admin_token(request: web.Request) -> bool:
+    """The request carries the configured admin token (never true when none is set)."""
     token = request.app[CONFIG].admin_token
-    if not token:
-        raise APIError(404, "The admin API is off: set coordinator.admin_token to enable it.", code="admin_disabled")
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not given or not same(given, token):
+    return bool(token and given and same(given, token))
+
+
+def _guard(request: web.Request) -> None:
+    if not request.app[CONFIG].admin_token:
+        raise APIError(404, "The admin API is off: set coordinator.admin_token to enable it.", code="admin_disabled")
+    if not has_admin_token(request):
         raise APIError(401, "The admin API needs `Authorization: Bearer <admin_token>`.", code="invalid_admin_token")
 
 

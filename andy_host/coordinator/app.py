@@ -17,7 +17,7 @@ from andy_host.coordinator import openai_api
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.dashboard import add_dashboard_routes
-from andy_host.coordinator.hostlink import HOSTS_WS_PATH, host_websocket
+from andy_host.coordinator.hostlink import host_websocket
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
@@ -38,6 +38,7 @@ from andy_host.coordinator.state import (
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 from andy_host.notify import Notifier
+from andy_host.protocol import HOSTS_WS_PATH
 
 log = structlog.get_logger("andy_host.coordinator")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from andy_host.coordinator.secrets import same
+from andy_host.coordinator.admin import has_admin_token
 from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS
 from andy_host.errors import APIError
 
@@ -78,10 +78,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     if config.metrics_access == "off":
         raise APIError(404, "Metrics are off (coordinator.metrics_access).", code="metrics_disabled")
-    if config.metrics_access == "admin":
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not config.admin_token or not given or not same(given, config.admin_token):
-            raise APIError(401, "Metrics need `Authorization: Bearer <admin_token>`.", code="invalid_admin_token")
+    if config.metrics_access == "admin" and not has_admin_token(request):
+        raise APIError(401, "Metrics need `Authorization: Bearer <admin_token>`.", code="invalid_admin_token")
     return web.Response(body=request.app[METRICS].render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

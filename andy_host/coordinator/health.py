@@ -43,9 +43,6 @@ class HostHealth:
             return False
         return not self.probing or active_jobs == 0
 
-    def ejected(self, now: float) -> bool:
-        return now < self.ejected_until
-
     def record_speed(self, ttft: float | None, tps: float | None) -> None:
         if ttft is not None:
             self.ttft = _ema(self.ttft, ttft)

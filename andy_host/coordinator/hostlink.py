@@ -33,8 +33,6 @@ from andy_host.protocol import (
 
 log = structlog.get_logger("andy_host.hostlink")
 
-HOSTS_WS_PATH = "/api/andy/hosts/ws"
-
 
 async def host_websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]

@@ -71,9 +71,6 @@ class Host:
     def free(self) -> int:
         return self.capacity - len(self.jobs)
 
-    def accepts(self, now: float) -> bool:
-        return self.status == "active" and self.free > 0 and self.health.admits(now, len(self.jobs))
-
 
 class Registry:
     """Hosts by id and by model; the set of every model name ever served."""
