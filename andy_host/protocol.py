@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import orjson
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: ``done`` may carry the answer's last content
+OLDEST_PROTOCOL = 1  # the oldest version of a host the coordinator still accepts
 HOSTS_WS_PATH = "/api/andy/hosts/ws"  # where hosts connect, on the coordinator
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
@@ -86,10 +87,14 @@ class Chunk:
 
 @dataclass(slots=True)
 class Done:
+    """The end of a job. ``content`` is text that arrived together with the end (a
+    short answer whole, or the last tokens): one frame instead of a chunk and a done."""
+
     id: str
     finish_reason: str = "stop"
     usage: dict[str, int] = field(default_factory=dict)
     embeddings: list[list[float]] | None = None
+    content: str = ""
     type: Literal["done"] = "done"
 
 
@@ -257,11 +262,15 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
         reason = obj.get("finish_reason", "stop")
         if reason not in ("stop", "length"):
             raise ProtocolError("field 'finish_reason' must be 'stop' or 'length'")
+        content = obj.get("content", "")
+        if not isinstance(content, str):
+            raise ProtocolError("field 'content' must be a string")
         return Done(
             id=_str(obj, "id", max_len=MAX_ID_LEN),
             finish_reason=reason,
             usage=_usage(obj),
             embeddings=_embeddings(obj),
+            content=content,
         )
     if kind == "error":
         message = obj.get("message")
@@ -290,10 +299,11 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
         return Models(models=_models(obj))
     if kind == "hello":
         protocol = _int(obj, "protocol", lo=1, hi=1000)
-        if protocol != PROTOCOL_VERSION:
+        if not OLDEST_PROTOCOL <= protocol <= PROTOCOL_VERSION:
+            newer = "the coordinator" if protocol > PROTOCOL_VERSION else "andy-host on this host"
             raise ProtocolError(
-                f"protocol version {protocol} is not supported (coordinator speaks {PROTOCOL_VERSION}); "
-                "upgrade andy-host on this host"
+                f"protocol version {protocol} is not supported (coordinator speaks {OLDEST_PROTOCOL} to "
+                f"{PROTOCOL_VERSION}); upgrade {newer}"
             )
         return Hello(
             protocol=protocol,

@@ -15,6 +15,7 @@ HOST_MESSAGES: list[p.HostMessage] = [
     p.Models(models=[p.ModelInfo(name="b:latest", context_length=8192)]),
     p.Chunk(id="j1", content="tok"),
     p.Done(id="j1", finish_reason="length", usage={"prompt_tokens": 3, "completion_tokens": 4}),
+    p.Done(id="j3", usage={"completion_tokens": 2}, content="last words"),
     p.Done(id="j2", embeddings=[[0.5, -1.0]], usage={"prompt_tokens": 2}),
     p.JobError(id="j1", status=503, message="busy", code="x", retry_after=2.0),
 ]
@@ -52,10 +53,12 @@ def test_fast_chunk_encoding_matches() -> None:
         ('{"type": "done", "id": "j1", "finish_reason": "exploded"}', "finish_reason"),
         ('{"type": "done", "id": "j1", "usage": {"completion_tokens": -1}}', "completion_tokens"),
         ('{"type": "done", "id": "j1", "embeddings": [["a"]]}', "embeddings"),
+        ('{"type": "done", "id": "j1", "content": ["x"]}', "'content'"),
         ('{"type": "error", "id": "j1", "status": 200, "message": "x"}', "'status'"),
         ('{"type": "heartbeat", "active": 0, "status": "asleep"}', "'status'"),
         ('{"type": "heartbeat", "active": true}', "'active'"),
         ('{"type": "hello", "protocol": 99, "name": "h", "backend": "x", "models": [], "capacity": 1}', "protocol version"),
+        ('{"type": "hello", "protocol": 0, "name": "h", "backend": "x", "models": [], "capacity": 1}', "'protocol'"),
         ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [], "capacity": 0}', "'capacity'"),
         ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [1], "capacity": 1}', "model"),
         ('{"type": "models", "models": "all"}', "'models'"),
@@ -64,6 +67,15 @@ def test_fast_chunk_encoding_matches() -> None:
 def test_malformed_host_frames_are_rejected(frame: str, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
         p.decode_host(frame)
+
+
+def test_hosts_of_the_previous_protocol_are_still_accepted() -> None:
+    """Version 1 hosts never put content in ``done``; the coordinator takes them."""
+    hello = p.decode_host('{"type": "hello", "protocol": 1, "name": "old", "backend": "ollama", "models": [], '
+                          '"capacity": 1}')
+    assert isinstance(hello, p.Hello) and hello.protocol == 1
+    done = p.decode_host('{"type": "done", "id": "j1", "finish_reason": "stop", "usage": {}}')
+    assert isinstance(done, p.Done) and done.content == ""
 
 
 def test_host_cannot_send_coordinator_messages() -> None:

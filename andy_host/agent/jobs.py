@@ -142,21 +142,25 @@ class JobRunner:
         usage: dict[str, int] = {}
         produced = 0
         echo = EchoStripper(job.request["messages"][-1]["content"] if job.request.get("continuation") else "")
+        finished = False  # the backend gave its finish reason: what follows is only usage
+        tail: list[str] = []  # content that travels in the done frame
         async for piece in self.backend.chat(backend_id, job.request):
             content = echo.feed(piece.content) if piece.content else ""
             produced += piece.pieces if piece.content else 0
-            if content:
-                await send(encode_chunk(job.id, content, piece.pieces))
             if piece.finish_reason:
                 finish_reason = piece.finish_reason
+                finished = True
+            if content:
+                if finished:
+                    tail.append(content)
+                else:
+                    await send(encode_chunk(job.id, content, piece.pieces))
             if piece.usage:
                 usage = piece.usage
-        rest = echo.flush()
-        if rest:
-            await send(encode_chunk(job.id, rest))
+        tail.append(echo.flush())
         usage.setdefault("completion_tokens", produced)
         self.tokens += usage["completion_tokens"]
-        await send(encode(Done(id=job.id, finish_reason=finish_reason, usage=usage)))
+        await send(encode(Done(id=job.id, finish_reason=finish_reason, usage=usage, content="".join(tail))))
 
     @staticmethod
     async def _send_error(send: Send, error: JobError) -> None:

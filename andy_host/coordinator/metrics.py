@@ -86,17 +86,34 @@ class Metrics:
         self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_SECONDS)  # (time, requests, tokens)
         self._requests = 0
         self._tokens = 0
+        # labelled children, looked up once (``labels()`` takes a lock and builds a key)
+        self._outcomes: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._per_model: dict[str, tuple[Histogram, Counter]] = {}
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.latency.labels(endpoint, model).observe(seconds)
+        children = self._outcomes.get((endpoint, model, status))
+        if children is None:
+            children = self._outcomes[(endpoint, model, status)] = (
+                self.requests.labels(endpoint, model, str(status)), self.latency.labels(endpoint, model)
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         self._requests += 1
         if status == 429:
             self.rate_limited.labels(endpoint).inc()
 
+    def _model(self, model: str) -> tuple[Histogram, Counter]:
+        children = self._per_model.get(model)
+        if children is None:
+            children = self._per_model[model] = (self.ttft.labels(model), self.tokens.labels(model))
+        return children
+
+    def observe_ttft(self, model: str, seconds: float) -> None:
+        self._model(model)[0].observe(seconds)
+
     def observe_tokens(self, model: str, tokens: int) -> None:
         if tokens:
-            self.tokens.labels(model).inc(tokens)
+            self._model(model)[1].inc(tokens)
             self._tokens += tokens
 
     def sample(self) -> None:

@@ -7,7 +7,7 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -83,14 +83,21 @@ async def add_permit_headers(request: web.Request, response: web.StreamResponse)
 async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # parse again for the standard library's clearer message
+        body = _loads_slowly(raw)
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def _loads_slowly(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise bad_request("The request body is not valid UTF-8.") from None
     except ValueError as exc:
         raise bad_request(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
 
 
 def resolve_model(request: web.Request, requested: str) -> str:
@@ -148,14 +155,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream, include_usage = parse.parse_stream(body)
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    metrics, started = request.app[METRICS], time.monotonic()
-    jobs = _observed(request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream),
-                     metrics, model, started)
+    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)
+    seen = _Seen(request.app[METRICS], model)
     if not stream:
         parts: list[str] = []
         done: Done | None = None
         async with aclosing(jobs):
             async for item in jobs:
+                seen(item)
                 if isinstance(item, str):
                     parts.append(item)
                 elif isinstance(item, Restart):
@@ -186,6 +193,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with aclosing(jobs):
         try:
             async for item in jobs:
+                seen(item)
                 if response is None:
                     # Headers go out with the first content, so that failures before it
                     # can still be answered with a proper HTTP status.
@@ -213,19 +221,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _observed(
-    jobs: AsyncGenerator[str | Done | Restart, None], metrics: Metrics, model: str, started: float
-) -> AsyncGenerator[str | Done | Restart, None]:
-    """Pass the relay's items through, recording time to first token and tokens."""
-    first = True
-    async with aclosing(jobs):
-        async for item in jobs:
-            if first and isinstance(item, str):
-                metrics.ttft.labels(model).observe(time.monotonic() - started)
-                first = False
-            elif isinstance(item, Done):
-                metrics.observe_tokens(model, item.usage.get("completion_tokens", 0))
-            yield item
+class _Seen:
+    """Records time to first token and tokens generated from the relay's items."""
+
+    __slots__ = ("metrics", "model", "started", "first")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.metrics, self.model, self.started, self.first = metrics, model, time.monotonic(), True
+
+    def __call__(self, item: str | Done | Restart) -> None:
+        if self.first and isinstance(item, str):
+            self.metrics.observe_ttft(self.model, time.monotonic() - self.started)
+            self.first = False
+        elif isinstance(item, Done):
+            self.metrics.observe_tokens(self.model, item.usage.get("completion_tokens", 0))
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:

@@ -216,14 +216,20 @@ class Relay:
                     self._failed(assignment, model, slow=True)
                     yield timeout_error(f"host {host.name} was silent for {limit:.1f}s {what}")
                     return
+                final: Done | JobError | HostLost | None = None
+                if isinstance(event, Done) and event.content:  # the last content came with the end
+                    final, event = event, Chunk(id=event.id, content=event.content, tokens=0)
+                    final.content = ""
                 if isinstance(event, Chunk):
-                    final: Done | JobError | HostLost | None = None
-                    if not events.empty():
+                    if final is None and not events.empty():
                         merged, count = [event.content], event.tokens
                         while not events.empty():
                             more = events.get_nowait()
                             if not isinstance(more, Chunk):
                                 final = more
+                                if isinstance(more, Done) and more.content:
+                                    merged.append(more.content)
+                                    more.content = ""
                                 break
                             merged.append(more.content)
                             count += more.tokens

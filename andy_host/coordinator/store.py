@@ -42,8 +42,17 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 
+KEY_CACHE_SIZE = 10_000  # live keys remembered in memory
+_day_cache: tuple[int, str] = (-1, "")
+
+
 def utc_day(now: float | None = None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now if now is not None else time.time()))
+    """The UTC date as YYYY-MM-DD (formatted once per day: it is asked for on every request)."""
+    global _day_cache
+    number = int((now if now is not None else time.time()) // 86400)
+    if number != _day_cache[0]:
+        _day_cache = (number, time.strftime("%Y-%m-%d", time.gmtime(number * 86400)))
+    return _day_cache[1]
 
 
 @dataclass(slots=True)
@@ -65,6 +74,21 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        # Live keys by digest, so that a request costs no query. Another process (the
+        # keys CLI) writing the database changes data_version, which empties the cache;
+        # this connection's own key writes empty it directly.
+        self._keys: dict[str, ApiKey] = {}
+        self._data_version = self._read_data_version()
+
+    def _read_data_version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _keys_current(self) -> dict[str, ApiKey]:
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._data_version = version
+            self._keys.clear()
+        return self._keys
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -114,6 +138,10 @@ class Store:
         if not sec.well_formed(secret, sec.API_KEY_PREFIX):
             return None
         wanted = sec.digest(secret)
+        cache = self._keys_current()
+        key = cache.get(wanted)
+        if key is not None:
+            return key
         row = self.db.execute(
             "SELECT id, display, name, daily_limit, per_minute, host_token_id, hash, revoked"
             " FROM api_keys WHERE hash = ?",
@@ -121,7 +149,10 @@ class Store:
         ).fetchone()
         if row is None or row[7] is not None or not sec.same(row[6], wanted):
             return None
-        return ApiKey(*row[:6])
+        if len(cache) >= KEY_CACHE_SIZE:
+            cache.clear()
+        key = cache[wanted] = ApiKey(*row[:6])
+        return key
 
     def list_keys(self) -> list[dict[str, Any]]:
         day = utc_day()
@@ -137,6 +168,7 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def revoke_key(self, ident: str) -> bool:
+        self._keys.clear()
         cur = self.db.execute(
             "UPDATE api_keys SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
             (time.time(), ident[: sec.DISPLAY_LEN], ident),

@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from andy_host.config import BackendConfig
 from andy_host.protocol import ModelInfo
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class BackendError(Exception):
@@ -93,10 +96,14 @@ class Backend(abc.ABC):
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
 
+    def _post(self, path: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Any:
+        """POST a JSON body (encoded with orjson: this is on every job's path)."""
+        return self.session.post(self.url + path, data=orjson.dumps(body), headers=JSON_HEADERS, timeout=timeout)
+
     async def _post_json(self, path: str, body: dict[str, Any], probe: bool = False) -> Any:
         timeout = self.probe_timeout if probe else self.timeout
         try:
-            async with self.session.post(self.url + path, json=body, timeout=timeout) as resp:
+            async with self._post(path, body, timeout) as resp:
                 await raise_for_backend(resp)
                 return await resp.json(content_type=None)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:

@@ -84,9 +84,7 @@ class LlamaCppBackend(Backend):
         }
         body.update({k: request[k] for k in CHAT_FIELDS if k in request})
         try:
-            async with self.session.post(
-                self.url + "/v1/chat/completions", json=body, timeout=self.timeout
-            ) as resp:
+            async with self._post("/v1/chat/completions", body, self.timeout) as resp:
                 await raise_for_backend(resp)
                 finished = False
                 async for lines in line_batches(resp.content):

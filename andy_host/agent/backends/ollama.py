@@ -93,7 +93,7 @@ class OllamaBackend(Backend):
         options = {OPTION_NAMES[k]: request[k] for k in OPTION_NAMES if k in request}
         body = {"model": backend_id, "messages": request["messages"], "stream": True, "options": options}
         try:
-            async with self.session.post(self.url + "/api/chat", json=body, timeout=self.timeout) as resp:
+            async with self._post("/api/chat", body, self.timeout) as resp:
                 await raise_for_backend(resp)
                 async for lines in line_batches(resp.content):
                     texts: list[str] = []
