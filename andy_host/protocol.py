@@ -155,6 +155,13 @@ def encode_chunk(job_id: str, content: str, tokens: int = 1) -> str:
     return orjson.dumps({"id": job_id, "content": content, "tokens": tokens, "type": "chunk"}).decode()
 
 
+def encode_job(job_id: str, kind: JobKind, model: str, request: dict[str, Any], deadline: float) -> str:
+    """Fast path for the job frame (same wire form as ``encode(Job)``)."""
+    return orjson.dumps(
+        {"id": job_id, "kind": kind, "model": model, "request": request, "deadline": deadline, "type": "job"}
+    ).decode()
+
+
 # --- validation helpers -----------------------------------------------------------
 
 

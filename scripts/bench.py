@@ -56,16 +56,20 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
             raise RuntimeError(f"{url}: HTTP {resp.status}")
 
 
-async def latency(url: str, n: int) -> list[float]:
+async def latencies(urls: list[str], n: int) -> list[list[float]]:
+    """Sequential request times (ms) for each url, interleaved request by request, so
+    that the direct baseline and the pool see the same moments of a noisy machine."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-    out = []
+    out: list[list[float]] = [[] for _ in urls]
     async with aiohttp.ClientSession() as session:
         for _ in range(20):  # warm-up
-            await _post(session, url, body)
+            for url in urls:
+                await _post(session, url, body)
         for _ in range(n):
-            t0 = time.perf_counter()
-            await _post(session, url, body)
-            out.append((time.perf_counter() - t0) * 1000)
+            for times, url in zip(out, urls, strict=True):
+                t0 = time.perf_counter()
+                await _post(session, url, body)
+                times.append((time.perf_counter() - t0) * 1000)
     return out
 
 
@@ -139,7 +143,7 @@ def relay_section(tmp: Path, runs: int) -> dict[str, Any]:
             "direct_p50", "direct_p99", "pool_p50", "pool_p99", "direct_rps", "pool_rps",
             "direct_chunks", "pool_chunks", "direct_ttfc", "pool_ttfc")}
         for _ in range(runs):
-            d, p = asyncio.run(latency(direct_url, 300)), asyncio.run(latency(pool_url, 300))
+            d, p = asyncio.run(latencies([direct_url, pool_url], 500))
             res["direct_p50"].append(pct(d, 50))
             res["direct_p99"].append(pct(d, 99))
             res["pool_p50"].append(pct(p, 50))

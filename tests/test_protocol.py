@@ -36,6 +36,12 @@ def test_coordinator_messages_round_trip(message: p.CoordinatorMessage) -> None:
     assert p.decode_coordinator(p.encode(message)) == message
 
 
+def test_fast_job_encoding_matches() -> None:
+    job = p.Job(id="j2", kind="chat", model="m:latest", request={"messages": [{"role": "user", "content": "é"}]},
+                deadline=12.5)
+    assert json.loads(p.encode_job(job.id, job.kind, job.model, job.request, job.deadline)) == json.loads(p.encode(job))
+
+
 def test_fast_chunk_encoding_matches() -> None:
     text = 'quote " and \\ and ünïcode\n'
     assert json.loads(p.encode_chunk("j9", text)) == json.loads(p.encode(p.Chunk(id="j9", content=text)))

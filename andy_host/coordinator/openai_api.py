@@ -224,7 +224,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 class _Seen:
     """Records time to first token and tokens generated from the relay's items."""
 
-    __slots__ = ("metrics", "model", "started", "first")
+    __slots__ = ("first", "metrics", "model", "started")
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.metrics, self.model, self.started, self.first = metrics, model, time.monotonic(), True

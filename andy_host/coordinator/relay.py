@@ -13,6 +13,7 @@ bounded by ``max_attempts`` and the whole request by ``request_timeout``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -25,7 +26,7 @@ from andy_host.coordinator.hosts import Assignment, Host, HostLost
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.errors import APIError, backend_error, timeout_error
-from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, Job, JobError, JobKind, encode
+from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, JobKind, encode, encode_job
 
 log = structlog.get_logger("andy_host.relay")
 
@@ -153,7 +154,10 @@ class Relay:
                             self.stats.rescued += 1
                         self.stats.completed += 1
                         item.usage["completion_tokens"] = item.usage.get("completion_tokens", 0) + before
-                        bound.info("job.done", finish_reason=item.finish_reason, failovers=failures)
+                        # logged once the answer is on its way, not before
+                        loop.call_soon(functools.partial(
+                            bound.info, "job.done", finish_reason=item.finish_reason, failovers=failures
+                        ))
                         yield item
                         return
                     else:  # an APIError the attempt ended with, to fail over from
@@ -194,8 +198,7 @@ class Relay:
             assignment.sent_at = time.monotonic()
             try:
                 await host.send(
-                    encode(Job(id=assignment.id, kind=kind, model=model, request=body,
-                               deadline=max(deadline - loop.time(), 0.001)))
+                    encode_job(assignment.id, kind, model, body, max(deadline - loop.time(), 0.001))
                 )
             except ConnectionError as exc:  # the host's socket closed just now
                 self._failed(assignment, model, slow=False)
