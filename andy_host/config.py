@@ -43,6 +43,7 @@ class CoordinatorConfig:
     host_timeout: float = 30.0
     ttft_timeout: float = 60.0
     token_timeout: float = 30.0
+    answer_timeout: float = 300.0
     request_timeout: float = 600.0
     queue_timeout: float = 30.0
     max_queue: int = 256

@@ -22,6 +22,7 @@ MODEL = "m:latest"
 FAILOVER_ENV = {
     "ANDY_HOST_COORDINATOR_TTFT_TIMEOUT": "1.5",
     "ANDY_HOST_COORDINATOR_TOKEN_TIMEOUT": "1.0",
+    "ANDY_HOST_COORDINATOR_ANSWER_TIMEOUT": "1.5",
     "ANDY_HOST_COORDINATOR_EJECT_AFTER": "1000",
 }
 
@@ -135,14 +136,20 @@ def test_nobody_can_continue_ends_with_an_error_event(pool: dict[str, Any]) -> N
 
 
 def test_non_streaming_is_retried_to_completion(pool: dict[str, Any]) -> None:
+    """Answers that are not streamed are asked of the backend whole; a host that fails
+    one (error, dropped connection, hang past answer_timeout, broken body) is left for
+    another, and the client still gets the whole answer."""
     client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key=pool["key"], max_retries=0)
-    for mode in ("500", "cut", "stall"):
+    for mode in ("500", "cut", "stall", "malformed"):
+        faults, rescued = stats(pool["F"])["faults"], pool_stats(pool["url"])["rescued"]
         fault(pool["F"], mode)
         reply = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"whole {mode} a b c d e f"}]
         )
         assert reply.choices[0].message.content == expected(f"whole {mode} a b c d e f")
         assert reply.choices[0].finish_reason == "stop"
+        assert stats(pool["F"])["faults"] == faults + 1  # F really failed it
+        assert pool_stats(pool["url"])["rescued"] == rescued + 1
 
 
 def test_context_length_error_is_400_and_not_retried(pool: dict[str, Any]) -> None:

@@ -153,6 +153,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     requested = parse.parse_model(body)
     chat = parse.parse_chat(body, request.app[CONFIG].max_content_chars)
     stream, include_usage = parse.parse_stream(body)
+    chat["stream"] = stream  # the host asks its backend for the answer the same way
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)

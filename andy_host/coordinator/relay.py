@@ -1,7 +1,9 @@
 """Running one job on the pool: reserve a host, push the job, relay its events back.
 
 Before any content: a host that fails (5xx, connection error, disconnect) or stays
-silent past ``ttft_timeout`` is abandoned and the job goes to another host. After
+silent past ``ttft_timeout`` is abandoned and the job goes to another host. A
+non-streamed answer is asked of the backend in one piece (as the client asked for
+it), so its host has ``answer_timeout`` to deliver all of it. After
 content: a lost host, a stall past ``token_timeout``, a cut stream or a malformed
 chunk continues the answer on another host that can continue a final assistant
 message, the partial answer sent as that prefix (the host strips any echo of it).
@@ -142,7 +144,7 @@ class Relay:
                 self.stats.continued += 1
                 bound.info("job.continuing", prefix_chars=sum(map(len, partial)))
             before = tokens  # tokens already delivered by earlier hosts
-            outcome = self._attempt(assignment, kind, model, body, deadline, bool(partial))
+            outcome = self._attempt(assignment, kind, model, body, deadline, bool(partial), stream)
             try:
                 async for item in outcome:
                     if isinstance(item, Chunk):
@@ -184,6 +186,7 @@ class Relay:
         body: dict[str, Any],
         deadline: float,
         continuing: bool,
+        stream: bool,
     ) -> AsyncGenerator[Chunk | Done | APIError, None]:
         """One host's try: content, then Done; or an APIError to fail over from.
 
@@ -205,7 +208,10 @@ class Relay:
                 yield APIError(502, f"Host lost: {exc}", type="server_error", code="host_lost")
                 return
             while True:
-                limit = config.token_timeout if got_content else config.ttft_timeout
+                if not stream:
+                    limit = config.answer_timeout
+                else:
+                    limit = config.token_timeout if got_content else config.ttft_timeout
                 limit = min(limit, deadline - loop.time())
                 events = assignment.events
                 try:
@@ -215,7 +221,8 @@ class Relay:
                     else:
                         event = events.get_nowait()
                 except TimeoutError:
-                    what = "between tokens" if got_content else "before the first token"
+                    what = ("for a whole answer" if not stream
+                            else "between tokens" if got_content else "before the first token")
                     self._failed(assignment, model, slow=True)
                     yield timeout_error(f"host {host.name} was silent for {limit:.1f}s {what}")
                     return

@@ -11,7 +11,8 @@ n chat requests (-1: all; with ``"fresh_only": true`` only those that are not
 continuations) fail in mode M: ``500``, ``503`` and ``429`` (with
 Retry-After), ``reset`` (connection dropped, no answer), ``hang`` (never answers),
 ``late`` (first token after ``delay``), ``stall`` (stops mid-stream), ``cut`` (closes
-the connection mid-stream), ``malformed`` (one broken chunk mid-stream), ``no_done``
+the connection mid-stream), ``malformed`` (one broken chunk mid-stream; for answers
+that are not streamed: a hang, a dropped connection, a broken body), ``no_done``
 (no ``data: [DONE]``), ``reject_prefix`` (400 for a final assistant message), ``ctx``
 (llama.cpp's context-size error), ``slow`` (``delay`` between tokens).
 ``GET /_stats`` counts requests, faults served, streams the client aborted, and
@@ -118,7 +119,21 @@ def make_app(args: argparse.Namespace) -> web.Application:
             tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
         created = int(time.time())
         usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "total_tokens": 7 + len(tokens)}
+        delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
         if not body.get("stream"):
+            # Not streamed: the server answers once the whole generation is over, so a
+            # stall is a hang, a cut drops the connection before any answer, and a
+            # malformed answer is a broken JSON body.
+            if mode == "stall":
+                await asyncio.sleep(3600)
+            if mode == "cut":
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response()
+            if mode == "malformed":
+                return web.Response(body=b'{"choices": [{"message": {"content": ', content_type="application/json")
+            if delay:
+                await asyncio.sleep(delay * len(tokens))
             stats["completed"] += 1
             return web.json_response(
                 {
@@ -135,7 +150,6 @@ def make_app(args: argparse.Namespace) -> web.Application:
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
         half = max(1, len(tokens) // 2)
         try:
             await resp.write(event({"role": "assistant", "content": None}, None))

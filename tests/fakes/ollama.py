@@ -112,7 +112,9 @@ def make_app(args: argparse.Namespace) -> web.Application:
         final = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": ""},
                  "done": True, "done_reason": reason, "total_duration": 1_000_000, "load_duration": 1000,
                  "prompt_eval_count": 9, "prompt_eval_duration": 1000, "eval_count": len(tokens), "eval_duration": 1000}
-        if body.get("stream") is False:
+        if body.get("stream") is False:  # answered once the whole generation is over
+            if args.token_delay:
+                await asyncio.sleep(args.token_delay * len(tokens))
             final["message"]["content"] = "".join(tokens)  # type: ignore[index]
             return web.json_response(final)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -101,13 +101,19 @@ class Backend(abc.ABC):
         return self.session.post(self.url + path, data=orjson.dumps(body), headers=JSON_HEADERS, timeout=timeout)
 
     async def _post_json(self, path: str, body: dict[str, Any], probe: bool = False) -> Any:
+        """POST, then the answer's JSON; BackendUnavailable when the answer never came
+        whole, BackendError (502) when it is not JSON."""
         timeout = self.probe_timeout if probe else self.timeout
         try:
             async with self._post(path, body, timeout) as resp:
                 await raise_for_backend(resp)
-                return await resp.json(content_type=None)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raw = await resp.read()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise BackendUnavailable(f"{self.kind} request to {path} failed: {exc!r}") from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(502, f"{self.kind} answered {path} with malformed JSON: {raw[:80]!r}") from None
 
 
 async def line_batches(stream: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:

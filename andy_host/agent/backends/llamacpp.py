@@ -76,13 +76,13 @@ class LlamaCppBackend(Backend):
         return [d.backend_id for d in await self.discover()]
 
     async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
-        body: dict[str, Any] = {
-            "model": backend_id,
-            "messages": request["messages"],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {"model": backend_id, "messages": request["messages"]}
         body.update({k: request[k] for k in CHAT_FIELDS if k in request})
+        if not request.get("stream", True):
+            yield await self._whole(body)
+            return
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
         try:
             async with self._post("/v1/chat/completions", body, self.timeout) as resp:
                 await raise_for_backend(resp)
@@ -132,6 +132,23 @@ class LlamaCppBackend(Backend):
                     raise BackendError(502, "llama-server ended the stream without a finish_reason")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise BackendUnavailable(f"llama-server stream failed: {exc!r}") from None
+
+    async def _whole(self, body: dict[str, Any]) -> ChatPiece:
+        """A non-streamed answer, in one piece."""
+        answer = await self._post_json("/v1/chat/completions", body)
+        try:
+            choice = answer["choices"][0]
+            content = choice["message"].get("content") or ""
+            usage = answer.get("usage") or {}
+            prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise BackendError(502, f"llama-server's answer has no message: {str(answer)[:80]}") from None
+        return ChatPiece(
+            content=content if isinstance(content, str) else str(content),
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            usage={"prompt_tokens": prompt, "completion_tokens": completion},
+            pieces=max(completion, 1),
+        )
 
     async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
         try:

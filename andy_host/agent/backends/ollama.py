@@ -91,7 +91,14 @@ class OllamaBackend(Backend):
 
     async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
         options = {OPTION_NAMES[k]: request[k] for k in OPTION_NAMES if k in request}
-        body = {"model": backend_id, "messages": request["messages"], "stream": True, "options": options}
+        stream = bool(request.get("stream", True))
+        body = {"model": backend_id, "messages": request["messages"], "stream": stream, "options": options}
+        if not stream:  # one object, as the last line of a stream would be
+            answer = await self._post_json("/api/chat", body)
+            if not isinstance(answer, dict) or not answer.get("done"):
+                raise BackendError(502, f"Ollama's answer is not a finished message: {str(answer)[:80]}")
+            yield _final(answer, [(answer.get("message") or {}).get("content") or ""])
+            return
         try:
             async with self._post("/api/chat", body, self.timeout) as resp:
                 await raise_for_backend(resp)
@@ -108,15 +115,7 @@ class OllamaBackend(Backend):
                         if content:
                             texts.append(content)
                         if event.get("done"):
-                            yield ChatPiece(
-                                content="".join(texts),
-                                pieces=len(texts),
-                                finish_reason="length" if event.get("done_reason") == "length" else "stop",
-                                usage={
-                                    "prompt_tokens": int(event.get("prompt_eval_count", 0)),
-                                    "completion_tokens": int(event.get("eval_count", 0)),
-                                },
-                            )
+                            yield _final(event, texts)
                             return
                     if texts:
                         yield ChatPiece(content="".join(texts), pieces=len(texts))
@@ -132,3 +131,16 @@ class OllamaBackend(Backend):
                 raise BackendError(400, f"this model cannot create embeddings: {exc.message}") from None
             raise
         return Embeddings(vectors=body["embeddings"], prompt_tokens=int(body.get("prompt_eval_count", 0)))
+
+
+def _final(event: dict[str, Any], texts: list[str]) -> ChatPiece:
+    """The piece of Ollama's final message (``done: true``): finish reason and counts."""
+    return ChatPiece(
+        content="".join(texts),
+        pieces=len(texts),
+        finish_reason="length" if event.get("done_reason") == "length" else "stop",
+        usage={
+            "prompt_tokens": int(event.get("prompt_eval_count", 0)),
+            "completion_tokens": int(event.get("eval_count", 0)),
+        },
+    )
