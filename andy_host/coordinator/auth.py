@@ -90,10 +90,10 @@ class Access:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
             return None
-        if not well_formed(secret, API_KEY_PREFIX):
-            raise invalid_api_key("Malformed API key (checksum mismatch): check it was copied whole.")
         key = self.store.find_key(secret)
         if key is None:
+            if not well_formed(secret, API_KEY_PREFIX):
+                raise invalid_api_key("Malformed API key (checksum mismatch): check it was copied whole.")
             raise invalid_api_key(
                 "Incorrect API key provided. Keys look like andy_sk_…; ask the pool's admin for one."
             )

@@ -135,13 +135,13 @@ class Store:
 
     def find_key(self, secret: str) -> ApiKey | None:
         """The live key for this secret, or None (malformed, unknown or revoked)."""
-        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
-            return None
         wanted = sec.digest(secret)
         cache = self._keys_current()
         key = cache.get(wanted)
-        if key is not None:
+        if key is not None:  # only well-formed live keys are ever cached
             return key
+        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
+            return None
         row = self.db.execute(
             "SELECT id, display, name, daily_limit, per_minute, host_token_id, hash, revoked"
             " FROM api_keys WHERE hash = ?",
