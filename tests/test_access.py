@@ -142,6 +142,24 @@ def test_revoked_key_and_host_token_stop_at_once(procs: Processes) -> None:
     assert get_json(coordinator.url + "/health")["hosts"] == 0  # its reconnects are refused
 
 
+def test_key_cache_follows_revocations_from_any_process(tmp_path: Path) -> None:
+    """The coordinator keeps live keys in memory; a revocation written by another
+    process (the keys CLI) empties that cache within key_recheck, its own at once."""
+    db = str(tmp_path / "keys.db")
+    serving, admin = Store(db, key_recheck=0.05), Store(db)
+    key, _ = admin.create_key("k")
+    other, _ = admin.create_key("other")
+    assert serving.find_key(key) is not None and serving.find_key(other) is not None
+    assert admin.revoke_key(key[:14])
+    deadline = time.monotonic() + 0.5
+    while serving.find_key(key) is not None:
+        assert time.monotonic() < deadline, "a key revoked elsewhere kept working"
+        time.sleep(0.01)
+    assert serving.revoke_key(other[:14])
+    assert serving.find_key(other) is None
+    assert serving.find_key(key[:-1] + ("a" if key[-1] != "a" else "b")) is None  # checksum mismatch
+
+
 def test_no_secret_in_the_database_and_no_client_identity_in_jobs(procs: Processes) -> None:
     import asyncio
 

@@ -43,6 +43,7 @@ MIGRATIONS: list[list[str]] = [
 
 
 KEY_CACHE_SIZE = 10_000  # live keys remembered in memory
+KEY_RECHECK = 0.05  # seconds: how stale the cache of live keys may be, at most
 _day_cache: tuple[int, str] = (-1, "")
 
 
@@ -66,7 +67,7 @@ class ApiKey:
 
 
 class Store:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key_recheck: float = KEY_RECHECK) -> None:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path or ":memory:", isolation_level=None, timeout=10)
@@ -76,18 +77,25 @@ class Store:
         self._migrate()
         # Live keys by digest, so that a request costs no query. Another process (the
         # keys CLI) writing the database changes data_version, which empties the cache;
-        # this connection's own key writes empty it directly.
+        # it is read at most every ``key_recheck`` seconds (a query on every request was
+        # a tenth of the coordinator's own work), so a key revoked from the CLI stops
+        # working within that time. This connection's own key writes empty it at once.
         self._keys: dict[str, ApiKey] = {}
         self._data_version = self._read_data_version()
+        self._key_recheck = key_recheck
+        self._keys_checked = time.monotonic()
 
     def _read_data_version(self) -> int:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def _keys_current(self) -> dict[str, ApiKey]:
-        version = self._read_data_version()
-        if version != self._data_version:
-            self._data_version = version
-            self._keys.clear()
+        now = time.monotonic()
+        if now - self._keys_checked >= self._key_recheck:
+            self._keys_checked = now
+            version = self._read_data_version()
+            if version != self._data_version:
+                self._data_version = version
+                self._keys.clear()
         return self._keys
 
     def _migrate(self) -> None:
