@@ -123,6 +123,8 @@ class JobRunner:
         except asyncio.CancelledError:
             bound.info("job.cancelled")
             raise
+        except ConnectionError as exc:  # the link dropped: the coordinator fails the job over itself
+            bound.info("job.link_lost", error=str(exc))
         except TimeoutError:
             bound.warning("job.deadline")
             await self._send_error(send, JobError(id=job.id, status=504, message="deadline passed on host"))
