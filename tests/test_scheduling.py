@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 
 from andy_host.coordinator.health import HealthPolicy, HostHealth
 from andy_host.coordinator.store import Store
@@ -111,6 +112,24 @@ def test_failing_host_is_ejected_and_let_back_through_one_probe(procs: Processes
     ask(9)
     assert backend_stats(bad.url)["requests"] == 5  # back in rotation
     assert get_json(coordinator.url + "/health")["stats"]["ejections"] == 2
+
+
+def test_speed_is_learned_from_whole_answers(procs: Processes) -> None:
+    """A non-streamed answer arrives in one piece: the host's speed is its tokens over
+    the whole job (the fake takes 10 ms per token), never a burst's absurd rate."""
+    backend = procs.fake("llamacpp", "--model", MODEL, "--token-delay", "0.01")
+    coordinator = procs.coordinator()
+    procs.agent(coordinator.url, "llamacpp", backend.url, "timed")
+    wait_models(coordinator.url, {MODEL: 1})
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0)
+    for i in range(3):
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"s{i} a b c d e f"}])
+        assert reply.usage is not None and reply.usage.completion_tokens > 5
+    status = httpx.get(coordinator.url + "/api/andy/pool_status",
+                       headers={"Authorization": f"Bearer {coordinator.key}"}).json()
+    (host,) = status["hosts"]
+    assert host["tokens_per_second"] is not None and 40 < host["tokens_per_second"] <= 100, host
+    assert host["time_to_first_token"] is None  # a whole answer has no first token to time
 
 
 def test_last_host_is_never_ejected_for_slowness() -> None:

@@ -44,6 +44,7 @@ class Restart:
 RESTART = Restart()
 
 _background: set[asyncio.Task[None]] = set()
+MIN_SPEED_SPAN = 0.01  # seconds of generation below which an answer says nothing about speed
 
 
 def _cancel_on_host(host: Host, job_id: str) -> None:
@@ -82,16 +83,26 @@ class Relay:
             self.stats.ejections += 1
             log.warning("host.ejected", host_id=host.id, offences=host.health.offences)
 
-    def _succeeded(self, assignment: Assignment, done: Done) -> None:
+    def _succeeded(self, assignment: Assignment, done: Done, stream: bool) -> None:
+        """Count the success and learn the host's speed from it.
+
+        A stream gives time to first token and tokens/s after it, but only when its
+        tokens arrived over at least ``MIN_SPEED_SPAN`` (an answer that came in one
+        burst says nothing about speed). A whole answer gives tokens/s over the whole
+        job, prompt included, and no time to first token.
+        """
         host = assignment.host
         now = time.monotonic()
         host.served += 1
         tokens = done.usage.get("completion_tokens", 0)
         host.tokens += tokens
         ttft = tps = None
-        if assignment.first_token_at is not None:
+        if not stream:
+            if tokens > 0 and now - assignment.sent_at >= MIN_SPEED_SPAN:
+                tps = tokens / (now - assignment.sent_at)
+        elif assignment.first_token_at is not None:
             ttft = assignment.first_token_at - assignment.sent_at
-            if tokens > 1 and now > assignment.first_token_at:
+            if tokens > 1 and now - assignment.first_token_at >= MIN_SPEED_SPAN:
                 tps = (tokens - 1) / (now - assignment.first_token_at)
         host.health.record_speed(ttft, tps)
         host.health.record_success(self.policy)
@@ -254,7 +265,7 @@ class Relay:
                     event = final
                 if isinstance(event, Done):
                     assignment.finished = True
-                    self._succeeded(assignment, event)
+                    self._succeeded(assignment, event, stream)
                     yield event
                     return
                 if isinstance(event, JobError):
