@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
+from andy_host.agent.backends.http import BackendHTTP, _Exchange
 from andy_host.config import BackendConfig
 from andy_host.protocol import ModelInfo
 
-JSON_HEADERS = {"Content-Type": "application/json"}
+# What the adapters catch as "the backend could not be reached or stopped answering":
+# aiohttp's errors (probes), the job client's (OSError: refused, reset, closed early,
+# not HTTP) and timeouts.
+UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
+
+
+class Body(Protocol):
+    async def readany(self) -> bytes: ...
+
+
+class HTTPResponse(Protocol):
+    """What the adapters use of a response, aiohttp's or the job client's."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    async def text(self, encoding: str | None = None, errors: str = "strict") -> str: ...
 
 
 class BackendError(Exception):
@@ -66,10 +84,9 @@ class Backend(abc.ABC):
         self.url = url.rstrip("/")
         self.session = session
         self.config = config
-        self.timeout = aiohttp.ClientTimeout(
-            total=config.request_timeout, sock_connect=config.connect_timeout
-        )
+        self.timeout = config.request_timeout  # a whole job's request, answer included
         self.probe_timeout = aiohttp.ClientTimeout(total=config.connect_timeout * 2)
+        self.http = BackendHTTP(self.url, config.connect_timeout)  # the requests of jobs
 
     @abc.abstractmethod
     async def version(self) -> str | None: ...
@@ -93,22 +110,22 @@ class Backend(abc.ABC):
             async with self.session.get(self.url + path, timeout=self.probe_timeout) as resp:
                 await raise_for_backend(resp)
                 return await resp.json(content_type=None)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
 
-    def _post(self, path: str, body: dict[str, Any], timeout: aiohttp.ClientTimeout) -> Any:
-        """POST a JSON body (encoded with orjson: this is on every job's path)."""
-        return self.session.post(self.url + path, data=orjson.dumps(body), headers=JSON_HEADERS, timeout=timeout)
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> _Exchange:
+        """POST a JSON body with the job client (``async with``; orjson encodes it)."""
+        return self.http.post(path, orjson.dumps(body), timeout)
 
     async def _post_json(self, path: str, body: dict[str, Any], probe: bool = False) -> Any:
         """POST, then the answer's JSON; BackendUnavailable when the answer never came
         whole, BackendError (502) when it is not JSON."""
-        timeout = self.probe_timeout if probe else self.timeout
+        timeout = self.config.connect_timeout * 2 if probe else self.timeout
         try:
             async with self._post(path, body, timeout) as resp:
                 await raise_for_backend(resp)
                 raw = await resp.read()
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"{self.kind} request to {path} failed: {exc!r}") from None
         try:
             return orjson.loads(raw)
@@ -116,7 +133,7 @@ class Backend(abc.ABC):
             raise BackendError(502, f"{self.kind} answered {path} with malformed JSON: {raw[:80]!r}") from None
 
 
-async def line_batches(stream: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+async def line_batches(stream: Body) -> AsyncIterator[list[bytes]]:
     """The complete lines that have arrived, in batches: everything buffered is taken
     at once, so a fast backend's tokens travel together, and a slow one's singly,
     with no added wait either way."""
@@ -150,7 +167,7 @@ def error_message(text: str) -> str:
     return text.strip()[:500]
 
 
-async def raise_for_backend(resp: aiohttp.ClientResponse) -> None:
+async def raise_for_backend(resp: HTTPResponse) -> None:
     if resp.status < 400:
         return
     text = await resp.text(errors="replace")

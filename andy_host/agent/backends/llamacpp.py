@@ -14,6 +14,7 @@ import orjson
 
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
+    UNREACHABLE,
     Backend,
     BackendError,
     BackendUnavailable,
@@ -130,7 +131,7 @@ class LlamaCppBackend(Backend):
                         yield piece
                 if not finished:
                     raise BackendError(502, "llama-server ended the stream without a finish_reason")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"llama-server stream failed: {exc!r}") from None
 
     async def _whole(self, body: dict[str, Any]) -> ChatPiece:

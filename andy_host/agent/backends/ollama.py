@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
+    UNREACHABLE,
     Backend,
     BackendError,
     BackendUnavailable,
@@ -120,7 +120,7 @@ class OllamaBackend(Backend):
                     if texts:
                         yield ChatPiece(content="".join(texts), pieces=len(texts))
                 raise BackendError(502, "Ollama ended the stream without a final done message")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"Ollama stream failed: {exc!r}") from None
 
     async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
