@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from andy_host.agent.backends.http import BackendHTTP, _Exchange
+from andy_host.agent.backends.http import BackendHTTP, Exchange
 from andy_host.config import BackendConfig
 from andy_host.protocol import ModelInfo
 
@@ -113,7 +113,7 @@ class Backend(abc.ABC):
         except UNREACHABLE as exc:
             raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
 
-    def _post(self, path: str, body: dict[str, Any], timeout: float) -> _Exchange:
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> Exchange:
         """POST a JSON body with the job client (``async with``; orjson encodes it)."""
         return self.http.post(path, orjson.dumps(body), timeout)
 

@@ -187,12 +187,12 @@ class BackendHTTP:
         self.host_header = (parts.hostname if default_port else f"{parts.hostname}:{self.port}").encode("idna")
         self._idle: list[_Connection] = []
 
-    def post(self, path: str, body: bytes, timeout: float) -> _Exchange:
+    def post(self, path: str, body: bytes, timeout: float) -> Exchange:
         """``async with client.post(path, body, timeout) as response: ...``"""
         head = b"POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: andy-host/%s\r\nAccept: */*\r\n" \
                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
                    (self.prefix + path).encode(), self.host_header, __version__.encode(), len(body))
-        return _Exchange(self, head + body, timeout)
+        return Exchange(self, head + body, timeout)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -220,7 +220,7 @@ class BackendHTTP:
         self._idle.clear()
 
 
-class _Exchange:
+class Exchange:
     """One request and its response, as an async context manager."""
 
     def __init__(self, client: BackendHTTP, request: bytes, timeout: float) -> None:
