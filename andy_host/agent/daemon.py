@@ -188,6 +188,7 @@ async def run_agent(
                 link.notifier.stopping("stopping")
                 stop.set()
                 await runner.cancel_all()
+                backend.close()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

@@ -42,11 +42,14 @@ async def run_probe(config: Config) -> dict[str, Any]:
         backend = make_backend(config.backend, session, url)
         try:
             found = await backend.discover()
+            version = await backend.version()
         except BackendError:
             report["backend"]["error"] = FIXES[config.backend.kind].format(url=url)
             return report
+        finally:
+            backend.close()
         report["backend"]["reachable"] = True
-        report["backend"]["version"] = await backend.version()
+        report["backend"]["version"] = version
         report["models"] = [
             {"name": d.info.name, "backend_id": d.backend_id, "size": d.info.size,
              "quantization": d.info.quantization, "context_length": d.info.context_length,

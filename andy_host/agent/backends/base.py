@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         self.probe_timeout = aiohttp.ClientTimeout(total=config.connect_timeout * 2)
         self.http = BackendHTTP(self.url, config.connect_timeout)  # the requests of jobs
 
+    def close(self) -> None:
+        """Close the job client's idle connections (the session belongs to the caller)."""
+        self.http.close()
+
     @abc.abstractmethod
     async def version(self) -> str | None: ...
 

@@ -117,7 +117,7 @@ class LlamaCppBackend(Backend):
                                 texts.append(text)
                             reason = choice.get("finish_reason")
                             if reason:
-                                piece.finish_reason = "length" if reason == "length" else "stop"
+                                piece.finish_reason = _finish_reason(reason)
                                 finished = True
                         usage = event.get("usage")
                         if isinstance(usage, dict):
@@ -146,7 +146,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(502, f"llama-server's answer has no message: {str(answer)[:80]}") from None
         return ChatPiece(
             content=content if isinstance(content, str) else str(content),
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            finish_reason=_finish_reason(choice.get("finish_reason")),
             usage={"prompt_tokens": prompt, "completion_tokens": completion},
             pieces=max(completion, 1),
         )
@@ -162,3 +162,8 @@ class LlamaCppBackend(Backend):
         vectors = [d["embedding"] for d in data]
         usage = body.get("usage") or {}
         return Embeddings(vectors=vectors, prompt_tokens=int(usage.get("prompt_tokens", 0)))
+
+
+def _finish_reason(reason: Any) -> str:
+    """OpenAI's ``length`` stays; any other reason llama-server gives is a stop."""
+    return "length" if reason == "length" else "stop"
