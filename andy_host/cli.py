@@ -181,7 +181,8 @@ def join(
         bool | None, typer.Option("--managed/--no-managed", help="Start and supervise llama-server.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="GGUF path for a managed llama-server, or 'gemma3-270m'.")
+        str | None,
+        typer.Option(help="GGUF path for a managed llama-server, or 'smollm2-135m' / 'gemma3-270m' from PyPI."),
     ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name the pool uses for that model.")] = None,
     state_dir: Annotated[str | None, typer.Option(help="Where the host id is kept.")] = None,
@@ -232,7 +233,7 @@ def join(
         target = save_agent_config(loaded, config or default_config_path())
         typer.echo(f"saved the effective config to {target}", err=True)
     try:
-        run_agent_forever(loaded, lambda: load_config(config, flags=flags))
+        code = run_agent_forever(loaded, lambda: load_config(config, flags=flags))
     except Exception as exc:  # a clear last line instead of a traceback
         from andy_host.agent.managed import ManagedError
         from andy_host.tools.model import ModelError
@@ -241,6 +242,8 @@ def join(
             typer.echo(f"andy-host: {exc}", err=True)
             raise typer.Exit(1) from None
         raise
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -316,7 +319,9 @@ def service_install(
     max_concurrency: Annotated[int | None, typer.Option(help="Most jobs at once.")] = None,
     token: Annotated[str | None, typer.Option(help="Host token.")] = None,
     managed: Annotated[bool, typer.Option("--managed/--no-managed", help="Run llama-server itself.")] = False,
-    model: Annotated[str | None, typer.Option(help="GGUF path or 'gemma3-270m' (managed).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="GGUF path, or 'smollm2-135m' / 'gemma3-270m' (managed).")
+    ] = None,
     llama_server: Annotated[str | None, typer.Option(help="llama-server binary.")] = None,
     host: Annotated[str, typer.Option(help="Listen address (coordinator role).")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Listen port (coordinator role).")] = 8080,

@@ -68,6 +68,20 @@ class CoordinatorConfig:
     flush_interval: float = 1.0
     max_content_chars: int = 1_000_000
     metrics_access: str = "public"
+    hello_timeout: float = 5.0
+    max_connecting: int = 256
+    max_connecting_per_address: int = 8
+    http_idle_timeout: float = 15.0
+    body_timeout: float = 30.0
+    max_answer_chars: int = 4 * 1024 * 1024
+    answer_chars_per_token: int = 64
+    max_job_buffer_chars: int = 1024 * 1024
+    max_models_per_host: int = 128
+    max_known_models: int = 1000
+    known_model_ttl: float = 7 * 86400.0
+    busy_host_timeout: float = 3.5
+    address_group_v4: int = 32
+    address_group_v6: int = 64
 
 
 @dataclass(slots=True)
@@ -244,7 +258,9 @@ def validate(config: Config) -> None:
     if config.backend.managed and config.backend.kind != "llamacpp":
         raise ConfigError("backend.managed = true needs backend.kind = 'llamacpp'")
     if config.backend.managed and not config.backend.model:
-        raise ConfigError("backend.managed = true needs backend.model (a GGUF path or 'gemma3-270m')")
+        raise ConfigError(
+            "backend.managed = true needs backend.model (a GGUF path, 'smollm2-135m' or 'gemma3-270m')"
+        )
     if config.agent.max_concurrency < 1:
         raise ConfigError("agent.max_concurrency must be at least 1")
     if not config.agent.coordinator.startswith(("http://", "https://", "ws://", "wss://")):
@@ -255,6 +271,7 @@ def validate(config: Config) -> None:
         raise ConfigError("coordinator.metrics_access must be public, admin or off")
     if config.coordinator.enrolment not in ("open", "token"):
         raise ConfigError("coordinator.enrolment must be 'open' or 'token'")
+    _validate_bounds(config.coordinator)
     for proxy in config.coordinator.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -265,6 +282,23 @@ def validate(config: Config) -> None:
     parse_hours(config.controls.active_hours)
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format must be auto, console or json")
+
+
+def _validate_bounds(c: CoordinatorConfig) -> None:
+    from andy_host.protocol import MAX_FRAME_CEILING
+
+    if not 64 * 1024 <= c.max_frame_bytes <= MAX_FRAME_CEILING:
+        raise ConfigError(f"coordinator.max_frame_bytes must be between 65536 and {MAX_FRAME_CEILING}")
+    if c.max_answer_chars >= c.max_frame_bytes:
+        raise ConfigError("coordinator.max_answer_chars must be below max_frame_bytes (continuations carry it)")
+    if not 0 <= c.address_group_v4 <= 32 or not 0 <= c.address_group_v6 <= 128:
+        raise ConfigError("coordinator.address_group_v4 must be 0-32 and address_group_v6 0-128")
+    positive = ("hello_timeout", "http_idle_timeout", "body_timeout", "busy_host_timeout", "max_connecting",
+                "max_connecting_per_address", "max_job_buffer_chars", "max_models_per_host", "max_known_models",
+                "answer_chars_per_token")
+    for name in positive:
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"coordinator.{name} must be positive")
 
 
 def save_agent_config(config: Config, path: str | Path) -> Path:

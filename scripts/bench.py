@@ -359,7 +359,7 @@ def quality_section(load: float, seed: int = 1) -> dict[str, dict[str, float]]:
 
 
 async def _real_stream(url: str, n: int, max_tokens: int) -> tuple[float, float]:
-    body = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Tell me a long story about a fox."}],
             "stream": True, "max_tokens": max_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
     tps, ttft = [], []
     # llama-server may close a connection after a stream: a fresh one per request, both ways
@@ -386,9 +386,9 @@ def real_section(tmp: Path, runs: int) -> dict[str, float]:
     try:
         coordinator = procs.coordinator(env=QUIET_ENV)
         HEADERS["Authorization"] = f"Bearer {coordinator.key}"
-        agent = procs.agent(coordinator.url, "llamacpp", None, "real", "--managed", "--model", "gemma3-270m",
+        agent = procs.agent(coordinator.url, "llamacpp", None, "real", "--managed", "--model", "smollm2-135m",
                             env={**QUIET_ENV, "ANDY_HOST_BACKEND_PARALLEL": "1"}, timeout=120)
-        wait_models(coordinator.url, {"gemma3-270m:latest": 1}, timeout=60)
+        wait_models(coordinator.url, {"smollm2-135m:latest": 1}, timeout=60)
         assert agent.popen is not None
         child = next(c for c in psutil.Process(agent.popen.pid).children() if "llama-server" in c.name())
         port = next(c.laddr.port for c in child.net_connections() if c.status == "LISTEN")
@@ -505,7 +505,7 @@ def render(r: dict[str, Any]) -> str:
     if "real" in r:
         x = r["real"]
         lines += [
-            "| real model (gemma3-270m, llama-server) | direct | through the pool |",
+            "| real model (smollm2-135m, llama-server) | direct | through the pool |",
             "| --- | --- | --- |",
             f"| tokens/s (one stream) | {x['direct_tps']:.1f} | {x['pool_tps']:.1f} |",
             f"| time to first token | {x['direct_ttft_ms']:.1f} ms | {x['pool_ttft_ms']:.1f} ms |",

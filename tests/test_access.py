@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from andy_host.coordinator.store import Store
+from andy_host.protocol import EXIT_REFUSED
 from tests.procs import ROOT, Proc, Processes, get_json, wait_models
 
 MODEL = "m:latest"
@@ -124,9 +125,9 @@ def test_revoked_key_and_host_token_stop_at_once(procs: Processes) -> None:
     token = cli("coordinator", "tokens", "create", "--name", "alice", "--db", db).strip()
     assert token.startswith("andy_ht_")
     refused = procs.agent(coordinator.url, "ollama", backend.url, "no-token", wait=False)
-    refused.wait_event("link.down", timeout=10)
+    assert refused.popen is not None and refused.popen.wait(15) == EXIT_REFUSED  # fatal: no retry loop
+    assert "needs a valid host token" in refused.wait_event("agent.refused")["reason"]
     assert "refused" in coordinator.wait_event("host.refused")["event"]
-    refused.kill()
     agent = procs.agent(coordinator.url, "ollama", backend.url, "alice-box", "--token", token)
     wait_models(coordinator.url, {MODEL: 1})
     key = cli("coordinator", "keys", "create", "--name", "k", "--db", db).strip()
@@ -134,12 +135,11 @@ def test_revoked_key_and_host_token_stop_at_once(procs: Processes) -> None:
     assert httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 200
     cli("coordinator", "keys", "revoke", key[:14], "--db", db)
     assert httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 401
-    seen = len(agent.events())
     cli("coordinator", "tokens", "revoke", token[:14], "--db", db)
     wait_models(coordinator.url, {MODEL: 0}, timeout=5)
-    agent.wait_event("link.down", after=seen, timeout=5)
-    time.sleep(1)
-    assert get_json(coordinator.url + "/health")["hosts"] == 0  # its reconnects are refused
+    assert agent.popen is not None and agent.popen.wait(10) == EXIT_REFUSED  # a revoked token ends the agent
+    assert "revoked" in agent.wait_event("agent.refused")["reason"]
+    assert get_json(coordinator.url + "/health")["hosts"] == 0
 
 
 def test_key_cache_follows_revocations_from_any_process(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from andy_host.agent import hardware
-from andy_host.agent.controls import pause_reasons, shared
+from andy_host.agent.controls import Pause, pause_reasons, shared
 from andy_host.config import ControlsConfig
 from tests.procs import ROOT, Proc, Processes, wait_models
 from tests.sse import chat_stream
@@ -82,7 +82,7 @@ def test_gpu_lost_mid_run_is_reported_not_raised(fake_nvml: Any, monkeypatch: py
     live.write_text((FIXTURES / "gpu-lost.json").read_text())
     lost = probe.sample()["gpus"][0]
     assert lost["error"] == "GPU is lost"
-    assert pause_reasons(ControlsConfig(), {"gpus": [lost]}) == ["GPU 0 in error: GPU is lost"]
+    assert pause_reasons(ControlsConfig(), {"gpus": [lost]}) == [Pause("gpu_error", "GPU 0 in error: GPU is lost")]
     probe.close()
 
 
@@ -93,7 +93,9 @@ def test_controls_unit() -> None:
     night = ControlsConfig(active_hours="22:00-08:00")
     assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 23, 30)) == []
     assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 7, 59)) == []
-    assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 12, 0)) == ["outside active hours 22:00-08:00"]
+    assert pause_reasons(night, {}, dt.datetime(2026, 1, 1, 12, 0)) == [
+        Pause("active_hours", "outside active hours 22:00-08:00")
+    ]
 
 
 def test_sampling_is_cheap(fake_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ def pool(module_procs: Processes) -> dict[str, Any]:
     module_procs.agent(coordinator.url, "llamacpp", llama.url, "host-llama")
     wait_models(coordinator.url, {ANDY: 2, "llama3.2:latest": 1})
     client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0)
-    return {"url": coordinator.url, "client": client, "key": coordinator.key}
+    return {"url": coordinator.url, "client": client, "key": coordinator.key, "coordinator": coordinator}
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -172,11 +172,14 @@ def test_error_unknown_model(pool: dict[str, Any]) -> None:
     assert err.value.code == "model_not_found"
 
 
-def test_error_backend_failure_is_502_with_its_message(pool: dict[str, Any]) -> None:
+def test_error_backend_failure_is_502_in_the_coordinators_words(pool: dict[str, Any]) -> None:
     with pytest.raises(openai.APIStatusError) as err:
         pool["client"].chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
     assert err.value.status_code == 502
-    assert "CUDA error: out of memory" in err.value.message
+    assert "backend failed (HTTP 500)" in err.value.message
+    assert "CUDA" not in err.value.message  # a host's own text never reaches a client...
+    logged = pool["coordinator"].wait_event("job.host_error", status=500)
+    assert "CUDA error: out of memory" in logged["message"] and logged["host_id"]  # ...it goes to the log
 
 
 def test_error_oversized_body(pool: dict[str, Any]) -> None:

@@ -10,8 +10,14 @@ from andy_host import protocol as p
 
 HOST_MESSAGES: list[p.HostMessage] = [
     p.Hello(name="h", backend="ollama", models=[p.ModelInfo(name="a:latest", size=1, embed=True)], capacity=2,
-            host_id="abc", token="t", hardware={"gpus": []}, jobs=["j1"]),
-    p.Heartbeat(active=1, status="paused", reason="owner is gaming", loaded=["a:latest"], hardware={"x": 1}),
+            host_id="abc", token="t", secret="s", jobs=["j1"], features=["continue"],
+            hardware=p.Hardware(gpus=[p.GpuReading(index=0, name="NVIDIA H100", memory_total=80 * 2**30,
+                                                   memory_used=2**30, utilization_gpu=40, temperature=61,
+                                                   mig_mode=True, mig_instances=[p.MigInstance("MIG-1", 10, 1)])],
+                                host=p.HostReading(cpu="x", cores=8, os="Linux", load_1m=0.5, ram_total=1,
+                                                   ram_available=1))),
+    p.Heartbeat(active=1, status="paused", reason="owner is gaming", loaded=["a:latest"], pause=["vram_foreign"],
+                hardware=p.Hardware(), features=["continue"]),
     p.Models(models=[p.ModelInfo(name="b:latest", context_length=8192)]),
     p.Chunk(id="j1", content="tok"),
     p.Done(id="j1", finish_reason="length", usage={"prompt_tokens": 3, "completion_tokens": 4}),
@@ -21,6 +27,7 @@ HOST_MESSAGES: list[p.HostMessage] = [
 ]
 COORDINATOR_MESSAGES: list[p.CoordinatorMessage] = [
     p.Welcome(host_id="abc", heartbeat_interval=10.0),
+    p.Welcome(host_id="abc", heartbeat_interval=10.0, secret="andy_hs_x", max_frame_bytes=8 * 2**20),
     p.Job(id="j1", kind="chat", model="a:latest", request={"messages": []}, deadline=30.0),
     p.Cancel(id="j1"),
 ]
@@ -68,11 +75,43 @@ def test_fast_chunk_encoding_matches() -> None:
         ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [], "capacity": 0}', "'capacity'"),
         ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [1], "capacity": 1}', "model"),
         ('{"type": "models", "models": "all"}', "'models'"),
+        ('{"type": "heartbeat", "active": 0, "hardware": {"gpus": 5}}', "'gpus'"),
+        ('{"type": "heartbeat", "active": 0, "hardware": [1]}', "'hardware'"),
+        ('{"type": "heartbeat", "active": 0, "hardware": {"gpus": [' + '{},' * 16 + '{}]}}', "'gpus'"),
+        ('{"type": "done", "id": "j1", "embeddings": [[1e300]]}', "float32"),
+        ('{"type": "done", "id": "j1", "embeddings": [[]]}', "float32"),
     ],
 )
 def test_malformed_host_frames_are_rejected(frame: str, reason: str) -> None:
     with pytest.raises(p.ProtocolError, match=reason):
         p.decode_host(frame)
+
+
+def test_hardware_is_clamped_and_cut_never_free() -> None:
+    """Hostile readings become typed, bounded values: nothing nested or oversized survives."""
+    deep: object = "x"
+    for _ in range(200):
+        deep = {"a": deep}
+    raw = {"type": "heartbeat", "active": 0, "pause": ["gpu_hot", "made_up_code"], "hardware": {
+        "gpus": [{"name": "<img src=x onerror=alert(1)>" * 50, "utilization_gpu": 10**9, "temperature": "hot",
+                  "memory_total": -5, "power_draw_w": float("1e308"), "uuid": deep, "extra": deep,
+                  "mig_instances": [{"uuid": 1}]}],
+        "host": {"cpu": deep, "cores": 10**12}, "nvml": ["no"], "junk": "x" * 10000}}
+    beat = p.decode_host(json.dumps(raw))
+    assert isinstance(beat, p.Heartbeat) and beat.hardware is not None
+    gpu = beat.hardware.gpus[0]
+    assert len(gpu.name) == 120 and gpu.utilization_gpu == 100 and gpu.temperature is None
+    assert gpu.memory_total == 0 and gpu.power_draw_w == 100_000 and gpu.uuid is None
+    assert gpu.mig_instances == [p.MigInstance(None, None, None)]
+    assert beat.hardware.host == p.HostReading(cpu="", cores=65_536)
+    assert beat.hardware.nvml == "ok"
+    assert beat.pause == ["gpu_hot"]  # codes only, from the fixed list
+    assert len(p.encode(beat)) < 2000
+
+
+def test_unsupported_protocol_is_a_version_error() -> None:
+    with pytest.raises(p.VersionError):
+        p.decode_host('{"type": "hello", "protocol": 99, "name": "h", "backend": "x", "models": [], "capacity": 1}')
 
 
 def test_hosts_of_the_previous_protocol_are_still_accepted() -> None:

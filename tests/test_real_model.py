@@ -1,10 +1,16 @@
 """End to end on real inference: a coordinator and two hosts, each managing its own
-llama-server (built from source by scripts/install-llama-server) serving Gemma 3 270M
-from PyPI. Clients: the ``openai`` package."""
+llama-server (built from source by scripts/install-llama-server) serving
+SmolLM2-135M-Instruct from PyPI. Clients: the ``openai`` package.
+
+These tests prove the model sees the prompt: a long message is counted as at least as
+many prompt tokens as it has words, simple questions are answered right (streamed and
+not, the same text both ways), and embeddings of related texts are closer than of
+unrelated ones."""
 
 from __future__ import annotations
 
 import base64
+import math
 import os
 import signal
 import struct
@@ -20,8 +26,10 @@ from andy_host.tools.llama_build import find_llama_server
 from tests.procs import Proc, Processes, wait_models
 
 pytestmark = pytest.mark.e2e
-MODEL = "gemma3-270m:latest"
+MODEL = "smollm2-135m:latest"
+SHORT = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a short story about a red fox in a forest."}]
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid"}
 MANAGED_ENV = {
     "ANDY_HOST_BACKEND_THREADS": "1",
     "ANDY_HOST_BACKEND_PARALLEL": "2",
@@ -38,7 +46,7 @@ def real_pool(module_procs: Processes) -> dict[str, Any]:
     coordinator = module_procs.coordinator(name="real-coordinator")
     agents = [
         module_procs.agent(
-            coordinator.url, "llamacpp", None, f"real-host-{i}", "--managed", "--model", "gemma3-270m",
+            coordinator.url, "llamacpp", None, f"real-host-{i}", "--managed", "--model", SHORT,
             "--max-concurrency", "2", env=MANAGED_ENV, timeout=120,
         )
         for i in (1, 2)
@@ -48,8 +56,46 @@ def real_pool(module_procs: Processes) -> dict[str, Any]:
     return {"coordinator": coordinator, "agents": agents, "client": client}
 
 
-def greedy(client: openai.OpenAI, **kwargs: Any) -> Any:
-    return client.chat.completions.create(model="gemma3-270m", messages=PROMPT, temperature=0, seed=1, **kwargs)
+def greedy(client: openai.OpenAI, messages: list[dict[str, str]] = PROMPT, **kwargs: Any) -> Any:
+    return client.chat.completions.create(model=SHORT, messages=messages, temperature=0, seed=1, **kwargs)
+
+
+def question(country: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"What is the capital of {country}? Answer in one word."}]
+
+
+def streamed_text(client: openai.OpenAI, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    chunks = greedy(client, messages, stream=True, **kwargs)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_the_model_sees_the_whole_prompt(real_pool: dict[str, Any]) -> None:
+    """A 300-word message counts as at least 300 prompt tokens (a broken chat template
+    turned every prompt into 3 tokens while the answers still looked fine)."""
+    words = " ".join(f"word{i % 50}" for i in range(300))
+    reply = greedy(real_pool["client"], [{"role": "user", "content": words}], max_tokens=1)
+    assert reply.usage.prompt_tokens >= 300
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_simple_questions_are_answered_right(real_pool: dict[str, Any], stream: bool) -> None:
+    """A 135M model is fragile, so several questions are asked and most must be right."""
+    client = real_pool["client"]
+    answers = {}
+    for country in CAPITALS:
+        if stream:
+            answers[country] = streamed_text(client, question(country), max_tokens=16)
+        else:
+            answers[country] = greedy(client, question(country), max_tokens=16).choices[0].message.content
+    right = [c for c, capital in CAPITALS.items() if capital.lower() in answers[c].lower()]
+    assert len(right) >= 4, answers
+
+
+def test_streamed_answer_equals_the_whole_one(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    for messages in (question("Japan"), PROMPT):
+        whole = greedy(client, messages, max_tokens=40).choices[0].message.content
+        assert streamed_text(client, messages, max_tokens=40) == whole
 
 
 def test_non_streaming_chat(real_pool: dict[str, Any]) -> None:
@@ -89,20 +135,49 @@ def test_stop_string_ends_the_text(real_pool: dict[str, Any]) -> None:
     assert cut.finish_reason == "stop"
 
 
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
 def test_embeddings(real_pool: dict[str, Any]) -> None:
     client = real_pool["client"]
-    one = client.embeddings.create(model="gemma3-270m", input="a red fox")
-    many = client.embeddings.create(model="gemma3-270m", input=["a red fox", "a blue whale"])
-    again = client.embeddings.create(model="gemma3-270m", input="a red fox")
+    one = client.embeddings.create(model=SHORT, input="a red fox")
+    many = client.embeddings.create(model=SHORT, input=["a red fox", "a blue whale"])
+    again = client.embeddings.create(model=SHORT, input="a red fox")
     assert len(one.data) == 1 and len(many.data) == 2
-    assert len(one.data[0].embedding) == 640  # Gemma 3 270M's n_embd
+    assert len(one.data[0].embedding) == 576  # SmolLM2-135M's n_embd
     assert one.data[0].embedding == pytest.approx(again.data[0].embedding, abs=1e-5)
     assert many.data[0].embedding != many.data[1].embedding
     assert one.usage.prompt_tokens > 0
-    b64 = client.embeddings.create(model="gemma3-270m", input="a red fox", encoding_format="base64")
+    b64 = client.embeddings.create(model=SHORT, input="a red fox", encoding_format="base64")
     raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert list(decoded) == pytest.approx(one.data[0].embedding, abs=1e-5)
+
+
+RELATED = [  # (a text, a related one, an unrelated one): sentence-level, as a 135M model can tell
+    ("The cat sat on the mat.", "The cat sat on the rug.", "Quarterly tax filings are due in April."),
+    ("I love pizza", "I love pasta", "The stock market fell"),
+    ("Paris is the capital of France", "The capital of France is Paris", "Photosynthesis converts light into energy"),
+    ("a red fox", "a brown fox", "a tax form"),
+]
+
+
+def test_related_texts_embed_closer_than_unrelated_ones(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    held = []
+    for a, b, other in RELATED:
+        ea, eb, eo = (d.embedding for d in client.embeddings.create(model=SHORT, input=[a, b, other]).data)
+        held.append(cosine(ea, eb) > max(cosine(ea, eo), cosine(eb, eo)))
+    assert sum(held) >= 3, held
+
+
+def test_each_host_learned_that_llama_server_echoes(real_pool: dict[str, Any]) -> None:
+    """The start-up continuation probe, run against the real llama-server."""
+    for agent in real_pool["agents"]:
+        probed = agent.wait_event("continuation.probed")
+        assert probed["echoes"] is True
 
 
 def test_concurrent_requests_use_both_hosts(real_pool: dict[str, Any]) -> None:
@@ -111,7 +186,7 @@ def test_concurrent_requests_use_both_hosts(real_pool: dict[str, Any]) -> None:
 
     def ask(i: int) -> str:
         reply = real_pool["client"].chat.completions.create(
-            model="gemma3-270m", messages=[{"role": "user", "content": f"Count to {i}"}], max_tokens=8
+            model=SHORT, messages=[{"role": "user", "content": f"Count to {i}"}], max_tokens=8
         )
         return reply.choices[0].finish_reason
 
@@ -149,7 +224,7 @@ def test_no_orphan_llama_server_on_any_exit(procs: Processes) -> None:
     coordinator = procs.coordinator()
     for how in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         agent = procs.agent(
-            coordinator.url, "llamacpp", None, f"exit-{how.name}", "--managed", "--model", "gemma3-270m",
+            coordinator.url, "llamacpp", None, f"exit-{how.name}", "--managed", "--model", SHORT,
             env=MANAGED_ENV, timeout=120,
         )
         wait_models(coordinator.url, {MODEL: 1}, timeout=60)

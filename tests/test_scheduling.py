@@ -39,12 +39,13 @@ def test_a_host_never_gets_more_jobs_than_its_capacity(procs: Processes) -> None
     coordinator = procs.coordinator()
     procs.agent(coordinator.url, "llamacpp", backend.url, "cap-2", "--max-concurrency", "2")
     wait_models(coordinator.url, {MODEL: 1})
+    base = backend_stats(backend.url)["requests"]  # the agent's continuation probe at start-up
     with ThreadPoolExecutor(10) as ex:
         results = list(ex.map(lambda i: chat_stream(coordinator.url, MODEL, f"c{i} a b c d e"), range(10)))
     assert all(r.outcome == "complete" for r in results)
     stats = backend_stats(backend.url)
     assert stats["max_concurrent"] == 2
-    assert stats["requests"] == 10
+    assert stats["requests"] == base + 10
 
 
 def test_one_client_flooding_cannot_starve_another(procs: Processes) -> None:
@@ -89,28 +90,29 @@ def test_failing_host_is_ejected_and_let_back_through_one_probe(procs: Processes
     procs.agent(coordinator.url, "ollama", good.url, "good")
     wait_models(coordinator.url, {MODEL: 2})
     fault(bad.url, "500", count=-1)
+    base = backend_stats(bad.url)["requests"]  # the agent's continuation probe at start-up
 
     def ask(n: int) -> None:
         assert chat_stream(coordinator.url, MODEL, f"q{n}").outcome == "complete"
 
     ask(1)
     ask(2)
-    assert backend_stats(bad.url)["requests"] == 2  # two failures: ejected
+    assert backend_stats(bad.url)["requests"] == base + 2  # two failures: ejected
     assert get_json(coordinator.url + "/health")["stats"]["ejections"] == 1
     for n in range(3, 6):
         ask(n)
-    assert backend_stats(bad.url)["requests"] == 2  # out of rotation
+    assert backend_stats(bad.url)["requests"] == base + 2  # out of rotation
     time.sleep(1.1)
     ask(6)  # the single probe: fails again, ejected for twice as long
-    assert backend_stats(bad.url)["requests"] == 3
+    assert backend_stats(bad.url)["requests"] == base + 3
     time.sleep(1.1)
     ask(7)
-    assert backend_stats(bad.url)["requests"] == 3  # still out (2 s this time)
+    assert backend_stats(bad.url)["requests"] == base + 3  # still out (2 s this time)
     fault(bad.url, None, count=0)
     time.sleep(1.0)
     ask(8)  # probe succeeds
     ask(9)
-    assert backend_stats(bad.url)["requests"] == 5  # back in rotation
+    assert backend_stats(bad.url)["requests"] == base + 5  # back in rotation
     assert get_json(coordinator.url + "/health")["stats"]["ejections"] == 2
 
 

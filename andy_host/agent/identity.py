@@ -34,3 +34,29 @@ def host_id(directory: Path, name: str) -> str:
     except OSError:
         pass  # read-only home: the id lasts for this run only
     return new
+
+
+def _secret_path(directory: Path, name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "host"
+    return directory / f"host-{safe}.secret"
+
+
+def host_secret(directory: Path, name: str) -> str | None:
+    """The secret the coordinator issued to this host (open enrolment), if any."""
+    try:
+        secret = _secret_path(directory, name).read_text().strip()
+    except OSError:
+        return None
+    return secret if re.fullmatch(r"andy_hs_[a-z0-9]{38}", secret) else None
+
+
+def save_host_secret(directory: Path, name: str, secret: str) -> None:
+    """Keep the issued secret (readable by this user only); it proves the host id later."""
+    path = _secret_path(directory, name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+    except OSError:
+        pass  # read-only state dir: the secret lasts for this run only

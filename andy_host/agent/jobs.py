@@ -10,43 +10,27 @@ import structlog
 
 from andy_host.agent.backends.base import Backend, BackendError, BackendUnavailable
 from andy_host.agent.catalog import Catalog
+from andy_host.agent.continuation import EchoStripper
+from andy_host.agent.controls import Pause
+from andy_host.errors import CONTEXT_EXCEEDED, says_context_exceeded
 from andy_host.protocol import Done, Job, JobError, encode, encode_chunk
+
+
+class FrameTooLarge(ValueError):
+    """A frame over the coordinator's limit: the job it belongs to fails instead."""
+
+
+def clamp_status(status: int) -> int:
+    """An error status the protocol carries: 400-599 (a backend's 3xx or 200 is a 502)."""
+    return status if 400 <= status <= 599 else 502
+
+
+def _retry_after(value: float | None) -> float | None:
+    return None if value is None or value != value else min(max(value, 0.0), 86400.0)
 
 log = structlog.get_logger("andy_host.jobs")
 
 Send = Callable[[str], Awaitable[None]]
-
-
-class EchoStripper:
-    """Drops a continued assistant prefix that the backend echoes back.
-
-    llama-server repeats the final assistant message at the start of its answer when
-    continuing it; Ollama does not. Text is held back only while it still matches the
-    prefix, so nothing is lost when there is no echo.
-    """
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.held = ""
-        self.done = not prefix
-
-    def feed(self, text: str) -> str:
-        if self.done:
-            return text
-        self.held += text
-        if self.held.startswith(self.prefix):
-            self.done = True
-            return self.held[len(self.prefix):]
-        if self.prefix.startswith(self.held):
-            return ""  # could still be the echo: wait for more
-        self.done = True
-        return self.held
-
-    def flush(self) -> str:
-        if self.done:
-            return ""
-        self.done = True
-        return self.held
 
 
 class JobRunner:
@@ -58,7 +42,8 @@ class JobRunner:
         self.served = 0
         self.tokens = 0
         self.draining = False
-        self.paused: list[str] = []  # reasons the owner's controls give
+        self.paused: list[Pause] = []  # reasons the owner's controls give
+        self.echoes = False  # the backend repeats a continued prefix (learned by the probe)
         self._slots = asyncio.Semaphore(capacity)
 
     def resize(self, capacity: int) -> None:
@@ -94,30 +79,11 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, job: Job, send: Send) -> None:
+        """Run one job; every way it ends sends a frame (done or error), except a
+        cancellation or a link that is already gone."""
         bound = log.bind(job_id=job.id, model=job.model, kind=job.kind)
-        backend_id = self.catalog.backend_id(job.model)
         try:
-            if self.draining:
-                raise BackendError(503, "this host is draining and takes no new jobs")
-            if self.paused:
-                raise BackendError(503, f"this host is paused: {'; '.join(self.paused)}")
-            if backend_id is None:
-                raise BackendError(503, f"model {job.model} is not served by this host any more")
-            async with self._slots:
-                async with asyncio.timeout(job.deadline):
-                    if job.kind == "embed":
-                        result = await self.backend.embed(backend_id, list(job.request["input"]))
-                        await send(
-                            encode(
-                                Done(
-                                    id=job.id,
-                                    usage={"prompt_tokens": result.prompt_tokens},
-                                    embeddings=result.vectors,
-                                )
-                            )
-                        )
-                    else:
-                        await self._chat(job, backend_id, send)
+            await self._work(job, send)
             self.served += 1
             bound.info("job.done")
         except asyncio.CancelledError:
@@ -128,22 +94,43 @@ class JobRunner:
         except TimeoutError:
             bound.warning("job.deadline")
             await self._send_error(send, JobError(id=job.id, status=504, message="deadline passed on host"))
-        except BackendUnavailable as exc:
-            bound.warning("job.backend_unreachable", error=exc.message)
-            await self._send_error(
-                send, JobError(id=job.id, status=502, message=exc.message, code="backend_unreachable")
-            )
         except BackendError as exc:
-            bound.warning("job.backend_error", status=exc.status, error=exc.message)
-            await self._send_error(
-                send, JobError(id=job.id, status=exc.status, message=exc.message, retry_after=exc.retry_after)
-            )
+            code = "backend_unreachable" if isinstance(exc, BackendUnavailable) else exc.code
+            if exc.status == 400 and says_context_exceeded(exc.message):
+                code = CONTEXT_EXCEEDED
+            bound.warning("job.backend_error", status=exc.status, error=exc.message, code=code)
+            await self._send_error(send, JobError(id=job.id, status=clamp_status(exc.status), message=exc.message,
+                                                  code=code, retry_after=_retry_after(exc.retry_after)))
+        except FrameTooLarge as exc:
+            bound.warning("job.answer_too_large", error=str(exc))
+            await self._send_error(send, JobError(id=job.id, status=502, message=str(exc), code="answer_too_large"))
+        except Exception as exc:  # a bug or a backend answer we did not expect: say so at once
+            bound.exception("job.crashed")
+            message = f"the host failed: {type(exc).__name__}"
+            await self._send_error(send, JobError(id=job.id, status=500, message=message, code="host_error"))
+
+    async def _work(self, job: Job, send: Send) -> None:
+        backend_id = self.catalog.backend_id(job.model)
+        if self.draining:
+            raise BackendError(503, "this host is draining and takes no new jobs")
+        if self.paused:
+            raise BackendError(503, f"this host is paused: {'; '.join(p.text for p in self.paused)}")
+        if backend_id is None:
+            raise BackendError(503, f"model {job.model} is not served by this host any more")
+        async with self._slots, asyncio.timeout(job.deadline):
+            if job.kind == "embed":
+                result = await self.backend.embed(backend_id, list(job.request["input"]))
+                usage = {"prompt_tokens": result.prompt_tokens}
+                await send(encode(Done(id=job.id, usage=usage, embeddings=result.vectors)))
+            else:
+                await self._chat(job, backend_id, send)
 
     async def _chat(self, job: Job, backend_id: str, send: Send) -> None:
         finish_reason = "stop"
         usage: dict[str, int] = {}
         produced = 0
-        echo = EchoStripper(job.request["messages"][-1]["content"] if job.request.get("continuation") else "")
+        continued = job.request.get("continuation") and self.echoes
+        echo = EchoStripper(job.request["messages"][-1]["content"] if continued else "")
         finished = False  # the backend gave its finish reason: what follows is only usage
         tail: list[str] = []  # content that travels in the done frame
         async for piece in self.backend.chat(backend_id, job.request):

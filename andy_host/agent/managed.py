@@ -21,7 +21,7 @@ import structlog
 from andy_host.agent.link import Backoff
 from andy_host.config import BackendConfig
 from andy_host.tools.llama_build import find_llama_server
-from andy_host.tools.model import PYPI_CHAT_TEMPLATE, PYPI_MODEL, ensure_model
+from andy_host.tools.model import PYPI_MODELS, ensure_model
 
 log = structlog.get_logger("andy_host.managed")
 
@@ -46,8 +46,8 @@ def _die_with_parent() -> None:
 def model_alias(config: BackendConfig) -> str:
     if config.model_name:
         return config.model_name
-    if config.model == PYPI_MODEL:
-        return PYPI_MODEL
+    if config.model in PYPI_MODELS:
+        return config.model
     return Path(config.model).stem
 
 
@@ -78,9 +78,8 @@ class ManagedLlamaServer:
         ]
         if self.config.threads > 0:
             cmd += ["-t", str(self.config.threads)]
-        template = self.config.chat_template or (PYPI_CHAT_TEMPLATE if self.config.model == PYPI_MODEL else "")
-        if template:
-            cmd += ["--chat-template", template]
+        if self.config.chat_template:  # only when asked: the model's own template is the right one
+            cmd += ["--chat-template", self.config.chat_template]
         if self.config.embeddings:
             cmd += ["--embeddings", "--pooling", "mean"]
         return cmd + list(self.config.extra_args)

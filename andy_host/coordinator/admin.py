@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from andy_host.coordinator.httputil import read_json
 from andy_host.coordinator.secrets import same
 from andy_host.coordinator.state import CONFIG, STORE
 from andy_host.errors import APIError, bad_request
@@ -29,26 +30,30 @@ def _guard(request: web.Request) -> None:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
+    return await read_json(request)
 
 
 def _name(body: dict[str, Any]) -> str:
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad_request("`name` is required", param="name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise bad_request("`name` is required: a string of at most 200 characters", param="name")
     return name
+
+
+MAX_LIMIT = 2**31 - 1
 
 
 def _positive(body: dict[str, Any], key: str, default: int) -> int:
     value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request(f"`{key}` must be a positive integer", param=key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise bad_request(f"`{key}` must be an integer from 1 to {MAX_LIMIT}", param=key)
+    return value
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+        raise bad_request(f"`{key}` must be a non-empty string", param=key)
     return value
 
 
@@ -66,7 +71,7 @@ async def create_key(request: web.Request) -> web.Response:
             _name(body),
             _positive(body, "daily_limit", config.default_daily_limit),
             _positive(body, "per_minute", config.default_per_minute),
-            body.get("host_token"),
+            _optional_text(body, "host_token"),
         )
     except KeyError as exc:
         raise bad_request(str(exc), param="host_token") from None

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import sqlite3
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -17,18 +16,24 @@ from andy_host.coordinator import openai_api
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.dashboard import add_dashboard_routes
-from andy_host.coordinator.hostlink import host_websocket
+from andy_host.coordinator.enrolment import Gate, Kicks
+from andy_host.coordinator.hostlink import drop_frozen, host_websocket
 from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.httputil import errors_middleware
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.openapi import openapi_spec
+from andy_host.coordinator.periodic import Periodic, Tick
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import (
     ACCESS,
     CONFIG,
+    GATE,
+    KICKS,
     LEDGER,
     METRICS,
+    PERIODIC,
     REGISTRY,
     RELAY,
     SCHEDULER,
@@ -38,7 +43,7 @@ from andy_host.coordinator.state import (
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 from andy_host.notify import Notifier
-from andy_host.protocol import HOSTS_WS_PATH
+from andy_host.protocol import CLOSE_TOKEN_REFUSED, HOSTS_WS_PATH
 
 log = structlog.get_logger("andy_host.coordinator")
 
@@ -55,62 +60,76 @@ async def health(request: web.Request) -> web.Response:
             "hosts": len(registry.hosts),
             "models": len(registry.by_model),
             "queued": request.app[SCHEDULER].queued(),
-            "in_flight": sum(len(h.jobs) for h in registry.hosts.values()),
+            "in_flight": registry.in_flight(),
             "stats": request.app[STATS].as_dict(),
         }
     )
 
 
-async def _sample(metrics: Metrics) -> None:
-    while True:
-        metrics.sample()
-        await asyncio.sleep(1.0)
+def _housekeeping(app: web.Application) -> Tick:
+    """Write usage and the ledger; disconnect hosts whose token was revoked."""
+    async def tick() -> None:
+        store, registry = app[STORE], app[REGISTRY]
+        app[ACCESS].flush()
+        app[LEDGER].flush(list(registry.hosts.values()))
+        revoked = store.revoked_tokens()
+        for host in list(registry.hosts.values()):
+            if host.token_id is not None and host.token_id in revoked:
+                log.warning("host.token_revoked", host_id=host.id)
+                registry.remove(host, "host token revoked")
+                await host.close(CLOSE_TOKEN_REFUSED, "host token revoked")
+
+    return tick
 
 
-async def _housekeeping(app: web.Application) -> None:
-    """Every flush_interval: write usage and the ledger; disconnect revoked host tokens."""
-    config, store, registry = app[CONFIG], app[STORE], app[REGISTRY]
-    while True:
-        await asyncio.sleep(config.flush_interval)
-        try:
-            app[ACCESS].flush()
-            app[LEDGER].flush(list(registry.hosts.values()))
-            revoked = store.revoked_tokens()
-            for host in list(registry.hosts.values()):
-                if host.token_id is not None and host.token_id in revoked:
-                    log.warning("host.token_revoked", host_id=host.id)
-                    registry.remove(host, "host token revoked")
-                    await host.close(WSCloseCode.POLICY_VIOLATION, "host token revoked")
-        except sqlite3.Error as exc:  # a locked database must not stop the loop
-            log.warning("housekeeping.db_error", error=str(exc))
+def _forget_models(app: web.Application) -> Tick:
+    """Forget model names no host has served for known_model_ttl (and the excess)."""
+    async def tick() -> None:
+        registry = app[REGISTRY]
+        gone = registry.forget(time.time(), app[CONFIG].known_model_ttl)
+        app[STORE].touch_models({n: registry.known[n] for n in registry.by_model}, gone)
+
+    return tick
 
 
 def build_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[openai_api.errors_middleware]
+        client_max_size=config.max_body_bytes, middlewares=[errors_middleware]
     )
     app[CONFIG] = config
+    app[GATE] = Gate(config.max_connecting, config.max_connecting_per_address)
+    app[KICKS] = Kicks()
+    app[PERIODIC] = periodic = Periodic()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = Store(config.db)
-        registry = Registry(store.known_models())
+        registry = Registry(store.known_models(), config.max_models_per_host, config.max_known_models,
+                            config.max_job_buffer_chars)
         registry.on_new_models = store.add_models
         app[STORE] = store
         app[REGISTRY] = registry
         app[SCHEDULER] = scheduler = Scheduler(registry, config)
         app[STATS] = stats = PoolStats()
-        app[RELAY] = Relay(scheduler, config, stats)
+        app[RELAY] = relay = Relay(scheduler, config, stats)
         app[ACCESS] = access = Access(store, config)
         app[LEDGER] = ledger = Ledger(store)
         app[METRICS] = metrics = Metrics(registry, scheduler, stats)
         registry.on_removed = ledger.host_left
-        ticker = asyncio.create_task(_housekeeping(app))
-        sampler = asyncio.create_task(_sample(metrics))
+
+        async def sample() -> None:
+            metrics.sample()
+
+        async def sweep() -> None:
+            await drop_frozen(registry, config.busy_host_timeout)
+
+        periodic.every("housekeeping", config.flush_interval, _housekeeping(app))
+        periodic.every("metrics-sample", 1.0, sample)
+        periodic.every("frozen-hosts", min(0.25, config.busy_host_timeout / 4), sweep)
+        periodic.every("forget-models", 60.0, _forget_models(app))
+        periodic.start()
         yield
-        for task in (ticker, sampler):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await periodic.stop()
+        await relay.close()
         access.flush()
         ledger.flush(list(registry.hosts.values()))
         store.close()
@@ -135,7 +154,8 @@ async def serve(
 ) -> None:
     """Run until ``stop`` is set; logs ``coordinator.listening`` and resolves ``ready`` with the URL."""
     app = build_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_grace)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_grace,
+                           keepalive_timeout=config.http_idle_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
@@ -148,8 +168,10 @@ async def serve(
     status = asyncio.create_task(_status_lines(app, notifier, url))
     if ready is not None:
         ready.set_result(url)
+    failed = app[PERIODIC].failed
     try:
-        await stop.wait()
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(failed.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         notifier.stopping("stopping: finishing open requests")
         log.info("coordinator.stopping", grace=config.shutdown_grace)
@@ -158,6 +180,9 @@ async def serve(
         await runner.cleanup()  # then hosts are told 1012 (restarting) and everything closes
         for task in (watchdog, status):
             task.cancel()
+        await asyncio.gather(watchdog, status, return_exceptions=True)
+    if failed.is_set():
+        raise SystemExit(f"andy-host coordinator: a periodic task crashed ({app[PERIODIC].error}); exiting")
 
 
 async def _wait_in_flight(app: web.Application, grace: float) -> None:
@@ -175,7 +200,7 @@ async def _status_lines(app: web.Application, notifier: Notifier, url: str) -> N
     while True:
         await asyncio.sleep(5)
         registry = app[REGISTRY]
-        jobs = sum(len(h.jobs) for h in registry.hosts.values())
+        jobs = registry.in_flight()
         notifier.status(f"{url}: {len(registry.hosts)} hosts, {len(registry.by_model)} models, {jobs} in flight")
 
 

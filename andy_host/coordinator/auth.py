@@ -5,15 +5,15 @@ key, chat uses the key's per-minute limit. Models, embeddings and pool status ne
 key (401 ``invalid_api_key`` otherwise), and every key has a daily limit (UTC days).
 A key linked to a host token gets its limits raised per ``credit_tokens`` tokens that
 hosts with that token served. The client address is the socket's, or the last
-untrusted hop of ``X-Forwarded-For`` when the socket is a proxy listed in
-``trusted_proxies``. 429s carry ``Retry-After`` and every limited answer carries
-``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``. A request that
-fails on the pool's side is refunded.
+untrusted hop of ``X-Forwarded-For`` (over all its header lines) when the socket is
+a proxy listed in ``trusted_proxies``; limits count per address group (IPv6 /64).
+429s carry ``Retry-After`` and every limited answer carries ``RateLimit-Limit``,
+``RateLimit-Remaining`` and ``RateLimit-Reset``. A request that fails on the pool's
+side is refunded.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from collections import defaultdict
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
+from andy_host.coordinator.addresses import address_group, client_address, parse_networks
 from andy_host.coordinator.ratelimit import Decision, SlidingWindow
 from andy_host.coordinator.secrets import API_KEY_PREFIX, well_formed
 from andy_host.coordinator.store import ApiKey, Store, utc_day
@@ -59,26 +60,14 @@ class Access:
         self.pending: defaultdict[tuple[int, str], int] = defaultdict(int)
         self.stored: dict[tuple[int, str], int] = {}  # usage already in the store, read once per key and day
         self.last_used: dict[int, float] = {}
-        self.trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        self.trusted = parse_networks(config.trusted_proxies)
 
     # identity ----------------------------------------------------------------------
 
     def client_address(self, request: web.Request) -> str:
-        peer = request.remote or "unknown"
-        if not self.trusted or not self._is_trusted(peer):
-            return peer
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-        for hop in reversed(hops):  # the nearest hop that is not one of our proxies
-            if not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
+        """The client's address group (see addresses.py): what anonymous limits count."""
+        address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted)
+        return address_group(address, self.config.address_group_v4, self.config.address_group_v6)
 
     def authenticate(self, request: web.Request) -> ApiKey | None:
         """The andy key presented; None when none was; 401 for a wrong or revoked one.

@@ -1,17 +1,27 @@
-"""Connected hosts, the models they serve, and the jobs each one holds."""
+"""Connected hosts, the models they serve, and the jobs each one holds.
+
+Everything here is bounded by what the coordinator allows, not by what hosts send:
+models per host (``max_models_per_host``), the set of known model names (served now,
+or within ``known_model_ttl``; at most ``max_known_models``), and each job's queue of
+events (``max_job_buffer_chars``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from andy_host import modelnames
+from andy_host.coordinator.events import JobEvents
 from andy_host.coordinator.health import HostHealth
-from andy_host.protocol import Chunk, Done, JobError, ModelInfo
+from andy_host.protocol import Chunk, Done, Hardware, JobError, ModelInfo
+
+log = structlog.get_logger("andy_host.hosts")
 
 
 @dataclass(slots=True)
@@ -30,13 +40,10 @@ class Assignment:
 
     id: str
     host: Host
-    events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
+    events: JobEvents[JobEvent]
     finished: bool = False
     sent_at: float = 0.0
     first_token_at: float | None = None
-
-
-_connections = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -49,39 +56,72 @@ class Host:
     capacity: int
     send: Callable[[str], Awaitable[None]]
     close: Callable[[int, str], Awaitable[Any]]
+    conn: int  # this connection's number, unique in the process
     models: dict[str, ModelInfo] = field(default_factory=dict)
     backend_version: str | None = None
-    hardware: dict[str, Any] = field(default_factory=dict)
+    hardware: Hardware = field(default_factory=Hardware)
+    protocol: int = 1
     status: str = "active"
-    reason: str | None = None
+    reason: str | None = None  # the host's own words: logs and the admin only
+    pause: list[str] = field(default_factory=list)  # pause reason codes
     loaded: set[str] = field(default_factory=set)
     features: set[str] = field(default_factory=set)
+    features_lost: set[str] = field(default_factory=set)  # claimed, but found not to work
     jobs: dict[str, Assignment] = field(default_factory=dict)
     health: HostHealth = field(default_factory=HostHealth)
     last_assigned: int = 0
-    conn: int = field(default_factory=lambda: next(_connections))
     token_id: int | None = None
-    peer: str = ""
+    secret_hash: str | None = None  # the credential of an open-enrolment host
+    group: str = ""  # the address group it connected from (never shown)
     connected_at: float = field(default_factory=time.time)
+    last_frame: float = field(default_factory=time.monotonic)
     served: int = 0
     failures: int = 0
     tokens: int = 0
+    strikes: int = 0
 
     @property
     def free(self) -> int:
         return self.capacity - len(self.jobs)
 
+    @property
+    def shown_status(self) -> str:
+        """The status people see: ``busy`` when active with every slot taken."""
+        return "busy" if self.status == "active" and self.free <= 0 else self.status
+
+    def silent_for(self, now: float) -> float:
+        """Seconds without a frame, counted from its last frame or its newest job."""
+        newest = max((a.sent_at for a in self.jobs.values()), default=0.0)
+        return now - max(self.last_frame, newest)
+
 
 class Registry:
-    """Hosts by id and by model; the set of every model name ever served."""
+    """Hosts by id and by model; the names of models served now or recently."""
 
-    def __init__(self, known_models: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        known_models: Iterable[tuple[str, float]] = (),
+        max_models_per_host: int = 128,
+        max_known_models: int = 1000,
+        job_buffer_chars: int = 1 << 20,
+    ) -> None:
         self.hosts: dict[str, Host] = {}
         self.by_model: dict[str, set[Host]] = {}
-        self.known_models: set[str] = set(known_models)
+        self.known: dict[str, float] = dict(known_models)  # name -> when last served (wall clock)
+        self.max_models_per_host = max_models_per_host
+        self.max_known_models = max_known_models
+        self.job_buffer_chars = job_buffer_chars
         self.on_capacity: Callable[[], None] | None = None
         self.on_removed: Callable[[Host], None] | None = None
         self.on_new_models: Callable[[set[str]], None] | None = None
+        self._connections = itertools.count(1)
+
+    def next_conn(self) -> int:
+        """A number for a new connection, never reused in this process."""
+        return next(self._connections)
+
+    def new_events(self) -> JobEvents[JobEvent]:
+        return JobEvents(self.job_buffer_chars)
 
     def add(self, host: Host) -> None:
         self.hosts[host.id] = host
@@ -94,11 +134,14 @@ class Registry:
                 self.on_removed(host)
         self._unindex(host)
         for assignment in list(host.jobs.values()):
-            assignment.events.put_nowait(HostLost(reason))
+            assignment.events.end(HostLost(reason))
         host.jobs.clear()
         self.notify()
 
     def set_models(self, host: Host, models: list[ModelInfo]) -> None:
+        if len(models) > self.max_models_per_host:
+            log.warning("host.models_capped", host_id=host.id, offered=len(models), kept=self.max_models_per_host)
+            models = models[: self.max_models_per_host]
         self._unindex(host)
         host.models = {m.name: m for m in models}
         host.loaded = {m.name for m in models if m.loaded}
@@ -106,32 +149,51 @@ class Registry:
         self.notify()
 
     def _index(self, host: Host) -> None:
-        new = set(host.models) - self.known_models
+        now = time.time()
+        new = {name for name in host.models if name not in self.known}
         for name in host.models:
             self.by_model.setdefault(name, set()).add(host)
+            self.known[name] = now
         if new:
-            self.known_models |= new
+            self.forget(now, ttl=None)
             if self.on_new_models:
                 self.on_new_models(new)
 
     def _unindex(self, host: Host) -> None:
+        now = time.time()
         for name in host.models:
             hosts = self.by_model.get(name)
             if hosts is not None:
                 hosts.discard(host)
+                self.known[name] = now
                 if not hosts:
                     del self.by_model[name]
+
+    def forget(self, now: float, ttl: float | None) -> list[str]:
+        """Drop names no host serves that were last served over ``ttl`` ago, and the
+        least recently served ones while there are more than ``max_known_models``."""
+        idle = sorted((at, name) for name, at in self.known.items() if name not in self.by_model)
+        gone = [name for at, name in idle if ttl is not None and now - at > ttl]
+        excess = len(self.known) - len(gone) - self.max_known_models
+        if excess > 0:
+            kept = [name for _, name in idle if name not in set(gone)]
+            gone += kept[:excess]
+        for name in gone:
+            del self.known[name]
+        return gone
 
     def served_models(self) -> list[str]:
         return sorted(self.by_model)
 
+    def in_flight(self) -> int:
+        return sum(len(h.jobs) for h in self.hosts.values())
+
     def resolve(self, requested: str) -> str | None:
-        """The served model meant; else a known (previously served) one; else None."""
-        return modelnames.resolve(requested, self.by_model) or modelnames.resolve(
-            requested, self.known_models
-        )
+        """The served model meant; else a known (recently served) one; else None."""
+        return modelnames.resolve(requested, self.by_model) or modelnames.resolve(requested, self.known)
 
     def notify(self) -> None:
         """Capacity may have changed: let the scheduler hand slots to waiting requests."""
         if self.on_capacity is not None:
             self.on_capacity()
+

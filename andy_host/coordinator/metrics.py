@@ -33,8 +33,7 @@ class PoolCollector(Collector):
         hosts = GaugeMetricFamily("andy_hosts", "Connected hosts by status", labels=["status"])
         counts: dict[str, int] = {}
         for host in self.registry.hosts.values():
-            status = "busy" if host.status == "active" and host.free <= 0 else host.status
-            counts[status] = counts.get(status, 0) + 1
+            counts[host.shown_status] = counts.get(host.shown_status, 0) + 1
         for status in ("active", "busy", "paused", "draining", "backend_down"):
             hosts.add_metric([status], counts.get(status, 0))
         yield hosts
@@ -43,7 +42,7 @@ class PoolCollector(Collector):
             queue.add_metric([model], q.size)
         yield queue
         in_flight = GaugeMetricFamily("andy_jobs_in_flight", "Jobs running on hosts")
-        in_flight.add_metric([], sum(len(h.jobs) for h in self.registry.hosts.values()))
+        in_flight.add_metric([], self.registry.in_flight())
         yield in_flight
         for name, help_text in (("failovers", "Attempts abandoned for another host"),
                                 ("rescued", "Requests completed after a host failed them"),
@@ -58,15 +57,13 @@ class PoolCollector(Collector):
                               ("utilization_percent", "GPU utilisation"), ("temperature_celsius", "GPU temperature"))
         }
         for host in self.registry.hosts.values():
-            for reading in host.hardware.get("gpus", []) if isinstance(host.hardware, dict) else []:
-                if not isinstance(reading, dict):
-                    continue
-                labels = [host.name, str(reading.get("index", 0))]
-                for key, field in (("memory_used_bytes", "memory_used"), ("memory_total_bytes", "memory_total"),
-                                   ("utilization_percent", "utilization_gpu"),
-                                   ("temperature_celsius", "temperature")):
-                    value = reading.get(field)
-                    if isinstance(value, (int, float)):
+            for reading in host.hardware.gpus:  # typed and clamped at decode
+                labels = [host.name, str(reading.index)]
+                for key, value in (("memory_used_bytes", reading.memory_used),
+                                   ("memory_total_bytes", reading.memory_total),
+                                   ("utilization_percent", reading.utilization_gpu),
+                                   ("temperature_celsius", reading.temperature)):
+                    if value is not None:
                         gpu[key].add_metric(labels, value)
         yield from gpu.values()
 

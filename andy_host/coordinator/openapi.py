@@ -54,7 +54,7 @@ CHAT_REQUEST = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
-        "model": {"type": "string", "example": "gemma3-270m"},
+        "model": {"type": "string", "example": "smollm2-135m"},
         "messages": {"type": "array", "items": MESSAGE, "minItems": 1},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},

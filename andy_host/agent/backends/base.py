@@ -36,13 +36,15 @@ class HTTPResponse(Protocol):
 
 
 class BackendError(Exception):
-    """The backend answered with an error (status and message as it gave them)."""
+    """The backend answered with an error (status and message as it gave them; ``code``
+    one of the protocol's error codes, which the coordinator turns into its own words)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.code = code
 
 
 class BackendUnavailable(BackendError):

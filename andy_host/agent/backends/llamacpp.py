@@ -24,7 +24,7 @@ from andy_host.agent.backends.base import (
     line_batches,
     raise_for_backend,
 )
-from andy_host.protocol import ModelInfo
+from andy_host.protocol import CANNOT_EMBED, ModelInfo
 
 CHAT_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 
@@ -156,7 +156,8 @@ class LlamaCppBackend(Backend):
             body = await self._post_json("/v1/embeddings", {"model": backend_id, "input": inputs})
         except BackendError as exc:
             if exc.status in (501, 404) or ("embedding" in exc.message.lower() and exc.status < 500):
-                raise BackendError(400, f"this model cannot create embeddings here: {exc.message}") from None
+                raise BackendError(400, f"this model cannot create embeddings here: {exc.message}",
+                                   code=CANNOT_EMBED) from None
             raise
         data = sorted(body.get("data", []), key=lambda d: d.get("index", 0))
         vectors = [d["embedding"] for d in data]

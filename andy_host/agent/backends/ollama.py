@@ -24,7 +24,7 @@ from andy_host.agent.backends.base import (
     line_batches,
     raise_for_backend,
 )
-from andy_host.protocol import ModelInfo
+from andy_host.protocol import CANNOT_EMBED, ModelInfo
 
 OPTION_NAMES = {
     "temperature": "temperature",
@@ -128,7 +128,8 @@ class OllamaBackend(Backend):
             body = await self._post_json("/api/embed", {"model": backend_id, "input": inputs})
         except BackendError as exc:
             if exc.status == 400 or "does not support" in exc.message:
-                raise BackendError(400, f"this model cannot create embeddings: {exc.message}") from None
+                message = f"this model cannot create embeddings: {exc.message}"
+                raise BackendError(400, message, code=CANNOT_EMBED) from None
             raise
         return Embeddings(vectors=body["embeddings"], prompt_tokens=int(body.get("prompt_eval_count", 0)))
 

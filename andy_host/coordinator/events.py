@@ -1,0 +1,83 @@
+"""A job's events from its host, waiting for the relay: bounded in characters.
+
+A host can stream faster than a client reads. The relay writes to the client and
+blocks while the client does not read; the events it has not taken yet wait here, and
+their size is bounded (``max_job_buffer``). Past the bound the queue is closed with
+:class:`Overflow`: the job is cancelled and the client gets an explicit error, rather
+than the coordinator buffering whatever a host sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Overflow:
+    """The queue's bound was hit: what to tell the relay."""
+
+    reason: str
+
+
+class JobEvents(Generic[T]):
+    """FIFO bounded by the characters of content in it; one consumer."""
+
+    __slots__ = ("_closed", "_items", "_waiter", "max_chars", "size")
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.size = 0
+        self._items: deque[tuple[T | Overflow, int]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def put(self, event: T, size: int = 0) -> bool:
+        """Queue ``event`` (``size`` characters of content). False when the bound was hit:
+        the queue is then closed with :class:`Overflow` and takes nothing more."""
+        if self._closed:
+            return False
+        if size and self.size + size > self.max_chars:
+            self._closed = True
+            self._items.append((Overflow(f"more than {self.max_chars} characters waited for the client"), 0))
+            self._wake()
+            return False
+        self.size += size
+        self._items.append((event, size))
+        self._wake()
+        return True
+
+    def end(self, event: T) -> None:
+        """Queue a final event regardless of the bound (a lost host, say)."""
+        if not self._closed:
+            self._items.append((event, 0))
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def peek(self) -> T | Overflow:
+        return self._items[0][0]
+
+    def get_nowait(self) -> T | Overflow:
+        event, size = self._items.popleft()
+        self.size -= size
+        return event
+
+    async def get(self) -> T | Overflow:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()

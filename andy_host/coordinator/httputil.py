@@ -1,0 +1,96 @@
+"""HTTP plumbing shared by every endpoint: reading JSON bodies, writing JSON answers,
+and the middleware that turns every failure into an OpenAI-shaped error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from andy_host.coordinator.state import CONFIG
+from andy_host.errors import APIError, bad_request, error_body
+
+log = structlog.get_logger("andy_host.http")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, read within ``body_timeout``; 400 for anything else."""
+    limit = request.app[CONFIG].body_timeout
+    try:
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise APIError(408, f"The request body did not arrive within {limit:.0f}s.", code="request_timeout") from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(_why_not_json(raw, exc)) from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def _why_not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """A message a person can act on (orjson is strict: it also refuses lone surrogates
+    and nesting over 1024 levels, which the standard library would let through)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "The request body is not valid UTF-8."
+    if len(raw) <= 65536:
+        try:
+            json.loads(text)
+        except RecursionError:
+            return "The request body is nested too deeply."
+        except ValueError as detail:
+            return f"The request body is not valid JSON: {detail}"
+        else:
+            return "The request body holds invalid Unicode (an unpaired surrogate) or is nested too deeply."
+    return f"The request body is not valid JSON: {exc}"
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Like ``web.json_response``, with the body encoded once, as bytes, by orjson (the
+    standard library's ASCII-escaped encoding when orjson refuses a value)."""
+    try:
+        body = orjson.dumps(data)
+    except TypeError:
+        body = json.dumps(data, ensure_ascii=True).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json", charset="utf-8")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure becomes an OpenAI-shaped error; never a traceback to the client."""
+    try:
+        return await handler(request)
+    except APIError as exc:
+        return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except ValueError as exc:  # e.g. a header aiohttp could not parse
+        return json_response(error_body(f"Bad request: {exc}", type="invalid_request_error"), status=400)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"Unknown path {request.path}. The API lives under /api/andy/v1/.",
+            405: f"Method {request.method} is not allowed on {request.path}.",
+            413: "The request body is too large.",
+        }.get(exc.status, exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k in ("Retry-After", "Allow")}
+        return json_response(
+            error_body(message, type="invalid_request_error", code=exc.reason.lower().replace(" ", "_")),
+            status=exc.status, headers=kept,
+        )
+    except (ConnectionResetError, TimeoutError) as exc:
+        log.info("request.client_gone", path=request.path, error=str(exc))
+        raise
+    except Exception:
+        log.exception("request.internal_error", path=request.path)
+        return json_response(
+            error_body("Internal error in the coordinator; it has been logged.", type="server_error"),
+            status=500,
+        )
