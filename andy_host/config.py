@@ -79,7 +79,7 @@ class CoordinatorConfig:
     max_models_per_host: int = 128
     max_known_models: int = 1000
     known_model_ttl: float = 7 * 86400.0
-    busy_host_timeout: float = 3.5
+    busy_host_timeout: float = 3.0
     address_group_v4: int = 32
     address_group_v6: int = 64
 

@@ -47,6 +47,10 @@ TimeoutStopSec=90
 WatchdogSec=30
 Restart=on-failure
 RestartSec=5
+# 78: the coordinator refused this host for good (revoked or unknown token, a host id
+# that is not ours, a ban, an old protocol): restarting cannot help until a person acts
+RestartPreventExitStatus=78
+LimitNOFILE=65536
 User={user}
 Group={user}
 # GPU device nodes belong to these groups
@@ -76,6 +80,8 @@ TimeoutStopSec=60
 WatchdogSec=30
 Restart=on-failure
 RestartSec=5
+# every host and client is a socket: far more than the default 1024 open files
+LimitNOFILE=65536
 User={user}
 Group={user}
 StateDirectory=andy-host

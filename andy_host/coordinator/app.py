@@ -105,7 +105,7 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         store = Store(config.db)
         registry = Registry(store.known_models(), config.max_models_per_host, config.max_known_models,
                             config.max_job_buffer_chars)
-        registry.on_new_models = store.add_models
+        registry.on_models = store.change_models
         app[STORE] = store
         app[REGISTRY] = registry
         app[SCHEDULER] = scheduler = Scheduler(registry, config)

@@ -3,14 +3,16 @@
 A host can stream faster than a client reads. The relay writes to the client and
 blocks while the client does not read; the events it has not taken yet wait here, and
 their size is bounded (``max_job_buffer``). Past the bound the queue is closed with
-:class:`Overflow`: the job is cancelled and the client gets an explicit error, rather
-than the coordinator buffering whatever a host sends.
+:class:`Overflow` and ``on_overflow`` is called (the API closes that client's
+connection, which ends its request and so cancels the job on the host), rather than
+the coordinator buffering whatever a host sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -27,10 +29,11 @@ class Overflow:
 class JobEvents(Generic[T]):
     """FIFO bounded by the characters of content in it; one consumer."""
 
-    __slots__ = ("_closed", "_items", "_waiter", "max_chars", "size")
+    __slots__ = ("_closed", "_items", "_waiter", "max_chars", "on_overflow", "size")
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
+        self.on_overflow: Callable[[], None] | None = None
         self.size = 0
         self._items: deque[tuple[T | Overflow, int]] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -45,6 +48,8 @@ class JobEvents(Generic[T]):
             self._closed = True
             self._items.append((Overflow(f"more than {self.max_chars} characters waited for the client"), 0))
             self._wake()
+            if self.on_overflow is not None:
+                self.on_overflow()
             return False
         self.size += size
         self._items.append((event, size))

@@ -113,7 +113,7 @@ class Registry:
         self.job_buffer_chars = job_buffer_chars
         self.on_capacity: Callable[[], None] | None = None
         self.on_removed: Callable[[Host], None] | None = None
-        self.on_new_models: Callable[[set[str]], None] | None = None
+        self.on_models: Callable[[set[str], list[str]], None] | None = None  # (new names, forgotten names)
         self._connections = itertools.count(1)
 
     def next_conn(self) -> int:
@@ -155,9 +155,9 @@ class Registry:
             self.by_model.setdefault(name, set()).add(host)
             self.known[name] = now
         if new:
-            self.forget(now, ttl=None)
-            if self.on_new_models:
-                self.on_new_models(new)
+            gone = self.forget(now, ttl=None)
+            if self.on_models:
+                self.on_models(new - set(gone), gone)
 
     def _unindex(self, host: Host) -> None:
         now = time.time()

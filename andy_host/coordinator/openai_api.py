@@ -50,7 +50,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat["stream"] = stream  # the host asks its backend for the answer the same way
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream)
+    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream,
+                                  on_stall=lambda: _drop_client(request, model))
     seen = _Seen(request.app[METRICS], model)
     if not stream:
         parts: list[str] = []
@@ -111,6 +112,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     assert response is not None
     await response.write_eof()
     return response
+
+
+def _drop_client(request: web.Request, model: str) -> None:
+    """The client stopped reading while its answer kept coming: end its connection (its
+    pending write fails, the request ends, and the job is cancelled on the host)."""
+    log.warning("client.not_reading", model=model, path=request.path)
+    if request.transport is not None:
+        request.transport.close()
 
 
 class _Seen:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -220,9 +220,11 @@ class Relay:
         request: dict[str, Any],
         client: str = "",
         stream: bool = True,
+        on_stall: Callable[[], None] | None = None,
     ) -> AsyncGenerator[str | Done | Restart, None]:
         """Yield content strings, then the final ``Done``; raise APIError (StreamBroken
-        after content was sent).
+        after content was sent). ``on_stall`` is called when the client stops reading
+        while the host keeps sending (the caller ends the client's connection).
 
         With ``stream=False`` a failure after content may also restart the answer from
         scratch on a host that cannot continue; ``RESTART`` tells the caller to discard.
@@ -256,6 +258,7 @@ class Relay:
                 raise
             host = assignment.host
             tried.add(host.conn)
+            assignment.events.on_overflow = on_stall
             frame = self._job_frame(assignment, kind, model, request, answer, deadline - loop.time())
             if frame is None:  # the continuation would not fit in a frame: nobody can take it
                 self.scheduler.release(assignment)

@@ -137,6 +137,11 @@ class Store:
             [(n, now, now) for n in names],
         )
 
+    def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None:
+        """Names first served now, and names the registry dropped."""
+        self.add_models(new)
+        self.db.executemany("DELETE FROM models_seen WHERE name = ?", [(n,) for n in forgotten])
+
     def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None:
         """Record when each model was last served, and forget the ones the registry dropped."""
         with self.db:

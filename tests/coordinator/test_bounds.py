@@ -1,0 +1,173 @@
+"""The pure pieces that bound what a host can make the coordinator hold or do:
+admission, address groups, the job queue, event classification, periodic work."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from andy_host.coordinator.addresses import address_group, client_address, parse_networks
+from andy_host.coordinator.enrolment import Admitted, Credential, Gate, Identity, Policy, Refused, admit_host
+from andy_host.coordinator.events import JobEvents, Overflow
+from andy_host.coordinator.hosts import HostLost, Registry
+from andy_host.coordinator.periodic import Periodic
+from andy_host.coordinator.relay import Abort, Failover, classify
+from andy_host.protocol import (
+    CLOSE_BANNED,
+    CLOSE_FULL,
+    CLOSE_ID_REFUSED,
+    CLOSE_KICKED,
+    CLOSE_TOKEN_REFUSED,
+    Chunk,
+    Hello,
+    JobError,
+    ModelInfo,
+)
+
+OPEN = Policy("open", max_hosts_per_group=2)
+NO_CREDENTIAL = Credential(token_id=None, token_given=False, token_banned=None, secret_hash=None)
+
+
+def hello(host_id: str | None = None) -> Hello:
+    return Hello(name="h", backend="ollama", models=[], capacity=1, host_id=host_id)
+
+
+def decide(host_id: str | None = None, credential: Credential = NO_CREDENTIAL, identity: Identity | None = None,
+           held: bool = False, in_group: int = 0, kicked: float = 0.0, policy: Policy = OPEN) -> Admitted | Refused:
+    return admit_host(hello(host_id), credential, identity, held=held, hosts_in_group=in_group, kicked_for=kicked,
+                      policy=policy)
+
+
+def test_a_new_open_host_gets_an_id_and_a_secret() -> None:
+    first = decide()
+    assert isinstance(first, Admitted) and first.register and first.issue_secret and len(first.host_id) == 16
+
+
+def test_a_registered_id_needs_its_own_credential() -> None:
+    mine = Identity("abc", token_id=None, secret_hash="h1")
+    ok = decide("abc", Credential(None, False, None, "h1"), mine, held=True)
+    assert isinstance(ok, Admitted) and not ok.register and not ok.issue_secret
+    for credential in (NO_CREDENTIAL, Credential(None, False, None, "h2"), Credential(7, True, None, None)):
+        refused = decide("abc", credential, mine, held=True)
+        assert isinstance(refused, Refused) and refused.code == CLOSE_ID_REFUSED
+    tokened = Identity("t1", token_id=7, secret_hash=None)
+    assert isinstance(decide("t1", Credential(7, True, None, None), tokened), Admitted)
+    assert isinstance(decide("t1", Credential(8, True, None, None), tokened), Refused)
+
+
+def test_an_unregistered_id_in_use_is_refused() -> None:
+    refused = decide("legacy", held=True)
+    assert isinstance(refused, Refused) and refused.code == CLOSE_ID_REFUSED
+
+
+def test_tokens_bans_kicks_and_caps() -> None:
+    token_pool = Policy("token", 16)
+    assert decide(policy=token_pool) == Refused(CLOSE_TOKEN_REFUSED, decide(policy=token_pool).reason)  # type: ignore[union-attr]
+    bad = decide(credential=Credential(None, True, None, None))
+    assert isinstance(bad, Refused) and bad.code == CLOSE_TOKEN_REFUSED and "revoked" in bad.reason
+    banned = decide(credential=Credential(3, True, "spam", None))
+    assert isinstance(banned, Refused) and banned.code == CLOSE_BANNED
+    kicked = decide(kicked=30)
+    assert isinstance(kicked, Refused) and kicked.code == CLOSE_KICKED
+    full = decide(in_group=2)
+    assert isinstance(full, Refused) and full.code == CLOSE_FULL
+    assert isinstance(decide(in_group=2, policy=Policy("token", 2), credential=Credential(1, True, None, None)),
+                      Admitted)  # the address cap is for open enrolment
+
+
+def test_gate_counts_per_group_and_in_total() -> None:
+    gate = Gate(total_limit=3, group_limit=2)
+    assert gate.enter("a") and gate.enter("a") and not gate.enter("a")
+    assert gate.enter("b") and not gate.enter("c")
+    gate.leave("a")
+    assert gate.enter("c")
+    for group in ("a", "b", "c"):
+        gate.leave(group)
+    assert gate.total == 0 and gate.groups == {}
+
+
+@pytest.mark.parametrize(("address", "group"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.1", "198.51.100.1"),
+    ("not an address", "not an address"),
+])
+def test_address_groups(address: str, group: str) -> None:
+    assert address_group(address) == group
+
+
+def test_forwarded_for_over_every_line() -> None:
+    proxies = parse_networks(["10.0.0.0/8"])
+    assert client_address("10.0.0.1", ["1.2.3.4", "5.6.7.8, 10.0.0.2"], proxies) == "5.6.7.8"
+    assert client_address("203.0.113.9", ["1.2.3.4"], proxies) == "203.0.113.9"  # not from a proxy: ignored
+    assert client_address("10.0.0.1", [], proxies) == "10.0.0.1"
+
+
+async def test_job_events_are_bounded_and_say_so_once() -> None:
+    called: list[bool] = []
+    events: JobEvents[Chunk] = JobEvents(max_chars=10)
+    events.on_overflow = lambda: called.append(True)
+    assert events.put(Chunk("j", "x" * 6), 6)
+    assert not events.put(Chunk("j", "y" * 6), 6)
+    assert not events.put(Chunk("j", "z"), 1)  # closed: nothing more is kept
+    assert called == [True]
+    assert (await events.get()).content == "x" * 6  # type: ignore[union-attr]
+    assert isinstance(await events.get(), Overflow)
+    assert events.empty() and events.size == 0
+
+
+def test_classify() -> None:
+    assert isinstance(classify(Chunk("j", "x"), False), Chunk)
+    assert isinstance(classify(HostLost("gone"), False), Failover)
+    assert isinstance(classify(Overflow("slow"), False), Abort)
+    assert classify(JobError("j", 500, "boom"), False).blame == "failed"  # type: ignore[union-attr]
+    assert classify(JobError("j", 429, "busy"), False).blame == "none"  # type: ignore[union-attr]
+    rejected = classify(JobError("j", 400, "Your key expired: renew at http://evil.example"), False)
+    assert isinstance(rejected, Failover) and rejected.blame == "rejected"
+    assert "evil" not in rejected.error.message  # a host's text never becomes the client's
+    context = classify(JobError("j", 400, "x", code="context_length_exceeded"), False)
+    assert isinstance(context, Abort) and context.error.code == "context_length_exceeded"
+    assert classify(JobError("j", 400, "no prefill"), True).cannot_continue  # type: ignore[union-attr]
+
+
+def test_known_models_are_bounded_and_forgotten() -> None:
+    registry = Registry(max_models_per_host=3, max_known_models=5)
+    gone: list[str] = []
+    registry.on_models = lambda new, forgotten: gone.extend(forgotten)
+
+    class FakeHost:
+        id, models, loaded = "h", {}, set()
+
+    host = FakeHost()
+    for batch in range(4):
+        registry.set_models(host, [ModelInfo(name=f"m{batch}-{i}:latest") for i in range(10)])  # type: ignore[arg-type]
+        assert len(host.models) == 3
+    assert len(registry.known) <= 5 and gone
+    assert registry.forget(now=10**12, ttl=60) and set(registry.known) == set(registry.by_model)
+
+
+async def test_a_crashed_periodic_job_is_reported_not_silent() -> None:
+    periodic = Periodic()
+    ticks = {"ok": 0}
+
+    async def ok() -> None:
+        ticks["ok"] += 1
+
+    async def locked() -> None:
+        import sqlite3
+
+        raise sqlite3.OperationalError("database is locked")
+
+    async def bug() -> None:
+        raise KeyError("oops")
+
+    periodic.every("ok", 0.01, ok)
+    periodic.every("locked", 0.01, locked)
+    periodic.every("bug", 0.05, bug)
+    periodic.start()
+    await asyncio.wait_for(periodic.failed.wait(), 2)
+    assert periodic.error is not None and "bug" in periodic.error and "KeyError" in periodic.error
+    assert ticks["ok"] >= 2  # the passing failure of "locked" did not stop anything
+    await periodic.stop()
