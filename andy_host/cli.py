@@ -94,13 +94,16 @@ def keys_create(
     host_token: Annotated[
         str | None, typer.Option(help="Link to a host token (prefix or id): its hosts' work raises the limits.")
     ] = None,
+    trusted_only: Annotated[
+        bool, typer.Option("--trusted-only", help="Its requests go to hosts on trusted tokens only (503 if none).")
+    ] = False,
     config: ConfigOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Create an API key and print it (once)."""
     store = _store(config, db)
     try:
-        secret, _ = store.create_key(name, daily_limit, per_minute, host_token)
+        secret, _ = store.create_key(name, daily_limit, per_minute, host_token, trusted_only=trusted_only)
     except KeyError as exc:
         typer.echo(f"andy-host: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
@@ -130,10 +133,16 @@ def keys_revoke(ident: Annotated[str, typer.Argument(help="The key's prefix (as 
 
 
 @tokens_app.command("create")
-def tokens_create(name: Annotated[str, typer.Option(help="Whose host(s) will use it.")],
-                  config: ConfigOpt = None, db: DbOpt = None) -> None:
+def tokens_create(
+    name: Annotated[str, typer.Option(help="Whose host(s) will use it.")],
+    trusted: Annotated[
+        bool, typer.Option("--trusted", help="Your own machines: the reference for answer checks, and allowed "
+                                             "traffic of --trusted-only keys.")
+    ] = False,
+    config: ConfigOpt = None, db: DbOpt = None,
+) -> None:
     """Create a host token and print it (once); hosts join with --token."""
-    secret, _ = _store(config, db).create_token(name)
+    secret, _ = _store(config, db).create_token(name, trusted=trusted)
     typer.echo(secret)
     typer.echo("Store this token now: it is not shown again.", err=True)
 
@@ -144,8 +153,9 @@ def tokens_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
     rows = _store(config, db).list_tokens()
     for row in rows:
         row["created"] = _when(row["created"])
-        row["status"] = "revoked" if row["revoked"] else "active"
-    _table(rows, ["id", "prefix", "name", "status", "created", "requests", "tokens"])
+        row["status"] = "revoked" if row["revoked"] else ("banned" if row["banned"] else "active")
+        row["trusted"] = "yes" if row["trusted"] else "-"
+    _table(rows, ["id", "prefix", "name", "status", "trusted", "created", "requests", "tokens"])
 
 
 @tokens_app.command("revoke")
@@ -158,15 +168,56 @@ def tokens_revoke(ident: Annotated[str, typer.Argument(help="The token's prefix 
     typer.echo(f"revoked {ident}")
 
 
-@coordinator_app.command("hosts")
-def coordinator_hosts(config: ConfigOpt = None, db: DbOpt = None) -> None:
-    """The contribution ledger: per host, requests served, tokens, failures, time connected."""
-    rows = _store(config, db).ledger()
+hosts_app = typer.Typer(help="Hosts: the ledger and each host's standing; release or ban one.")
+coordinator_app.add_typer(hosts_app, name="hosts")
+
+
+@hosts_app.callback(invoke_without_command=True)
+def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """The contribution ledger with each host's standing: requests, measured tokens,
+    failures, time connected, checks passed and failed, strikes, quarantine or ban."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _store(config, db)
+    standings = store.standings()
+    rows = store.ledger()
     for row in rows:
+        standing = standings.get(row["host_id"], {})
         row["hours"] = f"{row['connected_seconds'] / 3600:.2f}"
         row["last_seen"] = _when(row["last_seen"])
         row["host_token"] = row["host_token"] or "-"
-    _table(rows, ["host_id", "name", "host_token", "requests", "tokens", "failures", "hours", "last_seen"])
+        row["checks"] = f"{standing.get('checks_passed', 0)}/{standing.get('checks_failed', 0)}"
+        row["strikes"] = standing.get("strikes", 0)
+        row["standing"] = (f"banned: {standing['banned']}" if standing.get("banned")
+                           else f"quarantined: {standing['quarantined']}" if standing.get("quarantined")
+                           else "trusted" if standing.get("trusted") else "ok")
+    _table(rows, ["host_id", "name", "host_token", "requests", "tokens", "failures", "hours", "last_seen",
+                  "checks", "strikes", "standing"])
+
+
+@hosts_app.command("release")
+def hosts_release(host_id: Annotated[str, typer.Argument(help="The host's id (as listed).")],
+                  config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """End a host's quarantine; a running coordinator applies it within a second."""
+    if not _store(config, db).release_host(host_id):
+        typer.echo(f"andy-host: no host {host_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"released {host_id}")
+
+
+@hosts_app.command("ban")
+def hosts_ban(
+    host_id: Annotated[str, typer.Argument(help="The host's id (as listed).")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the store, shown to the admin).")] = "banned by the admin",
+    config: ConfigOpt = None, db: DbOpt = None,
+) -> None:
+    """Ban a host: its token (every host on it) or, for an open-enrolment host, its own id
+    and secret. It survives reconnects; running coordinators disconnect it within a second."""
+    banned = _store(config, db).ban_host(host_id, reason)
+    if banned is None:
+        typer.echo(f"andy-host: no host {host_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"banned {banned}")
 
 
 @app.command()

@@ -80,6 +80,14 @@ class CoordinatorConfig:
     max_known_models: int = 1000
     known_model_ttl: float = 7 * 86400.0
     busy_host_timeout: float = 3.0
+    quarantine_score: float = 6.0
+    release_after: int = 3
+    check_probation: int = 5
+    probation_every: int = 2
+    check_every: int = 50
+    quarantine_check_interval: float = 30.0
+    check_max_tokens: int = 24
+    reference_ttl: float = 3600.0
     address_group_v4: int = 32
     address_group_v6: int = 64
 

@@ -75,10 +75,11 @@ def model_not_found(model: str) -> APIError:
     )
 
 
-def no_available_hosts(model: str, retry_after: int = 5) -> APIError:
+def no_available_hosts(model: str, retry_after: int = 5, trusted_only: bool = False) -> APIError:
+    which = "trusted hosts (this key is limited to them)" if trusted_only else "hosts"
     return APIError(
         503,
-        f"No available hosts for model `{model}` right now; retry shortly.",
+        f"No available {which} for model `{model}` right now; retry shortly.",
         type="server_error",
         code="no_available_hosts",
         headers={"Retry-After": str(retry_after)},

@@ -18,15 +18,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
 
+from andy_host.coordinator.store import Store
 from andy_host.tools.llama_build import find_llama_server
 from tests.procs import Proc, Processes, wait_models
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m:latest"
+ADMIN = "admin-secret"
 SHORT = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a short story about a red fox in a forest."}]
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid"}
@@ -43,11 +46,15 @@ def real_pool(module_procs: Processes) -> dict[str, Any]:
         if os.environ.get("ANDY_HOST_SKIP_E2E") == "1":
             pytest.skip("llama-server not installed and ANDY_HOST_SKIP_E2E=1")
         pytest.fail("llama-server is not installed: run scripts/setup (or scripts/install-llama-server)")
-    coordinator = module_procs.coordinator(name="real-coordinator")
+    coordinator = module_procs.coordinator(name="real-coordinator", env={
+        "ANDY_HOST_COORDINATOR_ADMIN_TOKEN": ADMIN, "ANDY_HOST_COORDINATOR_CHECK_MAX_TOKENS": "12"})
+    store = Store(str(module_procs.tmp / "coordinator.db"))
+    trusted, _ = store.create_token("the admin's machine", trusted=True)
+    store.close()
     agents = [
         module_procs.agent(
             coordinator.url, "llamacpp", None, f"real-host-{i}", "--managed", "--model", SHORT,
-            "--max-concurrency", "2", env=MANAGED_ENV, timeout=120,
+            "--max-concurrency", "2", *(["--token", trusted] if i == 1 else []), env=MANAGED_ENV, timeout=120,
         )
         for i in (1, 2)
     ]
@@ -195,6 +202,32 @@ def test_concurrent_requests_use_both_hosts(real_pool: dict[str, Any]) -> None:
     done = [e for e in coordinator.events()[before:] if e.get("event") == "job.done"]
     assert len(done) == 6
     assert len({e["host_id"] for e in done}) == 2
+
+
+def test_honest_hosts_pass_200_answer_checks(real_pool: dict[str, Any]) -> None:
+    """The stranger's answers are checked against the trusted host's: 200 canaries on the
+    real model, and an honest host is never quarantined."""
+    coordinator: Proc = real_pool["coordinator"]
+    status = httpx.get(coordinator.url + "/api/andy/pool_status",
+                       headers={"Authorization": f"Bearer {coordinator.key}"}, timeout=10).json()
+    stranger = next(h for h in status["hosts"] if h["name"] == "real-host-2")
+    assert not stranger["trusted"] and next(h for h in status["hosts"] if h["name"] == "real-host-1")["trusted"]
+
+    def run(count: int) -> dict[str, Any]:
+        reply = httpx.post(coordinator.url + f"/api/andy/admin/hosts/{stranger['id']}/check", json={"count": count},
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600)
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as ex:
+        results = list(ex.map(run, [100, 100]))
+    passed = sum(r["passed"] for r in results)
+    failed = sum(r["failed"] for r in results)
+    print(f"\nreal model, two honest hosts: 200 checks, {passed} passed, {failed} failed, "
+          f"{sum(r['inconclusive'] for r in results)} inconclusive, {time.monotonic() - started:.1f} s")
+    assert all(r["quarantined"] is None for r in results)
+    assert passed >= 190
 
 
 def _llama_child(agent: Proc) -> psutil.Process:

@@ -1,5 +1,5 @@
-"""The admin HTTP API under /api/andy/admin/ (keys, host tokens, the ledger),
-guarded by the config's ``admin_token``; off when that is empty."""
+"""The admin HTTP API under /api/andy/admin/ (keys, host tokens, hosts and their
+standing, the ledger), guarded by the config's ``admin_token``; off when that is empty."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp import web
 
 from andy_host.coordinator.httputil import read_json
 from andy_host.coordinator.secrets import same
-from andy_host.coordinator.state import CONFIG, STORE
+from andy_host.coordinator.state import CHECKER, CONFIG, MODERATION, REGISTRY, STORE
 from andy_host.errors import APIError, bad_request
 
 PREFIX = "/api/andy/admin"
@@ -72,6 +72,7 @@ async def create_key(request: web.Request) -> web.Response:
             _positive(body, "daily_limit", config.default_daily_limit),
             _positive(body, "per_minute", config.default_per_minute),
             _optional_text(body, "host_token"),
+            trusted_only=_flag(body, "trusted_only"),
         )
     except KeyError as exc:
         raise bad_request(str(exc), param="host_token") from None
@@ -92,7 +93,8 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     _guard(request)
-    secret, token_id = request.app[STORE].create_token(_name(await _body(request)))
+    body = await _body(request)
+    secret, token_id = request.app[STORE].create_token(_name(body), trusted=_flag(body, "trusted"))
     return web.json_response({"id": token_id, "token": secret, "note": "shown once; store it now"}, status=201)
 
 
@@ -103,9 +105,70 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response({"revoked": True})
 
 
-async def ledger(request: web.Request) -> web.Response:
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"`{key}` must be true or false", param=key)
+    return value
+
+
+async def hosts(request: web.Request) -> web.Response:
+    """The ledger, each host's standing, and what the connected ones are doing."""
     _guard(request)
-    return web.json_response({"hosts": request.app[STORE].ledger()})
+    store, registry = request.app[STORE], request.app[REGISTRY]
+    standings = store.standings()
+    rows = []
+    for row in store.ledger():
+        live = registry.hosts.get(row["host_id"])
+        standing = standings.get(row["host_id"], {})
+        if live is not None:  # the live standing is newer than the saved one
+            standing = {**standing, "score": live.trust.score, "strikes": live.trust.strikes,
+                        "checks_passed": live.trust.checks_passed, "checks_failed": live.trust.checks_failed,
+                        "quarantined": live.trust.quarantined, "trusted": live.trusted}
+        rows.append({**row, **standing, "connected": live is not None,
+                     "status": live.shown_status if live else "offline",
+                     "host_reason": live.reason if live else None})
+    return web.json_response({"hosts": rows})
+
+
+def _known_host(request: web.Request) -> str:
+    host_id = request.match_info["host_id"]
+    if request.app[STORE].host_credential(host_id) is None:
+        raise APIError(404, f"No host {host_id!r} has ever joined this pool.", code="not_found")
+    return host_id
+
+
+async def release_host(request: web.Request) -> web.Response:
+    _guard(request)
+    host_id = _known_host(request)
+    request.app[STORE].release_host(host_id)
+    await request.app[MODERATION].poll()
+    return web.json_response({"released": host_id})
+
+
+async def ban_host(request: web.Request) -> web.Response:
+    _guard(request)
+    host_id = _known_host(request)
+    body = await _body(request) if request.can_read_body else {}
+    reason = _optional_text(body, "reason") or "banned by the admin"
+    banned = request.app[STORE].ban_host(host_id, reason)
+    await request.app[MODERATION].poll()
+    return web.json_response({"banned": banned})
+
+
+async def check_host(request: web.Request) -> web.Response:
+    """Run answer checks of a connected host now and return their verdicts."""
+    _guard(request)
+    host = request.app[REGISTRY].hosts.get(request.match_info["host_id"])
+    if host is None:
+        raise APIError(404, "That host is not connected to this coordinator.", code="not_found")
+    body = await _body(request) if request.can_read_body else {}
+    count = body.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise bad_request("`count` must be an integer from 1 to 1000", param="count")
+    verdicts = [await request.app[CHECKER].check_now(host) for _ in range(count)]
+    return web.json_response({"passed": verdicts.count(True), "failed": verdicts.count(False),
+                              "inconclusive": verdicts.count(None), "quarantined": host.trust.quarantined})
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -115,4 +178,7 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/tokens", list_tokens)
     app.router.add_post(f"{PREFIX}/tokens", create_token)
     app.router.add_delete(f"{PREFIX}/tokens/{{ident}}", revoke_token)
-    app.router.add_get(f"{PREFIX}/hosts", ledger)
+    app.router.add_get(f"{PREFIX}/hosts", hosts)
+    app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/release", release_host)
+    app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/ban", ban_host)
+    app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/check", check_host)

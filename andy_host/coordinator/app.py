@@ -15,24 +15,28 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator import openai_api
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.auth import Access
+from andy_host.coordinator.checks import Checker
 from andy_host.coordinator.dashboard import add_dashboard_routes
 from andy_host.coordinator.enrolment import Gate, Kicks
 from andy_host.coordinator.hostlink import drop_frozen, host_websocket
-from andy_host.coordinator.hosts import Registry
+from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.httputil import errors_middleware
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
+from andy_host.coordinator.moderation import Moderation
 from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.periodic import Periodic, Tick
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import (
     ACCESS,
+    CHECKER,
     CONFIG,
     GATE,
     KICKS,
     LEDGER,
     METRICS,
+    MODERATION,
     PERIODIC,
     REGISTRY,
     RELAY,
@@ -114,7 +118,15 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         app[ACCESS] = access = Access(store, config)
         app[LEDGER] = ledger = Ledger(store)
         app[METRICS] = metrics = Metrics(registry, scheduler, stats)
-        registry.on_removed = ledger.host_left
+        app[CHECKER] = checker = Checker(registry, scheduler, relay, config, store, stats)
+        relay.observer = checker
+        app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS])
+
+        def left(host: Host) -> None:
+            ledger.host_left(host)
+            checker.left(host)
+
+        registry.on_removed = left
 
         async def sample() -> None:
             metrics.sample()
@@ -126,9 +138,12 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         periodic.every("metrics-sample", 1.0, sample)
         periodic.every("frozen-hosts", min(0.25, config.busy_host_timeout / 4), sweep)
         periodic.every("forget-models", 60.0, _forget_models(app))
+        periodic.every("admin-actions", config.flush_interval, moderation.poll)
+        periodic.every("recheck-quarantined", config.quarantine_check_interval, checker.recheck_quarantined)
         periodic.start()
         yield
         await periodic.stop()
+        await checker.close()
         await relay.close()
         access.flush()
         ledger.flush(list(registry.hosts.values()))

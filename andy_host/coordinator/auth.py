@@ -30,6 +30,7 @@ from andy_host.errors import APIError
 
 KEYED_ENDPOINTS = {"models", "embeddings", "pool_status"}
 CLIENT = "andy_client"  # request key: who the request is from, for fair queueing
+TRUSTED_ONLY = "andy_trusted_only"  # request key: the key keeps its requests on trusted hosts
 
 
 def invalid_api_key(message: str) -> APIError:
@@ -106,6 +107,7 @@ class Access:
         now = time.time()
         permit = Permit()
         request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
+        request[TRUSTED_ONLY] = key is not None and key.trusted_only
         if key is None:
             who, limit = "ip:" + self.client_address(request), self.config.anon_per_minute
             minute = self.minute.check(who, limit, now)

@@ -42,7 +42,7 @@ def _gpu(gpu: GpuReading) -> dict[str, Any]:
             "utilization": gpu.utilization_gpu, "temperature": gpu.temperature, "error": gpu.error is not None}
 
 
-def _pause_words(host: Host) -> list[str]:
+def pause_words(host: Host) -> list[str]:
     words = [PAUSE_WORDS[code] for code in host.pause if code in PAUSE_WORDS]
     if not words and host.status == "backend_down":
         words = [PAUSE_WORDS["backend_down"]]
@@ -55,7 +55,7 @@ def public_host(host: Host, now: float) -> dict[str, Any]:
     return {
         "name": host.name,
         "status": host.shown_status,
-        "pause": _pause_words(host),
+        "pause": pause_words(host),
         "models": sorted(host.models),
         "load": len(host.jobs),
         "capacity": host.capacity,

@@ -21,7 +21,7 @@ from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.addresses import address_group
 from andy_host.coordinator.enrolment import Admitted, Credential, Policy, Refused, admit_host, credential_key
 from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.state import CONFIG, GATE, KICKS, REGISTRY, STORE
+from andy_host.coordinator.state import CHECKER, CONFIG, GATE, KICKS, REGISTRY, STORE
 from andy_host.protocol import (
     BUSY_HEARTBEAT_PROTOCOL,
     CLOSE_PROTOCOL,
@@ -61,12 +61,12 @@ async def host_websocket(request: web.Request) -> web.StreamResponse:
         gate.leave(group)
     if hello is None:
         return ws
-    decision, credential = _admit(request.app, hello, group)
+    decision, credential, trusted = _admit(request.app, hello, group)
     if isinstance(decision, Refused):
         log.warning("host.refused", group=group, name=hello.name, code=decision.code, reason=decision.reason)
         await ws.close(code=decision.code, message=decision.reason.encode()[:120])
         return ws
-    host = await _welcome(request.app, ws, hello, decision, credential, group)
+    host = await _welcome(request.app, ws, hello, decision, credential, group, trusted)
     await _serve(request.app, ws, host)
     return ws
 
@@ -92,30 +92,30 @@ async def _read_hello(ws: web.WebSocketResponse, wait: float, group: str) -> Hel
     return hello
 
 
-def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitted | Refused, Credential]:
+def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitted | Refused, Credential, bool]:
     """Gather what the store and the registry know about this hello, then decide."""
     config, store, registry = app[CONFIG], app[STORE], app[REGISTRY]
     token = store.find_token(hello.token) if hello.token else None
     credential = Credential(
-        token_id=token,
+        token_id=token.id if token else None,
         token_given=bool(hello.token),
-        token_banned=None,
+        token_banned=token.banned if token else None,
         secret_hash=sec.digest(hello.secret) if hello.secret else None,
     )
     identity = store.identity(hello.host_id) if hello.host_id else None
     holder = registry.hosts.get(hello.host_id) if hello.host_id else None
     in_group = sum(1 for h in registry.hosts.values() if h.group == group and h is not holder)
-    kicked = app[KICKS].left(credential_key(token, credential.secret_hash, hello.host_id or ""))
+    kicked = app[KICKS].left(credential_key(credential.token_id, credential.secret_hash, hello.host_id or ""))
     decision = admit_host(
         hello, credential, identity, held=holder is not None, hosts_in_group=in_group, kicked_for=kicked,
         policy=Policy(config.enrolment, config.max_hosts_per_address),
     )
-    return decision, credential
+    return decision, credential, bool(token and token.trusted)
 
 
 async def _welcome(
     app: web.Application, ws: web.WebSocketResponse, hello: Hello, admitted: Admitted, credential: Credential,
-    group: str,
+    group: str, trusted: bool,
 ) -> Host:
     """Register the host (replacing its own older connection), welcome it, cancel stale jobs."""
     config, registry, store = app[CONFIG], app[REGISTRY], app[STORE]
@@ -136,7 +136,7 @@ async def _welcome(
         id=host_id, name=hello.name, backend=hello.backend, backend_version=hello.backend_version,
         capacity=hello.capacity, send=ws.send_str, close=close, conn=app[REGISTRY].next_conn(),
         hardware=hello.hardware, features=set(hello.features), token_id=credential.token_id, group=group,
-        protocol=hello.protocol, secret_hash=secret_hash,
+        protocol=hello.protocol, secret_hash=secret_hash, trusted=trusted, trust=store.standing(host_id),
     )
     registry.add(host)
     registry.set_models(host, hello.models)
@@ -145,7 +145,9 @@ async def _welcome(
     for stale in hello.jobs[:host.capacity * 4]:  # jobs it still holds from before: none are wanted now
         await ws.send_str(encode(Cancel(id=stale)))
     log.info("host.connected", host_id=host_id, host_name=hello.name, protocol=hello.protocol,
-             models=sorted(host.models), capacity=host.capacity, new_secret=secret is not None)
+             models=sorted(host.models), capacity=host.capacity, new_secret=secret is not None, trusted=trusted,
+             quarantined=host.trust.quarantined)
+    app[CHECKER].joined(host)
     return host
 
 

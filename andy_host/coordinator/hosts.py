@@ -19,6 +19,7 @@ import structlog
 from andy_host import modelnames
 from andy_host.coordinator.events import JobEvents
 from andy_host.coordinator.health import HostHealth
+from andy_host.coordinator.trust import HostTrust
 from andy_host.protocol import Chunk, Done, Hardware, JobError, ModelInfo
 
 log = structlog.get_logger("andy_host.hosts")
@@ -71,14 +72,16 @@ class Host:
     health: HostHealth = field(default_factory=HostHealth)
     last_assigned: int = 0
     token_id: int | None = None
+    trusted: bool = False  # its token is marked trusted: a reference for checks
+    trust: HostTrust = field(default_factory=HostTrust)  # its standing (kept across reconnects)
     secret_hash: str | None = None  # the credential of an open-enrolment host
     group: str = ""  # the address group it connected from (never shown)
     connected_at: float = field(default_factory=time.time)
     last_frame: float = field(default_factory=time.monotonic)
     served: int = 0
     failures: int = 0
-    tokens: int = 0
-    strikes: int = 0
+    tokens: int = 0  # measured completion tokens of client jobs
+    checking: bool = False  # an answer check of it is running
 
     @property
     def free(self) -> int:
@@ -86,7 +89,9 @@ class Host:
 
     @property
     def shown_status(self) -> str:
-        """The status people see: ``busy`` when active with every slot taken."""
+        """The status people see: ``quarantined``; ``busy`` when active with every slot taken."""
+        if self.trust.quarantined is not None:
+            return "quarantined"
         return "busy" if self.status == "active" and self.free <= 0 else self.status
 
     def silent_for(self, now: float) -> float:

@@ -1,4 +1,8 @@
-"""The contribution ledger: what each host (and host token) served, flushed to the store."""
+"""The contribution ledger: what each host (and host token) served, flushed to the store.
+
+Only measured work of hosts in good standing is credited: what a host served while
+quarantined is not (its failures still count).
+"""
 
 from __future__ import annotations
 
@@ -31,9 +35,11 @@ class Ledger:
         rows = []
         for host in [*hosts, *self.departed]:
             done = self.flushed.setdefault(host.conn, _Flushed(at=host.connected_at))
+            credited = host.trust.quarantined is None
             rows.append((
-                host.id, host.name, host.token_id, host.served - done.served, host.tokens - done.tokens,
-                host.failures - done.failures, max(0.0, now - done.at),
+                host.id, host.name, host.token_id, (host.served - done.served) if credited else 0,
+                (host.tokens - done.tokens) if credited else 0, host.failures - done.failures,
+                max(0.0, now - done.at),
             ))
             done.served, done.tokens, done.failures, done.at = host.served, host.tokens, host.failures, now
         for host in self.departed:

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from andy_host.coordinator import requests
-from andy_host.coordinator.auth import CLIENT
+from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY
 from andy_host.coordinator.httputil import json_response, read_json
 from andy_host.coordinator.limits import MODEL, POOL_FAILED, add_permit_headers, limited
 from andy_host.coordinator.metrics import Metrics
@@ -51,7 +51,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream,
-                                  on_stall=lambda: _drop_client(request, model))
+                                  on_stall=lambda: _drop_client(request, model),
+                                  trusted_only=request.get(TRUSTED_ONLY, False))
     seen = _Seen(request.app[METRICS], model)
     if not stream:
         parts: list[str] = []
@@ -160,7 +161,8 @@ async def embeddings(request: web.Request) -> web.Response:
             code="model_cannot_embed",
         )
     done: Done | None = None
-    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, request.get(CLIENT, ""), stream=False)
+    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, request.get(CLIENT, ""), stream=False,
+                                  trusted_only=request.get(TRUSTED_ONLY, False))
     async with aclosing(jobs):
         async for item in jobs:
             if isinstance(item, Done):

@@ -183,7 +183,8 @@ def openapi_spec() -> dict[str, Any]:
     models = _op("Models served now, each once", _json(MODELS, "The list"), (401, 429), keyed=True)
     admin_key = {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string"}, "daily_limit": {"type": "integer", "minimum": 1},
-        "per_minute": {"type": "integer", "minimum": 1}, "host_token": {"type": "string"}}}
+        "per_minute": {"type": "integer", "minimum": 1}, "host_token": {"type": "string"},
+        "trusted_only": {"type": "boolean"}}}
     paths: dict[str, Any] = {}
     for prefix in ("/api/andy/v1", "/v1"):
         paths[f"{prefix}/chat/completions"] = {"post": chat}
@@ -216,14 +217,27 @@ def openapi_spec() -> dict[str, Any]:
     paths["/api/andy/admin/tokens"] = {
         "get": _op("List host tokens", _json(OBJECT, "Tokens"), (401, 404), admin=True),
         "post": {**_op("Create a host token (shown once)", _json(OBJECT, "The token"), (400, 401, 404),
-                       {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+                       {"type": "object", "required": ["name"], "properties": {
+                           "name": {"type": "string"}, "trusted": {"type": "boolean"}}},
                        admin=True), "responses": {"201": _json(OBJECT, "The token"), **_errors(400, 401, 404)}},
     }
     paths["/api/andy/admin/tokens/{ident}"] = {"delete": {
         **_op("Revoke a host token (its hosts are disconnected)", _json(OBJECT, "Revoked"), (401, 404), admin=True),
         "parameters": [{"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}]}}
-    paths["/api/andy/admin/hosts"] = {"get": _op("The contribution ledger", _json(OBJECT, "Hosts"), (401, 404),
-                                                 admin=True)}
+    paths["/api/andy/admin/hosts"] = {"get": _op("Hosts: the ledger, each host's standing, the connected ones",
+                                                 _json(OBJECT, "Hosts"), (401, 404), admin=True)}
+    host_id = [{"name": "host_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    for action, summary, body in (
+        ("release", "End a host's quarantine", None),
+        ("ban", "Ban a host's credential (its token, else its id)",
+         {"type": "object", "properties": {"reason": {"type": "string"}}}),
+        ("check", "Run answer checks of a connected host now",
+         {"type": "object", "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
+    ):
+        op = _op(summary, _json(OBJECT, "Done"), (400, 401, 404), admin=True)
+        if body is not None:
+            op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        paths[f"/api/andy/admin/hosts/{{host_id}}/{action}"] = {"post": {**op, "parameters": host_id}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "andy-host coordinator", "version": __version__,

@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from andy_host.coordinator.dashboard import pause_words
 from andy_host.coordinator.httputil import json_response
 from andy_host.coordinator.limits import limited
 from andy_host.coordinator.state import REGISTRY, SCHEDULER, STATS
@@ -13,11 +14,12 @@ from andy_host.coordinator.state import REGISTRY, SCHEDULER, STATS
 
 @limited("pool_status")
 async def pool_status(request: web.Request) -> web.Response:
-    """Totals, hosts and models; host names only, never addresses or tokens."""
+    """Totals, hosts and models; host names only, never addresses or tokens, and no
+    text a host wrote other than names (pause reasons in the coordinator's words)."""
     registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
     now = time.time()
     hosts = list(registry.hosts.values())
-    in_flight = sum(len(h.jobs) for h in hosts)
+    in_flight = registry.in_flight()
     return json_response(
         {
             "total_hosts": len(hosts),
@@ -31,8 +33,8 @@ async def pool_status(request: web.Request) -> web.Response:
                 {
                     "id": h.id,
                     "name": h.name,
-                    "status": "busy" if h.status == "active" and h.free <= 0 else h.status,
-                    "reason": h.reason,
+                    "status": h.shown_status,
+                    "pause": pause_words(h),
                     "backend": h.backend,
                     "models": sorted(h.models),
                     "loaded": sorted(h.loaded),
@@ -44,6 +46,12 @@ async def pool_status(request: web.Request) -> web.Response:
                     "served": h.served,
                     "tokens": h.tokens,
                     "failures": h.failures,
+                    "trusted": h.trusted,
+                    "quarantined": h.trust.quarantined,
+                    "suspicion": h.trust.score,
+                    "strikes": h.trust.strikes,
+                    "checks_passed": h.trust.checks_passed,
+                    "checks_failed": h.trust.checks_failed,
                 }
                 for h in hosts
             ],
@@ -51,7 +59,7 @@ async def pool_status(request: web.Request) -> web.Response:
                 {
                     "name": name,
                     "hosts": len(members),
-                    "capacity": sum(h.capacity for h in members),
+                    "capacity": sum(h.capacity for h in members if h.status == "active"),
                     "queue": scheduler.queued(name),
                 }
                 for name, members in sorted(registry.by_model.items())

@@ -24,8 +24,8 @@ import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -35,6 +35,7 @@ from andy_host.coordinator.health import HealthPolicy
 from andy_host.coordinator.hosts import Assignment, Host, HostLost, JobEvent
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
+from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
 from andy_host.errors import (
     CONTEXT_EXCEEDED,
     APIError,
@@ -48,6 +49,7 @@ from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, 
 log = structlog.get_logger("andy_host.relay")
 
 MIN_SPEED_SPAN = 0.01  # seconds of generation below which an answer says nothing about speed
+PROMPT_SLACK = 4096  # prompt tokens a chat template may add (a long system prompt in a Modelfile)
 
 
 class Restart:
@@ -120,11 +122,12 @@ def _continuation(request: dict[str, Any], partial: str, tokens: int) -> dict[st
 
 @dataclass(slots=True)
 class Answer:
-    """The answer so far, across every host that worked on it."""
+    """The answer so far, across every host that worked on it, as relayed."""
 
     parts: list[str]
     chars: int = 0
-    tokens: int = 0
+    chunks: int = 0
+    clear_restarts: int = 0  # times a non-streamed answer started over
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -132,11 +135,78 @@ class Answer:
     def add(self, chunk: Chunk) -> None:
         self.parts.append(chunk.content)
         self.chars += len(chunk.content)
-        self.tokens += chunk.tokens
+        self.chunks += 1
 
     def clear(self) -> None:
         self.parts.clear()
-        self.chars = self.tokens = 0
+        self.chars = self.chunks = 0
+        self.clear_restarts += 1
+
+    def tokens(self) -> int:
+        """Tokens of the answer so far, as measured (no host's word)."""
+        return measured_tokens(None, self.chars, self.chunks)[0]
+
+
+@dataclass(slots=True)
+class Relayed:
+    """What one attempt relayed: the measure of its work."""
+
+    chars: int = 0
+    chunks: int = 0
+
+
+class Observer(Protocol):
+    """Who hears about hosts' conduct (the checker: strikes, checks, quarantine)."""
+
+    def strike(self, host: Host, reason: str) -> None: ...
+
+    def answered(self, host: Host, kind: JobKind, model: str, request: dict[str, Any], text: str) -> None: ...
+
+
+class _Nobody:
+    def strike(self, host: Host, reason: str) -> None:
+        log.warning("host.strike", host_id=host.id, reason=reason)
+
+    def answered(self, host: Host, kind: JobKind, model: str, request: dict[str, Any], text: str) -> None:
+        pass
+
+
+def prompt_chars(kind: JobKind, request: dict[str, Any]) -> int:
+    if kind == "embed":
+        return sum(len(text) for text in request["input"])
+    return sum(len(m.get("content") or "") for m in request["messages"])
+
+
+@dataclass(slots=True)
+class _Job:
+    """One client request across its attempts."""
+
+    kind: JobKind
+    model: str
+    request: dict[str, Any]
+    client: str
+    stream: bool
+    on_stall: Callable[[], None] | None
+    trusted_only: bool
+    deadline: float
+    limit: int  # characters of answer allowed
+    prompt: int  # characters of prompt
+    answer: Answer = field(default_factory=lambda: Answer([]))
+    tried: set[int] = field(default_factory=set)  # connections tried
+    last_error: APIError | None = None
+    failures: int = 0
+    rejected: list[Host] = field(default_factory=list)  # hosts that answered 4xx
+
+    def failure(self, request_timeout: float) -> APIError:
+        """What the client is told when no attempt succeeded."""
+        if self.answer.parts:
+            return StreamBroken(
+                "the host serving this answer failed and no other host could continue it"
+                + (f" ({self.last_error.message})" if self.last_error else "")
+            )
+        if self.last_error is not None:
+            return self.last_error
+        return timeout_error(f"the request did not complete within {request_timeout:.0f}s")
 
 
 class Relay:
@@ -145,6 +215,7 @@ class Relay:
         self.config = config
         self.stats = stats
         self.policy = HealthPolicy(config.eject_after, config.eject_base, config.eject_max)
+        self.observer: Observer = _Nobody()
         self._cancels: set[asyncio.Task[None]] = set()  # cancel frames on their way to hosts
 
     # health -------------------------------------------------------------------------
@@ -156,19 +227,34 @@ class Relay:
             self.stats.ejections += 1
             log.warning("host.ejected", host_id=host.id, offences=host.health.offences)
 
-    def _succeeded(self, assignment: Assignment, done: Done, stream: bool) -> None:
-        """Count the success and learn the host's speed from it.
+    def _measure(self, host: Host, done: Done, relayed: Relayed, prompt: int) -> int:
+        """Replace the host's token counts with ones the relayed text supports; a count
+        it does not support is a strike. Returns the completion tokens to believe."""
+        reported = done.usage.get("completion_tokens")
+        tokens, plausible = measured_tokens(reported, relayed.chars, relayed.chunks)
+        if not plausible:
+            self.observer.strike(host, f"reported {reported} tokens for {relayed.chars} characters")
+        done.usage["completion_tokens"] = tokens
+        prompt_tokens = done.usage.get("prompt_tokens")
+        if prompt_tokens is not None and prompt_tokens > MAX_TOKENS_PER_CHAR * prompt + PROMPT_SLACK:
+            self.observer.strike(host, f"reported {prompt_tokens} prompt tokens for {prompt} characters")
+            done.usage["prompt_tokens"] = measured_tokens(None, prompt, 1)[0]
+        return tokens
+
+    def _succeeded(self, assignment: Assignment, done: Done, stream: bool, tokens: int, credit: bool) -> None:
+        """Count the success and learn the host's speed from it (measured tokens only).
 
         A stream gives time to first token and tokens/s after it, but only when its
         tokens arrived over at least ``MIN_SPEED_SPAN`` (an answer that came in one
         burst says nothing about speed). A whole answer gives tokens/s over the whole
-        job, prompt included, and no time to first token.
+        job, prompt included, and no time to first token. Only client jobs (``credit``)
+        count towards the ledger.
         """
         host = assignment.host
         now = time.monotonic()
-        host.served += 1
-        tokens = done.usage.get("completion_tokens", 0)
-        host.tokens += tokens
+        if credit:
+            host.served += 1
+            host.tokens += tokens
         ttft = tps = None
         if not stream:
             if tokens > 0 and now - assignment.sent_at >= MIN_SPEED_SPAN:
@@ -190,10 +276,6 @@ class Relay:
             host.features_lost.add(FEATURE_CONTINUE)
         elif failover.blame != "none":
             self._failed(host, model, slow=failover.blame == "slow")
-
-    def _strike(self, host: Host, reason: str) -> None:
-        host.strikes += 1
-        log.warning("host.strike", host_id=host.id, reason=reason, strikes=host.strikes)
 
     def _cancel_on_host(self, host: Host, job_id: str) -> None:
         async def send() -> None:
@@ -221,117 +303,129 @@ class Relay:
         client: str = "",
         stream: bool = True,
         on_stall: Callable[[], None] | None = None,
+        trusted_only: bool = False,
     ) -> AsyncGenerator[str | Done | Restart, None]:
         """Yield content strings, then the final ``Done``; raise APIError (StreamBroken
         after content was sent). ``on_stall`` is called when the client stops reading
-        while the host keeps sending (the caller ends the client's connection).
+        while the host keeps sending (the caller ends the client's connection);
+        ``trusted_only`` keeps the job on hosts with a trusted token.
 
         With ``stream=False`` a failure after content may also restart the answer from
         scratch on a host that cannot continue; ``RESTART`` tells the caller to discard.
         """
-        config, loop = self.config, asyncio.get_running_loop()
-        deadline = loop.time() + config.request_timeout
+        loop = asyncio.get_running_loop()
+        job = _Job(kind, model, request, client, stream, on_stall, trusted_only,
+                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, request),
+                   prompt=prompt_chars(kind, request))
         self.stats.requests += 1
-        tried: set[int] = set()
-        answer = Answer([])
-        limit = answer_limit(config, request)
-        last_error: APIError | None = None
-        failures = 0
-        rejected: list[Host] = []  # hosts that answered 4xx: struck if another host accepts
-        for attempt in range(1, config.max_attempts + 1):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+        for attempt in range(1, self.config.max_attempts + 1):
+            if job.deadline <= loop.time():
                 break
-            need = FEATURE_CONTINUE if answer.parts else None
-            if answer.parts and not stream and not self.scheduler.candidates(model, tried, kind, need):
-                answer.clear()  # nobody can continue it: a non-stream answer starts over
-                need = None
+            if job.answer.parts and not stream and not self.scheduler.candidates(
+                model, job.tried, kind, FEATURE_CONTINUE, trusted_only
+            ):
+                job.answer.clear()  # nobody can continue it: a non-stream answer starts over
                 yield RESTART
-            try:
-                assignment = await self.scheduler.acquire(
-                    model, tried, min(config.queue_timeout, remaining), kind, client, need,
-                    await_hosts=attempt > 1,
-                )
-            except APIError:
-                if last_error is not None or answer.parts:
-                    break
-                raise
-            host = assignment.host
-            tried.add(host.conn)
-            assignment.events.on_overflow = on_stall
-            frame = self._job_frame(assignment, kind, model, request, answer, deadline - loop.time())
-            if frame is None:  # the continuation would not fit in a frame: nobody can take it
-                self.scheduler.release(assignment)
+            assignment = await self._acquire(job, attempt)
+            if assignment is None:
                 break
-            bound = log.bind(job_id=assignment.id, host_id=host.id, model=model, attempt=attempt)
-            if answer.parts:
-                self.stats.continued += 1
-                bound.info("job.continuing", prefix_chars=answer.chars)
-            before = answer.tokens  # tokens already delivered by earlier hosts
-            outcome = self._attempt(
-                assignment, model, frame, deadline, bool(answer.parts), stream, limit - answer.chars
-            )
-            try:
-                async for item in outcome:
-                    if isinstance(item, Chunk):
-                        answer.add(item)
-                        yield item.content
-                    elif isinstance(item, Done):
-                        for liar in rejected:
-                            self._strike(liar, "rejected a request that another host answered")
-                        if failures:
-                            self.stats.rescued += 1
-                        self.stats.completed += 1
-                        item.usage["completion_tokens"] = item.usage.get("completion_tokens", 0) + before
-                        # logged once the answer is on its way, not before
-                        loop.call_soon(functools.partial(
-                            bound.info, "job.done", finish_reason=item.finish_reason, failovers=failures
-                        ))
-                        yield item
-                        return
-                    else:
-                        failures += 1
-                        last_error = item.error
-                        self._blame(assignment, model, item)
-                        bound.warning("job.failover", reason=item.error.message, content_sent=bool(answer.parts))
-                        if item.blame == "rejected":
-                            if rejected:  # a second host rejects it too: it is the request
-                                raise item.error
-                            rejected.append(host)
-            finally:
-                await outcome.aclose()
+            async for item in self._try(job, assignment, attempt):
+                yield item
+                if isinstance(item, Done):
+                    return
         self.stats.failed += 1
-        if answer.parts:
-            raise StreamBroken(
-                "the host serving this answer failed and no other host could continue it"
-                + (f" ({last_error.message})" if last_error else "")
-            )
-        if last_error is not None:
-            raise last_error
-        raise timeout_error(f"the request did not complete within {config.request_timeout:.0f}s")
+        raise job.failure(self.config.request_timeout)
 
-    def _job_frame(
-        self, assignment: Assignment, kind: JobKind, model: str, request: dict[str, Any], answer: Answer,
-        budget: float,
-    ) -> str | None:
+    async def _acquire(self, job: _Job, attempt: int) -> Assignment | None:
+        """A slot for the next attempt; None when there is no point in another."""
+        remaining = job.deadline - asyncio.get_running_loop().time()
+        need = FEATURE_CONTINUE if job.answer.parts else None
+        try:
+            assignment = await self.scheduler.acquire(
+                job.model, job.tried, min(self.config.queue_timeout, remaining), job.kind, job.client, need,
+                await_hosts=attempt > 1, trusted_only=job.trusted_only,
+            )
+        except APIError:
+            if job.last_error is not None or job.answer.parts:
+                return None
+            raise
+        job.tried.add(assignment.host.conn)
+        assignment.events.on_overflow = job.on_stall
+        return assignment
+
+    async def _try(self, job: _Job, assignment: Assignment, attempt: int) -> AsyncGenerator[str | Done, None]:
+        """One attempt of ``job``: relay its content; on Done, the job's end."""
+        host, answer = assignment.host, job.answer
+        frame = self._job_frame(assignment, job)
+        if frame is None:  # the continuation would not fit in a frame: nobody can take it
+            self.scheduler.release(assignment)
+            job.last_error = job.last_error or StreamBroken("the answer is too long to continue on another host")
+            return
+        bound = log.bind(job_id=assignment.id, host_id=host.id, model=job.model, attempt=attempt)
+        if answer.parts:
+            self.stats.continued += 1
+            bound.info("job.continuing", prefix_chars=answer.chars)
+        before = answer.tokens()  # tokens already delivered by earlier hosts
+        outcome = self._attempt(assignment, job, frame)
+        try:
+            async for item in outcome:
+                if isinstance(item, Chunk):
+                    answer.add(item)
+                    yield item.content
+                elif isinstance(item, Done):
+                    self._finish(job, assignment, item, before, bound)
+                    yield item
+                    return
+                else:
+                    self._failover(job, assignment, item, bound)
+        finally:
+            await outcome.aclose()
+
+    def _finish(self, job: _Job, assignment: Assignment, done: Done, before: int, bound: Any) -> None:
+        for liar in job.rejected:
+            self.observer.strike(liar, "rejected a request that another host answered")
+        if job.failures:
+            self.stats.rescued += 1
+        self.stats.completed += 1
+        done.usage["completion_tokens"] = done.usage.get("completion_tokens", 0) + before
+        if not job.failures and not job.answer.clear_restarts:
+            self.observer.answered(assignment.host, job.kind, job.model, job.request, job.answer.text())
+        # logged once the answer is on its way, not before
+        asyncio.get_running_loop().call_soon(functools.partial(
+            bound.info, "job.done", finish_reason=done.finish_reason, failovers=job.failures
+        ))
+
+    def _failover(self, job: _Job, assignment: Assignment, failover: Failover, bound: Any) -> None:
+        job.failures += 1
+        job.last_error = failover.error
+        self._blame(assignment, job.model, failover)
+        bound.warning("job.failover", reason=failover.error.message, content_sent=bool(job.answer.parts))
+        if failover.blame == "rejected":
+            if job.rejected:  # a second host rejects it too: it is the request
+                raise failover.error
+            job.rejected.append(assignment.host)
+
+    def _job_frame(self, assignment: Assignment, job: _Job) -> str | None:
         """The job frame for this attempt; None when a continuation would exceed the frame limit."""
-        body = _continuation(request, answer.text(), answer.tokens) if answer.parts else request
-        frame = encode_job(assignment.id, kind, model, body, max(budget, 0.001))
+        answer = job.answer
+        body = _continuation(job.request, answer.text(), answer.tokens()) if answer.parts else job.request
+        budget = job.deadline - asyncio.get_running_loop().time()
+        frame = encode_job(assignment.id, job.kind, job.model, body, max(budget, 0.001))
         if answer.parts and len(frame.encode()) > self.config.max_frame_bytes:
             log.warning("job.prefix_too_large", job_id=assignment.id, prefix_chars=answer.chars)
             return None
         return frame
 
     async def _attempt(
-        self, assignment: Assignment, model: str, frame: str, deadline: float, continuing: bool, stream: bool,
-        room: int,
+        self, assignment: Assignment, job: _Job, frame: str, credit: bool = True,
     ) -> AsyncGenerator[Chunk | Done | Failover, None]:
         """One host's try: content, then Done; or a Failover to try another host.
 
         Raises APIError when the request cannot succeed anywhere (a client error, a
         client that does not read, an answer past its bound).
         """
-        host = assignment.host
+        host, relayed = assignment.host, Relayed()
+        room = job.limit - job.answer.chars
         try:
             assignment.sent_at = time.monotonic()
             try:
@@ -339,23 +433,51 @@ class Relay:
             except (ConnectionError, RuntimeError) as exc:  # the host's socket closed just now
                 yield Failover(APIError(502, f"Host lost: {exc}", type="server_error", code="host_lost"), "failed")
                 return
-            async with aclosing(self._events(assignment, deadline, continuing, stream)) as events:
+            events = self._events(assignment, job.deadline, bool(job.answer.parts), job.stream)
+            async with aclosing(events):
                 async for action in events:
                     if isinstance(action, Abort):
                         raise action.error
                     if isinstance(action, Chunk):
-                        room -= len(action.content)
-                        if room < 0:
-                            self._failed(host, model, slow=False)
-                            log.warning("job.answer_too_long", job_id=assignment.id, host_id=host.id)
+                        relayed.chars += len(action.content)
+                        relayed.chunks += 1
+                        if relayed.chars > room:
+                            self._failed(host, job.model, slow=False)
+                            self.observer.strike(host, "sent an answer past the size bound")
                             raise StreamBroken("the host's answer exceeded the pool's limit on answer size")
                     elif isinstance(action, Done):
-                        self._succeeded(assignment, action, stream)
+                        tokens = self._measure(host, action, relayed, job.prompt)
+                        self._succeeded(assignment, action, job.stream, tokens, credit)
                     yield action
         finally:
             self.scheduler.release(assignment)
             if not assignment.finished:  # the host may still be working on it
                 self._cancel_on_host(host, assignment.id)
+
+    async def answer_on(
+        self, assignment: Assignment, kind: JobKind, model: str, request: dict[str, Any],
+    ) -> str | None:
+        """One job on the host ``assignment`` holds, whole (an answer check): its text,
+        or None when it failed. Not counted as client work."""
+        loop = asyncio.get_running_loop()
+        job = _Job(kind, model, request, "", bool(request.get("stream")), None, False,
+                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, request),
+                   prompt=prompt_chars(kind, request))
+        frame = self._job_frame(assignment, job)  # the same shape as any client's job
+        assert frame is not None
+        parts: list[str] = []
+        try:
+            async with aclosing(self._attempt(assignment, job, frame, credit=False)) as outcome:
+                async for item in outcome:
+                    if isinstance(item, Chunk):
+                        parts.append(item.content)
+                    elif isinstance(item, Done):
+                        return "".join(parts)
+                    else:
+                        return None
+        except APIError:
+            return None
+        return None
 
     async def _events(
         self, assignment: Assignment, deadline: float, continuing: bool, stream: bool,

@@ -1,10 +1,14 @@
 """Choosing a host for each job, and a fair, bounded queue when every host is busy.
 
 Routing among connected hosts that serve the model, admit jobs now (not paused,
-draining, cooling down or ejected) and have a free slot: the model already loaded
-first, then load and recent speed together (see ``Scheduler.pick``), then the host
-assigned least recently. A slot is reserved the moment a
-host is chosen, so no host ever gets more jobs than it advertised.
+draining, cooling down, ejected or quarantined) and have a free slot: the model
+already loaded first, then load, measured speed and standing together (see
+``Scheduler.pick``), then the host assigned least recently. A host not yet measured
+counts at the median speed of the model's measured hosts: it earns its place, it
+does not win every decision until measured. A suspect host counts for less. A key
+restricted to trusted hosts is routed to hosts with a trusted token only. A slot is
+reserved the moment a host is chosen, so no host ever gets more jobs than it
+advertised.
 
 Waiting requests queue per model, grouped by client; a freed slot goes to the
 waiting client that was served least recently (round-robin across clients, new
@@ -24,10 +28,11 @@ from dataclasses import dataclass, field
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Assignment, Host, Registry
+from andy_host.coordinator.trust import TrustPolicy
 from andy_host.errors import APIError, no_available_hosts
 
 MAX_REMEMBERED_CLIENTS = 100_000
-UNMEASURED_TPS = 1e6  # try a host before its speed is known
+NEUTRAL_TPS = 1.0  # the speed of every host of a model that has no measured host yet
 LOADED_BONUS = 1e9  # a loaded model beats any speed difference
 
 
@@ -37,6 +42,7 @@ class Waiter:
     kind: str
     exclude: set[int]
     need: str | None
+    trusted_only: bool
     future: asyncio.Future[Assignment]
 
 
@@ -67,6 +73,7 @@ class Scheduler:
     def __init__(self, registry: Registry, config: CoordinatorConfig) -> None:
         self.registry = registry
         self.config = config
+        self.trust_policy = TrustPolicy(config.quarantine_score, config.release_after)
         self.queues: dict[str, ModelQueue] = {}
         self._assignments = itertools.count(1)  # also numbers the jobs
         self.served_at: OrderedDict[str, int] = OrderedDict()  # client -> last assignment
@@ -78,53 +85,81 @@ class Scheduler:
             return queue.size if queue else 0
         return sum(q.size for q in self.queues.values())
 
-    def candidates(self, model: str, exclude: set[int], kind: str, need: str | None) -> list[Host]:
-        """Hosts that could ever run this job (connected, serve the model, not excluded)."""
+    def candidates(
+        self, model: str, exclude: set[int], kind: str, need: str | None, trusted_only: bool = False
+    ) -> list[Host]:
+        """Hosts that could ever run this job (connected, serve the model, not excluded,
+        not quarantined, trusted when asked)."""
         return [
             h
             for h in self.registry.by_model.get(model, ())
             if h.conn not in exclude
             and (kind != "embed" or h.models[model].embed)
             and (need is None or need in h.features)
+            and (h.trusted or not trusted_only)
+            and h.trust.quarantined is None
         ]
 
+    def median_speed(self, model: str) -> float:
+        """The median measured tokens/s of the model's hosts: what an unmeasured host counts as."""
+        speeds = sorted(h.health.tps for h in self.registry.by_model.get(model, ()) if h.health.tps)
+        if not speeds:
+            return NEUTRAL_TPS
+        middle = len(speeds) // 2
+        return speeds[middle] if len(speeds) % 2 else (speeds[middle - 1] + speeds[middle]) / 2
+
     def pick(
-        self, model: str, exclude: set[int], kind: str = "chat", need: str | None = None
+        self, model: str, exclude: set[int], kind: str = "chat", need: str | None = None, trusted_only: bool = False
     ) -> Host | None:
         """The best host now; ``exclude`` holds connections (``Host.conn``) already tried.
 
         Score: the model loaded first; then expected speed for one more stream, the
-        measured tokens/s discounted by the share of slots in use (``tps * (1 - load/2)``),
-        so equal hosts balance by load and a much faster host wins while it has room;
-        an unmeasured host scores as very fast, so it gets measured; ties go to the
-        host assigned least recently. One pass over the model's hosts, no allocation.
+        measured tokens/s discounted by the share of slots in use (``tps * (1 - load/2)``)
+        and by suspicion (``trust.weight``), so equal hosts balance by load and a much
+        faster host wins while it has room; an unmeasured host counts at the model's
+        median speed; ties go to the host assigned least recently.
         """
         hosts = self.registry.by_model.get(model)
         if not hosts:
             return None
         now = time.monotonic()
+        median: float | None = None
         best: Host | None = None
         best_score = -1.0
         best_turn = 0
         for host in hosts:
-            active = len(host.jobs)
-            capacity = host.capacity
-            if active >= capacity or host.status != "active" or host.conn in exclude:
+            if not self.admits(host, model, now, exclude, kind, need, trusted_only):
                 continue
-            health = host.health
-            if health.cooldown_until > now or health.ejected_until > now or (health.probing and active):
-                continue
-            if need is not None and need not in host.features:
-                continue
-            if kind == "embed" and not host.models[model].embed:
-                continue
-            tps = health.tps
-            score = (UNMEASURED_TPS if tps is None else tps) * (1.0 - 0.5 * active / capacity)
+            tps = host.health.tps
+            if tps is None:
+                median = self.median_speed(model) if median is None else median
+                tps = median
+            score = tps * (1.0 - 0.5 * len(host.jobs) / host.capacity) * host.trust.weight(self.trust_policy)
             if model in host.loaded:
                 score += LOADED_BONUS
             if score > best_score or (score == best_score and host.last_assigned < best_turn):
                 best, best_score, best_turn = host, score, host.last_assigned
         return best
+
+    @staticmethod
+    def admits(
+        host: Host, model: str, now: float, exclude: set[int], kind: str, need: str | None, trusted_only: bool
+    ) -> bool:
+        """May ``host`` take this client job now?"""
+        if len(host.jobs) >= host.capacity or host.status != "active" or host.conn in exclude:
+            return False
+        if not host.health.admits(now, len(host.jobs)) or host.trust.quarantined is not None:
+            return False
+        if (need is not None and need not in host.features) or (trusted_only and not host.trusted):
+            return False
+        return kind != "embed" or host.models[model].embed
+
+    def reserve(self, host: Host) -> Assignment | None:
+        """A slot on this very host for an answer check (quarantined hosts included), if
+        it has one free now."""
+        if host.id not in self.registry.hosts or len(host.jobs) >= host.capacity or host.status != "active":
+            return None
+        return self.assign(host, "checks")
 
     def assign(self, host: Host, client: str) -> Assignment:
         turn = next(self._assignments)
@@ -150,6 +185,7 @@ class Scheduler:
         client: str = "",
         need: str | None = None,
         await_hosts: bool = False,
+        trusted_only: bool = False,
     ) -> Assignment:
         """A reserved slot on the best host, waiting fairly while all are busy.
 
@@ -159,11 +195,11 @@ class Scheduler:
         """
         queue = self.queues.get(model)
         if queue is None or queue.size == 0:
-            host = self.pick(model, exclude, kind, need)
+            host = self.pick(model, exclude, kind, need, trusted_only)
             if host is not None:
                 return self.assign(host, client)
-        if not await_hosts and not self.candidates(model, exclude, kind, need):
-            raise no_available_hosts(model)
+        if not await_hosts and not self.candidates(model, exclude, kind, need, trusted_only):
+            raise no_available_hosts(model, trusted_only=trusted_only)
         queue = self.queues.setdefault(model, ModelQueue())
         retry_after = str(max(1, math.ceil(self.config.queue_timeout / 4)))
         if queue.count(client) >= self.config.max_queue_per_client:
@@ -176,7 +212,7 @@ class Scheduler:
             )
         if queue.size >= self.config.max_queue:
             raise no_available_hosts(model, int(retry_after))
-        waiter = Waiter(client, kind, exclude, need, asyncio.get_running_loop().create_future())
+        waiter = Waiter(client, kind, exclude, need, trusted_only, asyncio.get_running_loop().create_future())
         queue.push(waiter)
         self.dispatch()
         granted = waiter.future
@@ -205,7 +241,7 @@ class Scheduler:
                     if waiter.future.done():
                         queue.remove(waiter)
                         break
-                    host = self.pick(model, waiter.exclude, waiter.kind, waiter.need)
+                    host = self.pick(model, waiter.exclude, waiter.kind, waiter.need, waiter.trusted_only)
                     if host is not None:
                         queue.remove(waiter)
                         waiter.future.set_result(self.assign(host, client))

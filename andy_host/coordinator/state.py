@@ -6,10 +6,12 @@ from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.auth import Access
+from andy_host.coordinator.checks import Checker
 from andy_host.coordinator.enrolment import Gate, Kicks
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
+from andy_host.coordinator.moderation import Moderation
 from andy_host.coordinator.periodic import Periodic
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
@@ -28,3 +30,5 @@ METRICS = web.AppKey("metrics", Metrics)
 GATE = web.AppKey("gate", Gate)
 KICKS = web.AppKey("kicks", Kicks)
 PERIODIC = web.AppKey("periodic", Periodic)
+CHECKER = web.AppKey("checker", Checker)
+MODERATION = web.AppKey("moderation", Moderation)

@@ -14,6 +14,11 @@ class PoolStats:
     rescued: int = 0  # completed although at least one host failed them
     continued: int = 0  # streams continued on another host after content was sent
     ejections: int = 0  # hosts taken out of rotation
+    strikes: int = 0  # claims or conduct the coordinator did not believe
+    checks: int = 0  # answer checks with a verdict
+    checks_failed: int = 0
+    check_jobs: int = 0  # backend jobs spent on checks (the checked host's and the references)
+    quarantines: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

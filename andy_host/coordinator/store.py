@@ -17,6 +17,7 @@ from typing import Any
 
 from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.enrolment import Identity
+from andy_host.coordinator.trust import HostTrust
 
 MIGRATIONS: list[list[str]] = [
     [  # 1: models ever served
@@ -47,6 +48,20 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE models_seen ADD COLUMN last_seen REAL",
         "UPDATE models_seen SET last_seen = first_seen",
     ],
+    [  # 4: trust: trusted and banned tokens, trusted-only keys, each host's standing
+        "ALTER TABLE host_tokens ADD COLUMN trusted INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE host_tokens ADD COLUMN banned REAL",
+        "ALTER TABLE host_tokens ADD COLUMN ban_reason TEXT",
+        "ALTER TABLE api_keys ADD COLUMN trusted_only INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE host_identities ADD COLUMN score REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE host_identities ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE host_identities ADD COLUMN checks_passed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE host_identities ADD COLUMN checks_failed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE host_identities ADD COLUMN quarantined TEXT",
+        """CREATE TABLE IF NOT EXISTS admin_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT,
+            at REAL NOT NULL)""",
+    ],
 ]
 
 
@@ -72,6 +87,26 @@ class ApiKey:
     daily_limit: int
     per_minute: int
     host_token_id: int | None
+    trusted_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostToken:
+    """A live host token as the coordinator sees it."""
+
+    id: int
+    trusted: bool
+    banned: str | None  # the ban's reason, when banned
+
+
+@dataclass(frozen=True, slots=True)
+class AdminEvent:
+    """An admin's action for every running coordinator to apply (ban, release, kick)."""
+
+    id: int
+    kind: str
+    target: str
+    reason: str | None
 
 
 class Store:
@@ -169,19 +204,101 @@ class Store:
             (host_id, token_id, secret_hash, time.time()),
         )
 
+    def standing(self, host_id: str) -> HostTrust:
+        """A host's standing as last saved (a fresh one for a host never seen)."""
+        row = self.db.execute(
+            "SELECT score, strikes, checks_passed, checks_failed, quarantined FROM host_identities WHERE host_id = ?",
+            (host_id,),
+        ).fetchone()
+        if row is None:
+            return HostTrust()
+        return HostTrust(score=float(row[0]), strikes=int(row[1]), checks_passed=int(row[2]),
+                         checks_failed=int(row[3]), quarantined=row[4])
+
+    def save_standing(self, host_id: str, trust: HostTrust) -> None:
+        self.db.execute(
+            "UPDATE host_identities SET score = ?, strikes = ?, checks_passed = ?, checks_failed = ?, quarantined = ?"
+            " WHERE host_id = ?",
+            (trust.score, trust.strikes, trust.checks_passed, trust.checks_failed, trust.quarantined, host_id),
+        )
+
+    # the admin's actions on hosts ------------------------------------------------------
+
+    def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None:
+        row = self.db.execute("SELECT token_id, secret_hash FROM host_identities WHERE host_id = ?",
+                              (host_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def ban_host(self, host_id: str, reason: str) -> str | None:
+        """Ban a host's credential: its token (every host on it), else its own id and
+        secret. Returns what was banned, or None for an unknown host."""
+        credential = self.host_credential(host_id)
+        if credential is None:
+            return None
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            if credential[0] is not None:
+                self.db.execute("UPDATE host_tokens SET banned = ?, ban_reason = ? WHERE id = ?",
+                                (now, reason, credential[0]))
+            self.db.execute("UPDATE host_identities SET banned = ?, ban_reason = ? WHERE host_id = ?",
+                            (now, reason, host_id))
+            self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('ban', ?, ?, ?)",
+                            (host_id, reason, now))
+        return f"token {credential[0]}" if credential[0] is not None else f"host {host_id}"
+
+    def release_host(self, host_id: str) -> bool:
+        """End a host's quarantine (and its suspicion)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            cur = self.db.execute("UPDATE host_identities SET quarantined = NULL, score = 0 WHERE host_id = ?",
+                                  (host_id,))
+            if cur.rowcount:
+                self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('release', ?, NULL, ?)",
+                                (host_id, time.time()))
+        return cur.rowcount > 0
+
+    def add_event(self, kind: str, target: str, reason: str | None = None) -> None:
+        self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES (?, ?, ?, ?)",
+                        (kind, target, reason, time.time()))
+
+    def events_after(self, last: int) -> list[AdminEvent]:
+        rows = self.db.execute(
+            "SELECT id, kind, target, reason FROM admin_events WHERE id > ? ORDER BY id LIMIT 1000", (last,)
+        ).fetchall()
+        return [AdminEvent(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def last_event(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM admin_events").fetchone()[0])
+
+    def standings(self) -> dict[str, dict[str, Any]]:
+        """Every host's standing, for the admin's listing."""
+        rows = self.db.execute(
+            "SELECT i.host_id, i.score, i.strikes, i.checks_passed, i.checks_failed, i.quarantined,"
+            " COALESCE(i.ban_reason, t.ban_reason), t.trusted"
+            " FROM host_identities i LEFT JOIN host_tokens t ON t.id = i.token_id"
+        ).fetchall()
+        return {
+            r[0]: {"score": r[1], "strikes": r[2], "checks_passed": r[3], "checks_failed": r[4],
+                   "quarantined": r[5], "banned": r[6], "trusted": bool(r[7])}
+            for r in rows
+        }
+
     # API keys --------------------------------------------------------------------
 
     def create_key(
-        self, name: str, daily_limit: int = 1000, per_minute: int = 60, host_token: str | None = None
+        self, name: str, daily_limit: int = 1000, per_minute: int = 60, host_token: str | None = None,
+        trusted_only: bool = False,
     ) -> tuple[str, int]:
         token_id = None
         if host_token:
             token_id = self._token_id_by_display(host_token)
         secret = sec.new_secret(sec.API_KEY_PREFIX)
         cur = self.db.execute(
-            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id),
+            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id, trusted_only)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id,
+             int(trusted_only)),
         )
         return secret, int(cur.lastrowid or 0)
 
@@ -195,15 +312,15 @@ class Store:
         if not sec.well_formed(secret, sec.API_KEY_PREFIX):
             return None
         row = self.db.execute(
-            "SELECT id, display, name, daily_limit, per_minute, host_token_id, hash, revoked"
+            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked"
             " FROM api_keys WHERE hash = ?",
             (wanted,),
         ).fetchone()
-        if row is None or row[7] is not None or not sec.same(row[6], wanted):
+        if row is None or row[8] is not None or not sec.same(row[7], wanted):
             return None
         if len(cache) >= KEY_CACHE_SIZE:
             cache.clear()
-        key = cache[wanted] = ApiKey(*row[:6])
+        key = cache[wanted] = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]))
         return key
 
     def list_keys(self) -> list[dict[str, Any]]:
@@ -247,11 +364,11 @@ class Store:
 
     # host tokens -----------------------------------------------------------------
 
-    def create_token(self, name: str) -> tuple[str, int]:
+    def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]:
         secret = sec.new_secret(sec.HOST_TOKEN_PREFIX)
         cur = self.db.execute(
-            "INSERT INTO host_tokens (display, name, hash, created) VALUES (?, ?, ?, ?)",
-            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time()),
+            "INSERT INTO host_tokens (display, name, hash, created, trusted) VALUES (?, ?, ?, ?, ?)",
+            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), int(trusted)),
         )
         return secret, int(cur.lastrowid or 0)
 
@@ -264,25 +381,29 @@ class Store:
             raise KeyError(f"no host token {ident!r}")
         return int(row[0])
 
-    def find_token(self, secret: str) -> int | None:
+    def find_token(self, secret: str) -> HostToken | None:
+        """The live token for this secret (banned ones too: the caller refuses them)."""
         if not sec.well_formed(secret, sec.HOST_TOKEN_PREFIX):
             return None
         wanted = sec.digest(secret)
-        row = self.db.execute("SELECT id, hash, revoked FROM host_tokens WHERE hash = ?", (wanted,)).fetchone()
+        row = self.db.execute(
+            "SELECT id, hash, revoked, trusted, banned, ban_reason FROM host_tokens WHERE hash = ?", (wanted,)
+        ).fetchone()
         if row is None or row[2] is not None or not sec.same(row[1], wanted):
             return None
-        return int(row[0])
+        banned = (row[5] or "banned by the admin") if row[4] is not None else None
+        return HostToken(id=int(row[0]), trusted=bool(row[3]), banned=banned)
 
     def revoked_tokens(self) -> set[int]:
         return {int(r[0]) for r in self.db.execute("SELECT id FROM host_tokens WHERE revoked IS NOT NULL")}
 
     def list_tokens(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT t.id, t.display, t.name, t.created, t.revoked,"
+            "SELECT t.id, t.display, t.name, t.created, t.revoked, t.trusted, t.ban_reason,"
             " COALESCE(SUM(l.requests), 0), COALESCE(SUM(l.tokens), 0) FROM host_tokens t"
             " LEFT JOIN host_ledger l ON l.token_id = t.id GROUP BY t.id ORDER BY t.id"
         ).fetchall()
-        names = ("id", "prefix", "name", "created", "revoked", "requests", "tokens")
+        names = ("id", "prefix", "name", "created", "revoked", "trusted", "banned", "requests", "tokens")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def revoke_token(self, ident: str) -> bool:

@@ -171,3 +171,18 @@ async def test_a_crashed_periodic_job_is_reported_not_silent() -> None:
     assert periodic.error is not None and "bug" in periodic.error and "KeyError" in periodic.error
     assert ticks["ok"] >= 2  # the passing failure of "locked" did not stop anything
     await periodic.stop()
+
+
+@pytest.mark.parametrize(("reference", "answer", "agree"), [
+    ("No, 419 is not an even number.", "No.", True),  # an honest host that stopped sooner (seen on the real model)
+    ("The capital of France is Paris.", "The capital of France is Paris, a city", True),
+    ("Paris", "paris", True),
+    ("pool heard: What colour is grass?", "lorem ipsum zebra quartz nimbus", False),
+    ("The capital of France is Paris.", "Berlin is a city in Germany.", False),
+    ("Yes, 42 is an even number.", "No.", False),
+    ("", "anything", None),
+])
+def test_answer_comparison_tolerates_honest_drift_only(reference: str, answer: str, agree: bool | None) -> None:
+    from andy_host.coordinator.trust import similar
+
+    assert similar(reference, answer) is agree

@@ -15,7 +15,9 @@ Retry-After), ``reset`` (connection dropped, no answer), ``hang`` (never answers
 the connection mid-stream), ``malformed`` (one broken chunk mid-stream; for answers
 that are not streamed: a hang, a dropped connection, a broken body), ``no_done``
 (no ``data: [DONE]``), ``reject_prefix`` (400 for a final assistant message), ``ctx``
-(llama.cpp's context-size error), ``slow`` (``delay`` between tokens).
+(llama.cpp's context-size error), ``slow`` (``delay`` between tokens), ``junk`` (an
+answer of random words, reported as a success), ``inflate`` (a true answer whose usage
+claims 2**31-1 completion tokens), ``400`` (a 400 whose message is ``message``).
 ``GET /_stats`` counts requests, faults served, streams the client aborted, and
 continuations. Run: ``python -m tests.fakes.llamacpp --port 0 --model NAME``.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from typing import Any
 
@@ -60,7 +63,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         fault.clear()
         fault.update({"mode": body.get("mode"), "count": body.get("count", 1),
                       "retry_after": body.get("retry_after", 2), "delay": body.get("delay", 3.0),
-                      "fresh_only": body.get("fresh_only", False)})
+                      "fresh_only": body.get("fresh_only", False), "message": body.get("message")})
         return web.json_response(fault)
 
     async def get_stats(_: web.Request) -> web.Response:
@@ -97,6 +100,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
             stats["continuations"] += 1
         f = take_fault(bool(prefix))
         mode = f["mode"] if f else None
+        if mode == "400":
+            return error(400, f.get("message") or "simulated 400")  # type: ignore[union-attr]
         if mode in ("500", "503", "429"):
             headers = {"Retry-After": str(f["retry_after"])} if mode != "500" else None  # type: ignore[index]
             return error(int(mode), f"simulated {mode} from llama-server", "server_error", headers)
@@ -118,8 +123,13 @@ def make_app(args: argparse.Namespace) -> web.Application:
             tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=args.echo)
         else:
             tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
+        if mode == "junk":
+            words = ("lorem", "ipsum", "zebra", "quartz", "nimbus", "vortex", "pebble", "saffron", "tundra")
+            tokens = [(" " if i else "") + random.choice(words) for i in range(len(tokens))]
         created = int(time.time())
         usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "total_tokens": 7 + len(tokens)}
+        if mode == "inflate":
+            usage = {"prompt_tokens": 7, "completion_tokens": 2**31 - 1, "total_tokens": 2**31 + 6}
         delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
         if not body.get("stream"):
             # Not streamed: the server answers once the whole generation is over, so a

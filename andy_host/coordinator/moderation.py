@@ -1,0 +1,59 @@
+"""The admin's actions on hosts, applied by every running coordinator.
+
+``coordinator hosts ban|release|kick`` (the CLI, or the admin HTTP API) write the
+action to the store's ``admin_events``; each coordinator reads the new ones every
+``flush_interval`` (the HTTP API at once) and applies them to the hosts it holds:
+
+- ban: the host (and, when the ban went to its token, every host on that token) is
+  disconnected with a fatal close code; the ban itself lives in the store and refuses
+  the credential at every later hello;
+- release: the host's quarantine ends;
+- kick: the host is disconnected and its credential refused for the given seconds.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from andy_host.coordinator.checks import Checker
+from andy_host.coordinator.enrolment import Kicks, credential_key
+from andy_host.coordinator.hosts import Host, Registry
+from andy_host.coordinator.store import AdminEvent, Store
+from andy_host.protocol import CLOSE_BANNED, CLOSE_KICKED
+
+log = structlog.get_logger("andy_host.moderation")
+
+
+class Moderation:
+    def __init__(self, store: Store, registry: Registry, checker: Checker, kicks: Kicks) -> None:
+        self.store, self.registry, self.checker, self.kicks = store, registry, checker, kicks
+        self.last = store.last_event()  # actions before this process started are in the store already
+
+    async def poll(self) -> None:
+        for event in self.store.events_after(self.last):
+            self.last = event.id
+            await self.apply(event)
+
+    async def apply(self, event: AdminEvent) -> None:
+        host = self.registry.hosts.get(event.target)
+        if event.kind == "release":
+            self.checker.release(event.target)
+        elif event.kind == "ban":
+            await self._ban(event, host)
+        elif event.kind == "kick" and host is not None:
+            seconds = float(event.reason or 600)
+            self.kicks.kick(credential_key(host.token_id, host.secret_hash, host.id), seconds)
+            await self._drop(host, CLOSE_KICKED, f"kicked by the admin for {seconds:.0f}s")
+
+    async def _ban(self, event: AdminEvent, host: Host | None) -> None:
+        credential = self.store.host_credential(event.target)
+        token_id = credential[0] if credential else None
+        reason = f"banned by the admin: {event.reason}" if event.reason else "banned by the admin"
+        for other in list(self.registry.hosts.values()):
+            if other is host or (token_id is not None and other.token_id == token_id):
+                await self._drop(other, CLOSE_BANNED, reason)
+
+    async def _drop(self, host: Host, code: int, reason: str) -> None:
+        log.warning("host.dropped_by_admin", host_id=host.id, reason=reason)
+        self.registry.remove(host, reason)
+        await host.close(code, reason)

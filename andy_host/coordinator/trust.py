@@ -1,0 +1,147 @@
+"""How much the coordinator believes a host: measured work, strikes, checks, quarantine.
+
+No claim a host makes is taken as is:
+
+- **Work is measured** from what the coordinator relayed (characters and chunks). A
+  host's reported ``completion_tokens`` stands only when it is plausible for that text
+  (at most ``MAX_TOKENS_PER_CHAR`` tokens per character and at least one per
+  ``MAX_CHARS_PER_TOKEN`` characters); otherwise an estimate from the text stands
+  and the host gets a strike.
+- **Errors are evidence**: a host that rejects a request another host then answers
+  gets a strike; so does an answer past its size bound.
+- **Answers are checked** against a trusted host's answer to the same deterministic
+  request (see checks.py); the comparison tolerates honest differences between
+  hardware (:func:`similar`).
+
+Strikes and failed checks raise a host's *suspicion*; passed checks lower it. A
+suspect host gets a smaller share of routing; past ``quarantine_score`` it is
+quarantined: no client jobs, only checks, until it passes ``release_after`` checks in a
+row or the admin releases it. Everything here is pure; the relay and the checker
+call it and act on what it returns.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+
+MAX_TOKENS_PER_CHAR = 4  # a CJK character or an emoji can take several byte tokens
+MAX_CHARS_PER_TOKEN = 32  # no tokenizer's tokens are longer, in practice
+SLACK_TOKENS = 16  # tokens that print nothing (special tokens, a held-back UTF-8 tail)
+CHARS_PER_TOKEN_ESTIMATE = 4  # the estimate that stands when a host's count does not
+
+STRIKE = 1.0
+FAILED_CHECK = 3.0
+PASSED_CHECK = -1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    quarantine_score: float = 6.0
+    release_after: int = 3  # checks passed in a row that end a quarantine
+    suspect_share: float = 0.5  # routing weight of a host with a score, per point: 1 / (1 + share * score)
+
+
+@dataclass(slots=True)
+class HostTrust:
+    """One host's standing, kept by id across its reconnects."""
+
+    score: float = 0.0
+    strikes: int = 0
+    checks_passed: int = 0
+    checks_failed: int = 0
+    passed_in_a_row: int = 0
+    jobs_since_check: int = 0
+    quarantined: str | None = None  # why, in the coordinator's words
+    last_reason: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.checks_passed > 0 and self.quarantined is None
+
+    def weight(self, policy: TrustPolicy) -> float:
+        """Share of routing, from 1 (no suspicion) down."""
+        return 1.0 / (1.0 + policy.suspect_share * self.score)
+
+
+def measured_tokens(reported: int | None, chars: int, chunks: int) -> tuple[int, bool]:
+    """Tokens to believe for ``chars`` characters relayed in ``chunks`` chunks, and
+    whether the host's own count was plausible."""
+    estimate = max(chunks, math.ceil(chars / CHARS_PER_TOKEN_ESTIMATE)) if chars else 0
+    if reported is None:
+        return estimate, True
+    most = MAX_TOKENS_PER_CHAR * chars + SLACK_TOKENS
+    least = chars // MAX_CHARS_PER_TOKEN
+    if least <= reported <= most:
+        return reported, True
+    return estimate, False
+
+
+def strike(trust: HostTrust, policy: TrustPolicy, reason: str) -> bool:
+    """Count a strike; True when it put the host in quarantine just now."""
+    trust.strikes += 1
+    return _add(trust, policy, STRIKE, f"strike: {reason}")
+
+
+def checked(trust: HostTrust, policy: TrustPolicy, passed: bool) -> str | None:
+    """Count a check's outcome; returns "quarantined" or "released" when that changed."""
+    trust.jobs_since_check = 0
+    if passed:
+        trust.checks_passed += 1
+        trust.passed_in_a_row += 1
+        trust.score = max(0.0, trust.score + PASSED_CHECK)
+        if trust.quarantined is not None and trust.passed_in_a_row >= policy.release_after:
+            trust.quarantined = None
+            trust.score = 0.0
+            return "released"
+        return None
+    trust.checks_failed += 1
+    trust.passed_in_a_row = 0
+    return "quarantined" if _add(trust, policy, FAILED_CHECK, "failed an answer check") else None
+
+
+def _add(trust: HostTrust, policy: TrustPolicy, points: float, reason: str) -> bool:
+    trust.score += points
+    trust.last_reason = reason
+    if trust.quarantined is None and trust.score >= policy.quarantine_score:
+        trust.quarantined = (f"{trust.checks_failed} failed answer checks and {trust.strikes} strikes "
+                             f"(last: {reason})")
+        return True
+    return False
+
+
+def release(trust: HostTrust) -> None:
+    """The admin's word: the host is back in good standing."""
+    trust.quarantined = None
+    trust.score = 0.0
+    trust.passed_in_a_row = 0
+
+
+_WORDS = re.compile(r"\w+", re.UNICODE)
+PREFIX_WORDS = 8  # honest hosts agree on the first words; they may drift later
+PREFIX_AGREEMENT = 0.5
+SIMILARITY = 0.6  # of the first COMPARED_CHARS characters
+COMPARED_CHARS = 200
+
+
+def similar(reference: str, answer: str) -> bool | None:
+    """Does ``answer`` agree with a trusted host's ``reference`` to the same deterministic
+    request? Different hardware, kernels and batch sizes make greedy decoding drift
+    after a while, so only the start is compared: most of the first words the same, or
+    the first characters mostly alike. None when the reference has no words to compare."""
+    ref_words = _WORDS.findall(reference.lower())[:PREFIX_WORDS]
+    words = _WORDS.findall(answer.lower())[:PREFIX_WORDS]
+    if not ref_words:
+        return None
+    same = 0
+    for a, b in zip(ref_words, words, strict=False):
+        if a != b:
+            break
+        same += 1
+    compared = min(len(ref_words), len(words))  # an honest answer may stop sooner ("No." for "No, 419 is ...")
+    if same and same / max(compared, 1) >= PREFIX_AGREEMENT:
+        return True
+    ratio = difflib.SequenceMatcher(None, reference[:COMPARED_CHARS].lower(), answer[:COMPARED_CHARS].lower()).ratio()
+    return ratio >= SIMILARITY
