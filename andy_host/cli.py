@@ -5,15 +5,17 @@ Errors become exit codes here and only here.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from andy_host import __version__, logs
 from andy_host.config import Config, default_config_path, load_config, save_agent_config
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.store import Store, open_store
 from andy_host.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A distributed AI compute pool.")
@@ -66,12 +68,24 @@ coordinator_app.add_typer(tokens_app, name="tokens")
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLite database file (default: coordinator.db).")]
 
 
-def _store(config: Path | None, db: str | None) -> Store:
+T = TypeVar("T")
+
+
+def _with_store(config: Path | None, db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the configured store, run ``action`` on it, close it."""
     loaded = _load(config, {"coordinator": {"db": db}})
     if not loaded.coordinator.db:
         typer.echo("andy-host: no database: pass --db FILE or set coordinator.db in the config", err=True)
         raise typer.Exit(2)
-    return Store(loaded.coordinator.db)
+
+    async def main() -> T:
+        store = await open_store(loaded.coordinator.db)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def _when(ts: float | None) -> str:
@@ -101,9 +115,9 @@ def keys_create(
     db: DbOpt = None,
 ) -> None:
     """Create an API key and print it (once)."""
-    store = _store(config, db)
     try:
-        secret, _ = store.create_key(name, daily_limit, per_minute, host_token, trusted_only=trusted_only)
+        secret, _ = _with_store(config, db, lambda store: store.create_key(
+            name, daily_limit, per_minute, host_token, trusted_only=trusted_only))
     except KeyError as exc:
         typer.echo(f"andy-host: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
@@ -114,7 +128,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
     """List keys: prefix, name, created, last used and usage today (never the key)."""
-    rows = _store(config, db).list_keys()
+    rows = _with_store(config, db, lambda store: store.list_keys())
     for row in rows:
         row["created"], row["last_used"] = _when(row["created"]), _when(row["last_used"])
         row["status"] = "revoked" if row["revoked"] else "active"
@@ -126,7 +140,7 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
 def keys_revoke(ident: Annotated[str, typer.Argument(help="The key's prefix (as listed) or id.")],
                 config: ConfigOpt = None, db: DbOpt = None) -> None:
     """Revoke a key; it stops working at once."""
-    if not _store(config, db).revoke_key(ident):
+    if not _with_store(config, db, lambda store: store.revoke_key(ident)):
         typer.echo(f"andy-host: no live key {ident!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {ident}")
@@ -142,7 +156,7 @@ def tokens_create(
     config: ConfigOpt = None, db: DbOpt = None,
 ) -> None:
     """Create a host token and print it (once); hosts join with --token."""
-    secret, _ = _store(config, db).create_token(name, trusted=trusted)
+    secret, _ = _with_store(config, db, lambda store: store.create_token(name, trusted=trusted))
     typer.echo(secret)
     typer.echo("Store this token now: it is not shown again.", err=True)
 
@@ -150,7 +164,7 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
     """List host tokens with what their hosts served."""
-    rows = _store(config, db).list_tokens()
+    rows = _with_store(config, db, lambda store: store.list_tokens())
     for row in rows:
         row["created"] = _when(row["created"])
         row["status"] = "revoked" if row["revoked"] else ("banned" if row["banned"] else "active")
@@ -162,7 +176,7 @@ def tokens_list(config: ConfigOpt = None, db: DbOpt = None) -> None:
 def tokens_revoke(ident: Annotated[str, typer.Argument(help="The token's prefix (as listed) or id.")],
                   config: ConfigOpt = None, db: DbOpt = None) -> None:
     """Revoke a host token; its hosts are disconnected within a second."""
-    if not _store(config, db).revoke_token(ident):
+    if not _with_store(config, db, lambda store: store.revoke_token(ident)):
         typer.echo(f"andy-host: no live host token {ident!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {ident}")
@@ -178,9 +192,10 @@ def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = 
     failures, time connected, checks passed and failed, strikes, quarantine or ban."""
     if ctx.invoked_subcommand is not None:
         return
-    store = _store(config, db)
-    standings = store.standings()
-    rows = store.ledger()
+    async def read(store: Store) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        return await store.standings(), await store.ledger()
+
+    standings, rows = _with_store(config, db, read)
     for row in rows:
         standing = standings.get(row["host_id"], {})
         row["hours"] = f"{row['connected_seconds'] / 3600:.2f}"
@@ -199,7 +214,7 @@ def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = 
 def hosts_release(host_id: Annotated[str, typer.Argument(help="The host's id (as listed).")],
                   config: ConfigOpt = None, db: DbOpt = None) -> None:
     """End a host's quarantine; a running coordinator applies it within a second."""
-    if not _store(config, db).release_host(host_id):
+    if not _with_store(config, db, lambda store: store.release_host(host_id)):
         typer.echo(f"andy-host: no host {host_id!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"released {host_id}")
@@ -213,7 +228,7 @@ def hosts_ban(
 ) -> None:
     """Ban a host: its token (every host on it) or, for an open-enrolment host, its own id
     and secret. It survives reconnects; running coordinators disconnect it within a second."""
-    banned = _store(config, db).ban_host(host_id, reason)
+    banned = _with_store(config, db, lambda store: store.ban_host(host_id, reason))
     if banned is None:
         typer.echo(f"andy-host: no host {host_id!r}", err=True)
         raise typer.Exit(1)

@@ -37,6 +37,7 @@ class CoordinatorConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     db: str = ""
+    database_url: str = ""
     max_body_bytes: int = 4 * 1024 * 1024
     max_frame_bytes: int = 8 * 1024 * 1024
     heartbeat_interval: float = 10.0
@@ -80,6 +81,8 @@ class CoordinatorConfig:
     max_known_models: int = 1000
     known_model_ttl: float = 7 * 86400.0
     busy_host_timeout: float = 3.0
+    host_send_timeout: float = 10.0
+    new_hosts_per_hour: int = 30
     quarantine_score: float = 6.0
     release_after: int = 3
     check_probation: int = 5

@@ -26,8 +26,9 @@ import orjson
 #    one is frozen); welcome issues a host secret and says the frame limit; hello
 #    proves its id with that secret; heartbeats carry pause reasons as codes.
 PROTOCOL_VERSION = 3
-OLDEST_PROTOCOL = 1  # the oldest version of a host the coordinator still accepts
-BUSY_HEARTBEAT_PROTOCOL = 3  # from this version on, busy hosts send frequent heartbeats
+# The oldest version of a host the coordinator accepts: 3, because older hosts could
+# opt out of the busy heartbeats that tell a frozen host, and had no host secret.
+OLDEST_PROTOCOL = 3
 HOSTS_WS_PATH = "/api/andy/hosts/ws"  # where hosts connect, on the coordinator
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
@@ -589,6 +590,14 @@ def _load(text: str | bytes) -> tuple[dict[str, Any], str]:
 def decode_host(text: str | bytes) -> HostMessage:
     """Decode and validate a frame sent by a host (untrusted input)."""
     obj, kind = _load(text)
+    return _decode_host(obj, kind)
+
+
+def decode_host_object(obj: dict[str, Any]) -> HostMessage:
+    """Validate a host's frame already parsed as a JSON object."""
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("frame has no 'type'")
     return _decode_host(obj, kind)
 
 

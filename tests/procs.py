@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ FAST_ENV = {
     "ANDY_HOST_BACKEND_POLL_INTERVAL": "1",
     "ANDY_HOST_BACKEND_RESTART_BACKOFF_MIN": "0.2",
     "ANDY_HOST_COORDINATOR_ANON_PER_MINUTE": "1000000",
+    "ANDY_HOST_COORDINATOR_NEW_HOSTS_PER_HOUR": "1000000",  # every test's hosts come from 127.0.0.1
 }
 
 

@@ -3,6 +3,7 @@ coordinator and host processes (and the real `andy-host coordinator ...` CLI).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -15,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
+from andy_host.coordinator.sqlite_store import SQLiteStore
 from andy_host.protocol import EXIT_REFUSED
 from tests.procs import ROOT, Proc, Processes, get_json, wait_models
 
@@ -113,7 +115,7 @@ def test_daily_limit_counts_exactly_and_survives_a_restart(procs: Processes) -> 
     assert coordinator.stop() == 0
     again = procs.coordinator(port=port, name="coordinator-2")
     answer = httpx.get(again.url + "/v1/models", headers=headers)
-    assert answer.status_code == 429
+    assert answer.status_code == 429, (answer.text, dict(answer.headers), again.url, coordinator.url)
     listing = cli("coordinator", "keys", "list", "--db", str(db))
     assert key not in listing and key[:14] in listing and "1000" in listing
 
@@ -142,22 +144,23 @@ def test_revoked_key_and_host_token_stop_at_once(procs: Processes) -> None:
     assert get_json(coordinator.url + "/health")["hosts"] == 0
 
 
-def test_key_cache_follows_revocations_from_any_process(tmp_path: Path) -> None:
+async def test_key_cache_follows_revocations_from_any_process(tmp_path: Path) -> None:
     """The coordinator keeps live keys in memory; a revocation written by another
     process (the keys CLI) empties that cache within key_recheck, its own at once."""
     db = str(tmp_path / "keys.db")
-    serving, admin = Store(db, key_recheck=0.05), Store(db)
+    serving, admin = await SQLiteStore.open(db, key_recheck=0.05), Store(db)
     key, _ = admin.create_key("k")
     other, _ = admin.create_key("other")
-    assert serving.find_key(key) is not None and serving.find_key(other) is not None
+    assert await serving.find_key(key) is not None and await serving.find_key(other) is not None
     assert admin.revoke_key(key[:14])
     deadline = time.monotonic() + 0.5
-    while serving.find_key(key) is not None:
+    while await serving.find_key(key) is not None:
         assert time.monotonic() < deadline, "a key revoked elsewhere kept working"
-        time.sleep(0.01)
-    assert serving.revoke_key(other[:14])
-    assert serving.find_key(other) is None
-    assert serving.find_key(key[:-1] + ("a" if key[-1] != "a" else "b")) is None  # checksum mismatch
+        await asyncio.sleep(0.01)
+    assert await serving.revoke_key(other[:14])
+    assert await serving.find_key(other) is None
+    assert await serving.find_key(key[:-1] + ("a" if key[-1] != "a" else "b")) is None  # checksum mismatch
+    await serving.close()
 
 
 def test_no_secret_in_the_database_and_no_client_identity_in_jobs(procs: Processes) -> None:

@@ -174,14 +174,29 @@ def test_non_streaming_is_retried_to_completion(pool: dict[str, Any]) -> None:
         fault(pool["F"], None, count=0)
 
 
-def test_context_length_error_is_400_and_not_retried(pool: dict[str, Any]) -> None:
-    before_g = stats(pool["G"])["requests"]
-    fault(pool["F"], "ctx")
-    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key=pool["key"], max_retries=0)
+def test_context_length_error_is_400_when_a_second_host_agrees(procs: Processes) -> None:
+    """One host's word that a prompt is too long is not enough (a hostile host could cut
+    off every long chat); when the second host says so too, the client gets the 400."""
+    fakes = [procs.fake("llamacpp", "--model", MODEL, "--label", "pool", name=f"ctx-{i}") for i in range(3)]
+    coordinator = procs.coordinator(env=FAILOVER_ENV)
+    for i, fake in enumerate(fakes):
+        procs.agent(coordinator.url, "llamacpp", fake.url, f"ctx-host-{i}")
+        fault(fake.url, "ctx", count=-1)
+    wait_models(coordinator.url, {MODEL: 3})
+    before = sum(stats(f.url)["requests"] for f in fakes)
+    client = openai.OpenAI(base_url=coordinator.url + "/api/andy/v1", api_key=coordinator.key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "long"}])
     assert err.value.code == "context_length_exceeded"
-    assert stats(pool["G"])["requests"] == before_g
+    assert sum(stats(f.url)["requests"] for f in fakes) == before + 2  # asked twice, not three times
+
+
+def test_one_hosts_context_error_is_tried_elsewhere(pool: dict[str, Any]) -> None:
+    fault(pool["F"], "ctx")
+    client = openai.OpenAI(base_url=pool["url"] + "/api/andy/v1", api_key=pool["key"], max_retries=0)
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "not long"}])
+    assert reply.choices[0].message.content == expected("not long")
+    fault(pool["F"], None, count=0)
 
 
 def test_client_disconnect_cancels_the_backend_generation(pool: dict[str, Any]) -> None:

@@ -72,8 +72,8 @@ def test_fast_chunk_encoding_matches() -> None:
         ('{"type": "heartbeat", "active": true}', "'active'"),
         ('{"type": "hello", "protocol": 99, "name": "h", "backend": "x", "models": [], "capacity": 1}', "protocol version"),
         ('{"type": "hello", "protocol": 0, "name": "h", "backend": "x", "models": [], "capacity": 1}', "'protocol'"),
-        ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [], "capacity": 0}', "'capacity'"),
-        ('{"type": "hello", "protocol": 1, "name": "h", "backend": "x", "models": [1], "capacity": 1}', "model"),
+        ('{"type": "hello", "protocol": 3, "name": "h", "backend": "x", "models": [], "capacity": 0}', "'capacity'"),
+        ('{"type": "hello", "protocol": 3, "name": "h", "backend": "x", "models": [1], "capacity": 1}', "model"),
         ('{"type": "models", "models": "all"}', "'models'"),
         ('{"type": "heartbeat", "active": 0, "hardware": {"gpus": 5}}', "'gpus'"),
         ('{"type": "heartbeat", "active": 0, "hardware": [1]}', "'hardware'"),
@@ -114,11 +114,13 @@ def test_unsupported_protocol_is_a_version_error() -> None:
         p.decode_host('{"type": "hello", "protocol": 99, "name": "h", "backend": "x", "models": [], "capacity": 1}')
 
 
-def test_hosts_of_the_previous_protocol_are_still_accepted() -> None:
-    """Version 1 hosts never put content in ``done``; the coordinator takes them."""
-    hello = p.decode_host('{"type": "hello", "protocol": 1, "name": "old", "backend": "ollama", "models": [], '
-                          '"capacity": 1}')
-    assert isinstance(hello, p.Hello) and hello.protocol == 1
+def test_hosts_of_older_protocols_are_refused() -> None:
+    """Protocol 1 and 2 hosts had no busy heartbeats (a frozen one could not be told) and
+    no host secret: they are told to upgrade."""
+    for version in (1, 2):
+        with pytest.raises(p.VersionError, match="upgrade andy-host on this host"):
+            p.decode_host(f'{{"type": "hello", "protocol": {version}, "name": "old", "backend": "ollama", '
+                          '"models": [], "capacity": 1}')
     done = p.decode_host('{"type": "done", "id": "j1", "finish_reason": "stop", "usage": {}}')
     assert isinstance(done, p.Done) and done.content == ""
 

@@ -23,7 +23,7 @@ import openai
 import psutil
 import pytest
 
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from andy_host.tools.llama_build import find_llama_server
 from tests.procs import Proc, Processes, wait_models
 
@@ -208,13 +208,13 @@ def test_honest_hosts_pass_200_answer_checks(real_pool: dict[str, Any]) -> None:
     """The stranger's answers are checked against the trusted host's: 200 canaries on the
     real model, and an honest host is never quarantined."""
     coordinator: Proc = real_pool["coordinator"]
-    status = httpx.get(coordinator.url + "/api/andy/pool_status",
-                       headers={"Authorization": f"Bearer {coordinator.key}"}, timeout=10).json()
-    stranger = next(h for h in status["hosts"] if h["name"] == "real-host-2")
-    assert not stranger["trusted"] and next(h for h in status["hosts"] if h["name"] == "real-host-1")["trusted"]
+    listing = httpx.get(coordinator.url + "/api/andy/admin/hosts", headers={"Authorization": f"Bearer {ADMIN}"},
+                        timeout=10).json()["hosts"]
+    stranger = next(h for h in listing if h["name"] == "real-host-2" and h["connected"])
+    assert not stranger["trusted"] and next(h for h in listing if h["name"] == "real-host-1")["trusted"]
 
     def run(count: int) -> dict[str, Any]:
-        reply = httpx.post(coordinator.url + f"/api/andy/admin/hosts/{stranger['id']}/check", json={"count": count},
+        reply = httpx.post(coordinator.url + f"/api/andy/admin/hosts/{stranger['host_id']}/check", json={"count": count},
                            headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600)
         assert reply.status_code == 200, reply.text
         return dict(reply.json())

@@ -12,7 +12,7 @@ import httpx
 import openai
 
 from andy_host.coordinator.health import HealthPolicy, HostHealth
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from tests.procs import Processes, get_json, wait_models
 from tests.sse import chat_stream
 

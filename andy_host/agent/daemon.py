@@ -27,7 +27,7 @@ from andy_host.agent.catalog import Catalog
 from andy_host.agent.continuation import Continuation, probe_continuation
 from andy_host.agent.controls import pause_reasons
 from andy_host.agent.hardware import HardwareProbe
-from andy_host.agent.identity import host_id, host_secret, save_host_secret, state_dir
+from andy_host.agent.identity import host_id, host_secret, save_host_id, save_host_secret, state_dir
 from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link, Refused
 from andy_host.agent.managed import ManagedLlamaServer
@@ -120,6 +120,14 @@ class Agent:
         self.runner = JobRunner(self.backend, self.catalog, self.config.agent.max_concurrency)
         self.link = Link(self.config.agent, self.hello, self.heartbeat, self.runner, self._link_state)
         self.link.issued = self._keep_secret
+        self.link.assigned = self._keep_id
+
+    def _keep_id(self, new_id: str) -> None:
+        """The coordinator gave this host a new id (its old one could not be proven)."""
+        log.warning("agent.new_host_id", old=self.host_id, new=new_id)
+        self.host_id = new_id
+        save_host_id(self.state, self.name, new_id)
+        structlog.contextvars.bind_contextvars(host_id=new_id)
 
     def _keep_secret(self, secret: str) -> None:
         self.secret = secret

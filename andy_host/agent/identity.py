@@ -28,12 +28,17 @@ def host_id(directory: Path, name: str) -> str:
     except OSError:
         pass
     new = uuid.uuid4().hex[:16]
+    save_host_id(directory, name, new)
+    return new
+
+
+def save_host_id(directory: Path, name: str, value: str) -> None:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "host"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        path.write_text(new + "\n")
+        (directory / f"host-{safe}.id").write_text(value + "\n")
     except OSError:
         pass  # read-only home: the id lasts for this run only
-    return new
 
 
 def _secret_path(directory: Path, name: str) -> Path:

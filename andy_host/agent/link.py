@@ -111,6 +111,7 @@ class Link:
         self.connected = asyncio.Event()
         self.frame_limit = DEFAULT_FRAME_LIMIT
         self.issued: Callable[[str], None] = lambda secret: None  # keeps a secret the welcome issues
+        self.assigned: Callable[[str], None] = lambda host_id: None  # keeps an id the welcome gives
 
     async def send(self, text: str) -> None:
         ws = self.ws
@@ -176,7 +177,8 @@ class Link:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
             )
         async with ws:
-            await ws.send_str(encode(self.hello()))
+            hello = self.hello()
+            await ws.send_str(encode(hello))
             first = await ws.receive(timeout=self.config.connect_timeout)
             if first.type != WSMsgType.TEXT:
                 ended = _ended(ws, first)
@@ -188,6 +190,8 @@ class Link:
                 raise ProtocolError("the coordinator did not answer hello with welcome")
             if welcome.secret:
                 self.issued(welcome.secret)
+            if welcome.host_id != hello.host_id:
+                self.assigned(welcome.host_id)
             self.frame_limit = welcome.max_frame_bytes or DEFAULT_FRAME_LIMIT
             self.ws, self.host_id, self.last_error = ws, welcome.host_id, None
             backoff.reset()

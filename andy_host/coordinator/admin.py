@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from andy_host.coordinator.hosts import Host
 from andy_host.coordinator.httputil import read_json
 from andy_host.coordinator.secrets import same
 from andy_host.coordinator.state import CHECKER, CONFIG, MODERATION, REGISTRY, STORE
@@ -59,7 +60,7 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
 
 async def list_keys(request: web.Request) -> web.Response:
     _guard(request)
-    return web.json_response({"keys": request.app[STORE].list_keys()})
+    return web.json_response({"keys": await request.app[STORE].list_keys()})
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -67,7 +68,7 @@ async def create_key(request: web.Request) -> web.Response:
     body = await _body(request)
     config = request.app[CONFIG]
     try:
-        secret, key_id = request.app[STORE].create_key(
+        secret, key_id = await request.app[STORE].create_key(
             _name(body),
             _positive(body, "daily_limit", config.default_daily_limit),
             _positive(body, "per_minute", config.default_per_minute),
@@ -81,26 +82,26 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     _guard(request)
-    if not request.app[STORE].revoke_key(request.match_info["ident"]):
+    if not await request.app[STORE].revoke_key(request.match_info["ident"]):
         raise APIError(404, "No such live key.", code="not_found")
     return web.json_response({"revoked": True})
 
 
 async def list_tokens(request: web.Request) -> web.Response:
     _guard(request)
-    return web.json_response({"tokens": request.app[STORE].list_tokens()})
+    return web.json_response({"tokens": await request.app[STORE].list_tokens()})
 
 
 async def create_token(request: web.Request) -> web.Response:
     _guard(request)
     body = await _body(request)
-    secret, token_id = request.app[STORE].create_token(_name(body), trusted=_flag(body, "trusted"))
+    secret, token_id = await request.app[STORE].create_token(_name(body), trusted=_flag(body, "trusted"))
     return web.json_response({"id": token_id, "token": secret, "note": "shown once; store it now"}, status=201)
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     _guard(request)
-    if not request.app[STORE].revoke_token(request.match_info["ident"]):
+    if not await request.app[STORE].revoke_token(request.match_info["ident"]):
         raise APIError(404, "No such live host token.", code="not_found")
     return web.json_response({"revoked": True})
 
@@ -113,45 +114,49 @@ def _flag(body: dict[str, Any], key: str) -> bool:
 
 
 async def hosts(request: web.Request) -> web.Response:
-    """The ledger, each host's standing, and what the connected ones are doing."""
+    """Every host that did work (the ledger) or is connected now, with its standing."""
     _guard(request)
     store, registry = request.app[STORE], request.app[REGISTRY]
-    standings = store.standings()
-    rows = []
-    for row in store.ledger():
-        live = registry.hosts.get(row["host_id"])
-        standing = standings.get(row["host_id"], {})
-        if live is not None:  # the live standing is newer than the saved one
-            standing = {**standing, "score": live.trust.score, "strikes": live.trust.strikes,
-                        "checks_passed": live.trust.checks_passed, "checks_failed": live.trust.checks_failed,
-                        "quarantined": live.trust.quarantined, "trusted": live.trusted}
-        rows.append({**row, **standing, "connected": live is not None,
-                     "status": live.shown_status if live else "offline",
-                     "host_reason": live.reason if live else None})
-    return web.json_response({"hosts": rows})
+    standings = await store.standings()
+    rows = {row["host_id"]: row for row in await store.ledger()}
+    for live in registry.hosts.values():
+        rows.setdefault(live.id, {"host_id": live.id, "name": live.name, "host_token": None, "requests": 0,
+                                  "tokens": 0, "failures": 0, "connected_seconds": 0.0, "last_seen": None})
+    return web.json_response({"hosts": [_host_row(row, standings, registry.hosts.get(row["host_id"]))
+                                        for row in rows.values()]})
 
 
-def _known_host(request: web.Request) -> str:
+def _host_row(row: dict[str, Any], standings: dict[str, dict[str, Any]], live: Host | None) -> dict[str, Any]:
+    standing = standings.get(row["host_id"], {})
+    if live is not None:  # the live standing is newer than the saved one
+        standing = {**standing, "score": live.trust.score, "strikes": live.trust.strikes,
+                    "checks_passed": live.trust.checks_passed, "checks_failed": live.trust.checks_failed,
+                    "quarantined": live.trust.quarantined, "trusted": live.trusted}
+    return {**row, **standing, "connected": live is not None, "status": live.shown_status if live else "offline",
+            "host_reason": live.reason if live else None}
+
+
+async def _known_host(request: web.Request) -> str:
     host_id = request.match_info["host_id"]
-    if request.app[STORE].host_credential(host_id) is None:
+    if await request.app[STORE].host_credential(host_id) is None:
         raise APIError(404, f"No host {host_id!r} has ever joined this pool.", code="not_found")
     return host_id
 
 
 async def release_host(request: web.Request) -> web.Response:
     _guard(request)
-    host_id = _known_host(request)
-    request.app[STORE].release_host(host_id)
+    host_id = await _known_host(request)
+    await request.app[STORE].release_host(host_id)
     await request.app[MODERATION].poll()
     return web.json_response({"released": host_id})
 
 
 async def ban_host(request: web.Request) -> web.Response:
     _guard(request)
-    host_id = _known_host(request)
+    host_id = await _known_host(request)
     body = await _body(request) if request.can_read_body else {}
     reason = _optional_text(body, "reason") or "banned by the admin"
-    banned = request.app[STORE].ban_host(host_id, reason)
+    banned = await request.app[STORE].ban_host(host_id, reason)
     await request.app[MODERATION].poll()
     return web.json_response({"banned": banned})
 

@@ -26,6 +26,7 @@ from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.moderation import Moderation
 from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.periodic import Periodic, Tick
+from andy_host.coordinator.ratelimit import SlidingWindow
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import (
@@ -37,6 +38,7 @@ from andy_host.coordinator.state import (
     LEDGER,
     METRICS,
     MODERATION,
+    NEW_HOSTS,
     PERIODIC,
     REGISTRY,
     RELAY,
@@ -45,7 +47,7 @@ from andy_host.coordinator.state import (
     STORE,
 )
 from andy_host.coordinator.stats import PoolStats
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.store import open_store
 from andy_host.notify import Notifier
 from andy_host.protocol import CLOSE_TOKEN_REFUSED, HOSTS_WS_PATH
 
@@ -70,13 +72,23 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def _flush(app: web.Application) -> None:
+    """Write what is kept in memory: usage, the ledger, standings, model names."""
+    store, registry = app[STORE], app[REGISTRY]
+    await app[ACCESS].flush()
+    await app[LEDGER].flush(list(registry.hosts.values()))
+    await app[CHECKER].flush()
+    new, gone = registry.drain_names()
+    if new or gone:
+        await store.change_models(new, gone)
+
+
 def _housekeeping(app: web.Application) -> Tick:
-    """Write usage and the ledger; disconnect hosts whose token was revoked."""
+    """Flush, and disconnect hosts whose token was revoked."""
     async def tick() -> None:
-        store, registry = app[STORE], app[REGISTRY]
-        app[ACCESS].flush()
-        app[LEDGER].flush(list(registry.hosts.values()))
-        revoked = store.revoked_tokens()
+        await _flush(app)
+        registry = app[REGISTRY]
+        revoked = await app[STORE].revoked_tokens()
         for host in list(registry.hosts.values()):
             if host.token_id is not None and host.token_id in revoked:
                 log.warning("host.token_revoked", host_id=host.id)
@@ -90,70 +102,78 @@ def _forget_models(app: web.Application) -> Tick:
     """Forget model names no host has served for known_model_ttl (and the excess)."""
     async def tick() -> None:
         registry = app[REGISTRY]
-        gone = registry.forget(time.time(), app[CONFIG].known_model_ttl)
-        app[STORE].touch_models({n: registry.known[n] for n in registry.by_model}, gone)
+        registry.forget(time.time(), app[CONFIG].known_model_ttl)
+        _, gone = registry.drain_names()
+        await app[STORE].touch_models({n: registry.known[n] for n in registry.by_model}, gone)
 
     return tick
 
 
+async def _services(app: web.Application, config: CoordinatorConfig) -> None:
+    """The coordinator's parts, each with the parts it needs."""
+    app[STORE] = store = await open_store(config.db, config.database_url)
+    app[REGISTRY] = registry = Registry(await store.known_models(), config.max_models_per_host,
+                                        config.max_known_models, config.max_job_buffer_chars)
+    app[SCHEDULER] = scheduler = Scheduler(registry, config)
+    app[STATS] = stats = PoolStats()
+    app[RELAY] = relay = Relay(scheduler, config, stats)
+    app[ACCESS] = Access(store, config)
+    app[LEDGER] = ledger = Ledger(store)
+    app[METRICS] = Metrics(registry, scheduler, stats)
+    app[CHECKER] = checker = Checker(registry, scheduler, relay, config, store, stats)
+    relay.observer = checker
+    app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS])
+    await moderation.start()
+
+    def left(host: Host) -> None:
+        ledger.host_left(host)
+        checker.left(host)
+
+    registry.on_removed = left
+
+
+def _schedule(app: web.Application, config: CoordinatorConfig) -> None:
+    """The periodic work, under its one owner."""
+    periodic, registry, metrics = app[PERIODIC], app[REGISTRY], app[METRICS]
+
+    async def sample() -> None:
+        metrics.sample()
+
+    async def sweep() -> None:
+        await drop_frozen(registry, config.busy_host_timeout)
+
+    periodic.every("housekeeping", config.flush_interval, _housekeeping(app))
+    periodic.every("metrics-sample", 1.0, sample)
+    periodic.every("frozen-hosts", min(0.25, config.busy_host_timeout / 4), sweep)
+    periodic.every("forget-models", 60.0, _forget_models(app))
+    periodic.every("admin-actions", config.flush_interval, app[MODERATION].poll)
+    periodic.every("recheck-quarantined", config.quarantine_check_interval, app[CHECKER].recheck_quarantined)
+
+
 def build_app(config: CoordinatorConfig) -> web.Application:
-    app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[errors_middleware]
-    )
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_middleware])
     app[CONFIG] = config
     app[GATE] = Gate(config.max_connecting, config.max_connecting_per_address)
     app[KICKS] = Kicks()
+    app[NEW_HOSTS] = SlidingWindow(3600.0)
     app[PERIODIC] = periodic = Periodic()
 
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = Store(config.db)
-        registry = Registry(store.known_models(), config.max_models_per_host, config.max_known_models,
-                            config.max_job_buffer_chars)
-        registry.on_models = store.change_models
-        app[STORE] = store
-        app[REGISTRY] = registry
-        app[SCHEDULER] = scheduler = Scheduler(registry, config)
-        app[STATS] = stats = PoolStats()
-        app[RELAY] = relay = Relay(scheduler, config, stats)
-        app[ACCESS] = access = Access(store, config)
-        app[LEDGER] = ledger = Ledger(store)
-        app[METRICS] = metrics = Metrics(registry, scheduler, stats)
-        app[CHECKER] = checker = Checker(registry, scheduler, relay, config, store, stats)
-        relay.observer = checker
-        app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS])
-
-        def left(host: Host) -> None:
-            ledger.host_left(host)
-            checker.left(host)
-
-        registry.on_removed = left
-
-        async def sample() -> None:
-            metrics.sample()
-
-        async def sweep() -> None:
-            await drop_frozen(registry, config.busy_host_timeout)
-
-        periodic.every("housekeeping", config.flush_interval, _housekeeping(app))
-        periodic.every("metrics-sample", 1.0, sample)
-        periodic.every("frozen-hosts", min(0.25, config.busy_host_timeout / 4), sweep)
-        periodic.every("forget-models", 60.0, _forget_models(app))
-        periodic.every("admin-actions", config.flush_interval, moderation.poll)
-        periodic.every("recheck-quarantined", config.quarantine_check_interval, checker.recheck_quarantined)
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await _services(app, config)
+        _schedule(app, config)
         periodic.start()
         yield
         await periodic.stop()
-        await checker.close()
-        await relay.close()
-        access.flush()
-        ledger.flush(list(registry.hosts.values()))
-        store.close()
+        await app[CHECKER].close()
+        await app[RELAY].close()
+        await _flush(app)
+        await app[STORE].close()
 
     async def close_hosts(app: web.Application) -> None:
         for host in list(app[REGISTRY].hosts.values()):
             await host.close(WSCloseCode.SERVICE_RESTART, "coordinator restarting")
 
-    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(lifetime)
     app.on_shutdown.append(close_hosts)
     app.router.add_get("/health", health)
     app.router.add_get(HOSTS_WS_PATH, host_websocket)

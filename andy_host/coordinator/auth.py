@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from andy_host.coordinator.addresses import address_group, client_address, parse
 from andy_host.coordinator.ratelimit import Decision, SlidingWindow
 from andy_host.coordinator.secrets import API_KEY_PREFIX, well_formed
 from andy_host.coordinator.store import ApiKey, Store, utc_day
+from andy_host.coordinator.usage import Usage
 from andy_host.errors import APIError
 
 KEYED_ENDPOINTS = {"models", "embeddings", "pool_status"}
@@ -58,10 +58,9 @@ class Access:
         self.store = store
         self.config = config
         self.minute = SlidingWindow(config.rate_window)
-        self.pending: defaultdict[tuple[int, str], int] = defaultdict(int)
-        self.stored: dict[tuple[int, str], int] = {}  # usage already in the store, read once per key and day
-        self.last_used: dict[int, float] = {}
+        self.usage = Usage(store)
         self.trusted = parse_networks(config.trusted_proxies)
+        self._credits: dict[int, tuple[int, float]] = {}  # key id -> (credit, when read)
 
     # identity ----------------------------------------------------------------------
 
@@ -70,7 +69,7 @@ class Access:
         address = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted)
         return address_group(address, self.config.address_group_v4, self.config.address_group_v6)
 
-    def authenticate(self, request: web.Request) -> ApiKey | None:
+    async def authenticate(self, request: web.Request) -> ApiKey | None:
         """The andy key presented; None when none was; 401 for a wrong or revoked one.
 
         OpenAI SDKs always send some key: a bearer value that is not an andy key at all
@@ -80,7 +79,7 @@ class Access:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
             return None
-        key = self.store.find_key(secret)
+        key = await self.store.find_key(secret)
         if key is None:
             if not well_formed(secret, API_KEY_PREFIX):
                 raise invalid_api_key("Malformed API key (checksum mismatch): check it was copied whole.")
@@ -91,52 +90,54 @@ class Access:
 
     # limits ------------------------------------------------------------------------
 
-    def _credit(self, key: ApiKey) -> int:
+    async def _credit(self, key: ApiKey, now: float) -> int:
+        """Units of credit the key's host token earned (read at most every flush_interval)."""
         if key.host_token_id is None or self.config.credit_tokens <= 0:
             return 0
-        return self.store.tokens_served_by_token(key.host_token_id) // self.config.credit_tokens
+        kept = self._credits.get(key.id)
+        if kept is not None and now - kept[1] < self.config.flush_interval:
+            return kept[0]
+        credit = await self.store.tokens_served_by_token(key.host_token_id) // self.config.credit_tokens
+        self._credits[key.id] = (credit, now)
+        return credit
 
-    def admit(self, request: web.Request, endpoint: str) -> Permit:
+    async def admit(self, request: web.Request, endpoint: str) -> Permit:
         """Admit the request or raise 401/429; counts it against the right limits."""
-        key = self.authenticate(request)
+        key = await self.authenticate(request)
         if key is None and endpoint in KEYED_ENDPOINTS and self.config.require_keys:
             raise invalid_api_key(
                 f"This endpoint needs an API key (Authorization: Bearer andy_sk_…). Chat completions "
                 f"work without one, at {self.config.anon_per_minute} requests per minute."
             )
-        now = time.time()
-        permit = Permit()
         request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
         request[TRUSTED_ONLY] = key is not None and key.trusted_only
         if key is None:
-            who, limit = "ip:" + self.client_address(request), self.config.anon_per_minute
-            minute = self.minute.check(who, limit, now)
-            self._raise_if_limited(minute, "per minute for clients without an API key")
-            permit.window_who, permit.stamp = who, minute.stamp
-            permit.headers = _headers(minute)
-            return permit
-        credit = self._credit(key)
+            return self._admit_anonymous(request[CLIENT], time.time())
+        return await self._admit_key(key, endpoint, time.time())
+
+    def _admit_anonymous(self, who: str, now: float) -> Permit:
+        minute = self.minute.check(who, self.config.anon_per_minute, now)
+        self._raise_if_limited(minute, "per minute for clients without an API key")
+        return Permit(headers=_headers(minute), window_who=who, stamp=minute.stamp)
+
+    async def _admit_key(self, key: ApiKey, endpoint: str, now: float) -> Permit:
+        credit = await self._credit(key, now)
         daily_limit = key.daily_limit + credit * self.config.credit_daily
         day = utc_day(now)
-        if (key.id, day) not in self.stored:  # this process is the only writer of usage
-            self.stored[(key.id, day)] = self.store.usage_today(key.id)
-        used = self.stored[(key.id, day)] + self.pending[(key.id, day)]
+        used = await self.usage.used(key.id, day)
         if used >= daily_limit:
-            reset = _seconds_to_utc_midnight(now)
-            raise _limited(Decision(False, daily_limit, 0, reset), "per day for this API key")
-        daily = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
-        tighter = daily
+            raise _limited(Decision(False, daily_limit, 0, _seconds_to_utc_midnight(now)), "per day for this API key")
+        permit = Permit(key_id=key.id, day=day)
+        tighter = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
         if endpoint == "chat":  # chat also has the key's per-minute limit
             who = f"key:{key.id}"
             minute = self.minute.check(who, key.per_minute + credit * self.config.credit_per_minute, now)
             self._raise_if_limited(minute, "per minute for this API key")
             permit.window_who, permit.stamp = who, minute.stamp
-            if minute.remaining < daily.remaining:
+            if minute.remaining < tighter.remaining:
                 tighter = minute
-        self.pending[(key.id, day)] += 1
-        self.last_used[key.id] = now
+        self.usage.count(key.id, day, now)
         permit.headers = _headers(tighter)
-        permit.key_id, permit.day = key.id, day
         return permit
 
     @staticmethod
@@ -148,19 +149,11 @@ class Access:
         """The pool failed this request: it does not count against the client."""
         if permit.window_who is not None:
             self.minute.refund(permit.window_who, permit.stamp)
-        if permit.key_id is not None and self.pending[(permit.key_id, permit.day)] > 0:
-            self.pending[(permit.key_id, permit.day)] -= 1
+        if permit.key_id is not None:
+            self.usage.refund(permit.key_id, permit.day)
 
-    def flush(self) -> None:
-        if self.pending or self.last_used:
-            self.store.add_usage(dict(self.pending), dict(self.last_used))
-            for slot, count in self.pending.items():
-                if slot in self.stored:
-                    self.stored[slot] += count
-            self.pending.clear()
-            self.last_used.clear()
-            today = utc_day()
-            self.stored = {slot: n for slot, n in self.stored.items() if slot[1] == today}
+    async def flush(self) -> None:
+        await self.usage.flush()
 
 
 def _headers(decision: Decision) -> dict[str, str]:

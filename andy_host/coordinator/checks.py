@@ -37,7 +37,7 @@ from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
-from andy_host.coordinator.trust import TrustPolicy, checked, release, similar, strike
+from andy_host.coordinator.trust import HostTrust, TrustPolicy, checked, release, similar, strike
 from andy_host.errors import APIError
 from andy_host.protocol import JobKind
 
@@ -95,6 +95,7 @@ class Checker:
         self.rng = random.Random()
         self._references: OrderedDict[tuple[str, str, int], tuple[str, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: dict[str, HostTrust] = {}  # standings to write at the next flush
 
     # what the relay reports -----------------------------------------------------------
 
@@ -249,7 +250,10 @@ class Checker:
         self.stats.checks += 1
         if not passed:
             self.stats.checks_failed += 1
+        was_verified = host.trust.verified
         change = checked(host.trust, self.policy, passed)
+        if host.trust.verified != was_verified:
+            self.registry.notify()  # the names it serves are established (or no longer)
         if change == "quarantined":
             self._quarantined(host)
         elif not passed and host.trust.quarantined is None:
@@ -261,11 +265,18 @@ class Checker:
 
     def _quarantined(self, host: Host) -> None:
         self.stats.quarantines += 1
+        self.registry.notify()
         log.warning("host.quarantined", host_id=host.id, host_name=host.name, reason=host.trust.quarantined)
         self._save(host)
 
     def _save(self, host: Host) -> None:
-        self.store.save_standing(host.id, host.trust)
+        """Written with the next flush (housekeeping), off the request path."""
+        self._dirty[host.id] = host.trust
+
+    async def flush(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for host_id, trust in dirty.items():
+            await self.store.save_standing(host_id, trust)
 
     def left(self, host: Host) -> None:
         """A host disconnected: keep its standing for when it comes back."""

@@ -93,11 +93,13 @@ def admit_host(
     hosts_in_group: int,
     kicked_for: float,
     policy: Policy,
+    legacy: bool = False,
 ) -> Admitted | Refused:
     """Decide one hello. ``identity``: the registration of ``hello.host_id`` (if any);
     ``held``: a connected host has that id now; ``hosts_in_group``: hosts connected
     from this address group, other than that one; ``kicked_for``: seconds left of a kick
-    of this credential."""
+    of this credential; ``legacy``: the id has ledger rows from before ids were bound
+    to credentials, so it cannot be proven: the host gets a new id."""
     refusal = _token_refusal(credential, policy)
     if refusal is not None:
         return refusal
@@ -109,13 +111,14 @@ def admit_host(
         if not _matches(identity, credential):
             return Refused(
                 CLOSE_ID_REFUSED,
-                f"host id {identity.host_id} belongs to another host; join without it (delete the host-*.id and "
-                "host-*.secret files in the state directory) to get a new one",
+                "this host id belongs to another host: delete host-NAME.id in the state dir to join as a new host",
             )
         if identity.banned is not None:
             return Refused(CLOSE_BANNED, f"this host is banned: {identity.banned}")
     elif host_id is not None and held:
         return Refused(CLOSE_ID_REFUSED, f"host id {host_id} is in use by another connection")
+    elif legacy:
+        host_id = None  # unprovable: a new id, so nobody can claim an old host's ledger row
     if policy.enrolment == "open" and hosts_in_group >= policy.max_hosts_per_group:
         return Refused(CLOSE_FULL, f"at most {policy.max_hosts_per_group} hosts per address may join this pool")
     issue = credential.token_id is None and credential.secret_hash is None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+EVENT_COST = 64  # characters every queued event counts for, content or not
 
 
 @dataclass(slots=True)
@@ -40,11 +41,15 @@ class JobEvents(Generic[T]):
         self._closed = False
 
     def put(self, event: T, size: int = 0) -> bool:
-        """Queue ``event`` (``size`` characters of content). False when the bound was hit:
-        the queue is then closed with :class:`Overflow` and takes nothing more."""
+        """Queue ``event`` (``size`` characters of content; every event also counts
+        ``EVENT_COST``). False when the bound was hit: the queue is then closed with
+        :class:`Overflow` and takes nothing more. The bound is on the backlog: an event
+        that arrives while nothing waits is taken whatever its size (the frame limit and
+        the answer bound cap that), so a big answer is never blamed on its client."""
         if self._closed:
             return False
-        if size and self.size + size > self.max_chars:
+        size += EVENT_COST
+        if self.size and self.size + size > self.max_chars:
             self._closed = True
             self._items.append((Overflow(f"more than {self.max_chars} characters waited for the client"), 0))
             self._wake()
@@ -56,10 +61,13 @@ class JobEvents(Generic[T]):
         self._wake()
         return True
 
-    def end(self, event: T) -> None:
-        """Queue a final event regardless of the bound (a lost host, say)."""
+    def end(self, event: T, size: int = 0) -> None:
+        """Queue the job's last event (done, an error, a lost host) regardless of the
+        bound; the queue takes nothing after it."""
         if not self._closed:
-            self._items.append((event, 0))
+            self._closed = True
+            self.size += size
+            self._items.append((event, size))
             self._wake()
 
     def _wake(self) -> None:

@@ -42,6 +42,7 @@ class Assignment:
     id: str
     host: Host
     events: JobEvents[JobEvent]
+    kind: str = "chat"
     finished: bool = False
     sent_at: float = 0.0
     first_token_at: float | None = None
@@ -75,6 +76,7 @@ class Host:
     trusted: bool = False  # its token is marked trusted: a reference for checks
     trust: HostTrust = field(default_factory=HostTrust)  # its standing (kept across reconnects)
     secret_hash: str | None = None  # the credential of an open-enrolment host
+    issued_secret: str | None = None  # a secret to give it in the welcome (then forgotten)
     group: str = ""  # the address group it connected from (never shown)
     connected_at: float = field(default_factory=time.time)
     last_frame: float = field(default_factory=time.monotonic)
@@ -118,8 +120,10 @@ class Registry:
         self.job_buffer_chars = job_buffer_chars
         self.on_capacity: Callable[[], None] | None = None
         self.on_removed: Callable[[Host], None] | None = None
-        self.on_models: Callable[[set[str], list[str]], None] | None = None  # (new names, forgotten names)
+        self.new_names: set[str] = set()  # model names to record in the store (flushed by housekeeping)
+        self.forgotten_names: set[str] = set()
         self._connections = itertools.count(1)
+        self._established: set[str] | None = None
 
     def next_conn(self) -> int:
         """A number for a new connection, never reused in this process."""
@@ -139,7 +143,7 @@ class Registry:
                 self.on_removed(host)
         self._unindex(host)
         for assignment in list(host.jobs.values()):
-            assignment.events.end(HostLost(reason))
+            assignment.events.end(HostLost(reason), 0)
         host.jobs.clear()
         self.notify()
 
@@ -160,9 +164,8 @@ class Registry:
             self.by_model.setdefault(name, set()).add(host)
             self.known[name] = now
         if new:
-            gone = self.forget(now, ttl=None)
-            if self.on_models:
-                self.on_models(new - set(gone), gone)
+            self.new_names |= new
+            self.forget(now, ttl=None)
 
     def _unindex(self, host: Host) -> None:
         now = time.time()
@@ -185,7 +188,15 @@ class Registry:
             gone += kept[:excess]
         for name in gone:
             del self.known[name]
+            self.new_names.discard(name)
+        self.forgotten_names.update(gone)
         return gone
+
+    def drain_names(self) -> tuple[set[str], set[str]]:
+        """Names first served and names forgotten since the last call (for the store)."""
+        new, gone = self.new_names, self.forgotten_names
+        self.new_names, self.forgotten_names = set(), set()
+        return new, gone
 
     def served_models(self) -> list[str]:
         return sorted(self.by_model)
@@ -193,12 +204,25 @@ class Registry:
     def in_flight(self) -> int:
         return sum(len(h.jobs) for h in self.hosts.values())
 
+    def established(self) -> set[str]:
+        """Models served by a trusted host or one that passed an answer check: a name a
+        stranger advertises must not shadow them (``andy-4`` stays the model it was)."""
+        if self._established is None:
+            self._established = {
+                name for name, hosts in self.by_model.items() if any(h.trusted or h.trust.verified for h in hosts)
+            }
+        return self._established
+
     def resolve(self, requested: str) -> str | None:
-        """The served model meant; else a known (recently served) one; else None."""
-        return modelnames.resolve(requested, self.by_model) or modelnames.resolve(requested, self.known)
+        """The served model meant (names of established hosts first); else a known
+        (recently served) one; else None."""
+        return (modelnames.resolve(requested, self.established()) or modelnames.resolve(requested, self.by_model)
+                or modelnames.resolve(requested, self.known))
 
     def notify(self) -> None:
-        """Capacity may have changed: let the scheduler hand slots to waiting requests."""
+        """Hosts, models or standing changed: forget derived views, and let the scheduler
+        hand slots to waiting requests."""
+        self._established = None
         if self.on_capacity is not None:
             self.on_capacity()
 

@@ -1,7 +1,8 @@
 """The contribution ledger: what each host (and host token) served, flushed to the store.
 
 Only measured work of hosts in good standing is credited: what a host served while
-quarantined is not (its failures still count).
+quarantined is not (its failures still count). A host gets a row once it has done
+something (served or failed a job): connecting alone, however often, writes nothing.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ class Ledger:
     def host_left(self, host: Host) -> None:
         self.departed.append(host)
 
-    def flush(self, hosts: list[Host]) -> None:
+    async def flush(self, hosts: list[Host]) -> None:
         now = time.time()
         rows = []
         for host in [*hosts, *self.departed]:
             done = self.flushed.setdefault(host.conn, _Flushed(at=host.connected_at))
+            if host.served == done.served and host.failures == done.failures and not (host.served or host.failures):
+                continue  # never did anything yet: its time connected waits in memory
             credited = host.trust.quarantined is None
             rows.append((
                 host.id, host.name, host.token_id, (host.served - done.served) if credited else 0,
@@ -46,4 +49,4 @@ class Ledger:
             self.flushed.pop(host.conn, None)
         self.departed.clear()
         if rows:
-            self.store.add_ledger(rows)
+            await self.store.add_ledger(rows)

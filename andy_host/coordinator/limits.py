@@ -27,7 +27,7 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
             started = time.monotonic()
             status = 500
             try:
-                permit = access.admit(request, endpoint)
+                permit = await access.admit(request, endpoint)
                 request[PERMIT_HEADERS] = permit.headers
                 try:
                     response = await handler(request)

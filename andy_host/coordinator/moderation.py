@@ -27,10 +27,13 @@ log = structlog.get_logger("andy_host.moderation")
 class Moderation:
     def __init__(self, store: Store, registry: Registry, checker: Checker, kicks: Kicks) -> None:
         self.store, self.registry, self.checker, self.kicks = store, registry, checker, kicks
-        self.last = store.last_event()  # actions before this process started are in the store already
+        self.last = -1  # set by start(): actions before this process started are in the store already
+
+    async def start(self) -> None:
+        self.last = await self.store.last_event()
 
     async def poll(self) -> None:
-        for event in self.store.events_after(self.last):
+        for event in await self.store.events_after(self.last):
             self.last = event.id
             await self.apply(event)
 
@@ -46,7 +49,7 @@ class Moderation:
             await self._drop(host, CLOSE_KICKED, f"kicked by the admin for {seconds:.0f}s")
 
     async def _ban(self, event: AdminEvent, host: Host | None) -> None:
-        credential = self.store.host_credential(event.target)
+        credential = await self.store.host_credential(event.target)
         token_id = credential[0] if credential else None
         reason = f"banned by the admin: {event.reason}" if event.reason else "banned by the admin"
         for other in list(self.registry.hosts.values()):

@@ -14,8 +14,9 @@ from andy_host.coordinator.state import REGISTRY, SCHEDULER, STATS
 
 @limited("pool_status")
 async def pool_status(request: web.Request) -> web.Response:
-    """Totals, hosts and models; host names only, never addresses or tokens, and no
-    text a host wrote other than names (pause reasons in the coordinator's words)."""
+    """Totals, hosts and models; host names only, never ids, addresses or tokens, and no
+    text a host wrote other than names (pause reasons in the coordinator's words). The
+    admin API lists ids."""
     registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
     now = time.time()
     hosts = list(registry.hosts.values())
@@ -31,7 +32,6 @@ async def pool_status(request: web.Request) -> web.Response:
             "stats": request.app[STATS].as_dict(),
             "hosts": [
                 {
-                    "id": h.id,
                     "name": h.name,
                     "status": h.shown_status,
                     "pause": pause_words(h),

@@ -94,12 +94,12 @@ def classify(event: JobEvent | Overflow, continuing: bool) -> Action:
         return Failover(APIError(502, f"Host lost: {event.reason}", type="server_error", code="host_lost"), "failed")
     context = event.code == CONTEXT_EXCEEDED or (event.status == 400 and says_context_exceeded(event.message))
     error = backend_error(event.status, CONTEXT_EXCEEDED if context else event.code)
-    if context:
-        return Abort(error)  # the prompt does not fit: no other host of the model would differ
-    if continuing and 400 <= event.status < 500 and event.status != 429:
+    if continuing and 400 <= event.status < 500 and event.status != 429 and not context:
         return Failover(error, "none", cannot_continue=True)
     if event.status < 500 and event.status not in (408, 429):
-        return Failover(error, "rejected")  # tried once more elsewhere: is it the request, or the host?
+        # tried once more elsewhere: is it the request, or the host? (a host that claims a
+        # context overflow is not believed either: a lie would cut off every long chat)
+        return Failover(error, "rejected")
     blamed: Blame = "none" if event.status == 429 or (event.status == 503 and event.retry_after) else "failed"
     return Failover(error, blamed, retry_after=event.retry_after)
 
@@ -501,7 +501,8 @@ class Relay:
                     event = await events.get()
             except TimeoutError:
                 waited = loop.time() - (progress if progress is not None else sent)
-                yield Failover(timeout_error(f"host {host.name} sent no content for {waited:.1f}s {what}"), "slow")
+                log.info("job.host_silent", job_id=assignment.id, host_id=host.id, waited=round(waited, 1), what=what)
+                yield Failover(timeout_error(f"the host sent no content for {waited:.1f}s {what}"), "slow")
                 return
             if isinstance(event, (Done, JobError)):
                 assignment.finished = True  # the host's work on it is over

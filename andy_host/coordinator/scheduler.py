@@ -161,9 +161,9 @@ class Scheduler:
             return None
         return self.assign(host, "checks")
 
-    def assign(self, host: Host, client: str) -> Assignment:
+    def assign(self, host: Host, client: str, kind: str = "chat") -> Assignment:
         turn = next(self._assignments)
-        assignment = Assignment(id=f"j{turn:x}", host=host, events=self.registry.new_events())
+        assignment = Assignment(id=f"j{turn:x}", host=host, events=self.registry.new_events(), kind=kind)
         host.jobs[assignment.id] = assignment
         host.last_assigned = turn
         self.served_at[client] = turn
@@ -197,7 +197,7 @@ class Scheduler:
         if queue is None or queue.size == 0:
             host = self.pick(model, exclude, kind, need, trusted_only)
             if host is not None:
-                return self.assign(host, client)
+                return self.assign(host, client, kind)
         if not await_hosts and not self.candidates(model, exclude, kind, need, trusted_only):
             raise no_available_hosts(model, trusted_only=trusted_only)
         queue = self.queues.setdefault(model, ModelQueue())
@@ -244,7 +244,7 @@ class Scheduler:
                     host = self.pick(model, waiter.exclude, waiter.kind, waiter.need, waiter.trusted_only)
                     if host is not None:
                         queue.remove(waiter)
-                        waiter.future.set_result(self.assign(host, client))
+                        waiter.future.set_result(self.assign(host, client, waiter.kind))
                         break
                 else:
                     break  # nobody waiting can be served now

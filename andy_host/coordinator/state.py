@@ -13,6 +13,7 @@ from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.moderation import Moderation
 from andy_host.coordinator.periodic import Periodic
+from andy_host.coordinator.ratelimit import SlidingWindow
 from andy_host.coordinator.relay import Relay
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
@@ -32,3 +33,4 @@ KICKS = web.AppKey("kicks", Kicks)
 PERIODIC = web.AppKey("periodic", Periodic)
 CHECKER = web.AppKey("checker", Checker)
 MODERATION = web.AppKey("moderation", Moderation)
+NEW_HOSTS = web.AppKey("new_hosts", SlidingWindow)  # new host identities per address group per hour

@@ -1,82 +1,37 @@
-"""The coordinator's SQLite store (WAL): idempotent schema that upgrades itself.
+"""The coordinator's durable state, behind one interface: keys, host tokens, usage, the
+ledger, host identities and standing, the models ever served, the admin's actions.
 
-One writer: the coordinator process. The admin CLI opens the same file for short
-transactions (create, revoke, list); the running coordinator reads keys on every
-request, so a revocation takes effect at once. Usage counters are kept in memory
-and flushed every ``flush_interval`` seconds and at shutdown.
+:class:`Store` is what the coordinator and the CLI use; every method is a coroutine,
+so no query ever runs on the event loop. Two implementations:
+
+- ``sqlite_store.SQLiteStore``: one file (or memory), the zero-setup default; its
+  queries run on one worker thread;
+- ``postgres_store.PostgresStore``: PostgreSQL through asyncpg, for replicated
+  coordinators (``--database-url postgresql://...``).
+
+:func:`open_store` picks one from the configuration.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.enrolment import Identity
 from andy_host.coordinator.trust import HostTrust
 
-MIGRATIONS: list[list[str]] = [
-    [  # 1: models ever served
-        "CREATE TABLE IF NOT EXISTS models_seen (name TEXT PRIMARY KEY, first_seen REAL NOT NULL)",
-    ],
-    [  # 2: keys, host tokens, usage and the contribution ledger
-        """CREATE TABLE IF NOT EXISTS host_tokens (
-            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
-            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, revoked REAL)""",
-        """CREATE TABLE IF NOT EXISTS api_keys (
-            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
-            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, last_used REAL, revoked REAL,
-            daily_limit INTEGER NOT NULL, per_minute INTEGER NOT NULL,
-            host_token_id INTEGER REFERENCES host_tokens(id))""",
-        """CREATE TABLE IF NOT EXISTS key_usage (
-            key_id INTEGER NOT NULL, day TEXT NOT NULL, count INTEGER NOT NULL,
-            PRIMARY KEY (key_id, day))""",
-        """CREATE TABLE IF NOT EXISTS host_ledger (
-            host_id TEXT PRIMARY KEY, name TEXT NOT NULL, token_id INTEGER,
-            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
-            failures INTEGER NOT NULL DEFAULT 0, connected_seconds REAL NOT NULL DEFAULT 0,
-            last_seen REAL)""",
-    ],
-    [  # 3: host ids bound to the credential that registered them; when a model was last served
-        """CREATE TABLE IF NOT EXISTS host_identities (
-            host_id TEXT PRIMARY KEY, token_id INTEGER REFERENCES host_tokens(id), secret_hash TEXT,
-            created REAL NOT NULL, banned REAL, ban_reason TEXT)""",
-        "ALTER TABLE models_seen ADD COLUMN last_seen REAL",
-        "UPDATE models_seen SET last_seen = first_seen",
-    ],
-    [  # 4: trust: trusted and banned tokens, trusted-only keys, each host's standing
-        "ALTER TABLE host_tokens ADD COLUMN trusted INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_tokens ADD COLUMN banned REAL",
-        "ALTER TABLE host_tokens ADD COLUMN ban_reason TEXT",
-        "ALTER TABLE api_keys ADD COLUMN trusted_only INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN score REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN checks_passed INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN checks_failed INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN quarantined TEXT",
-        """CREATE TABLE IF NOT EXISTS admin_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT,
-            at REAL NOT NULL)""",
-    ],
-]
-
-
 KEY_CACHE_SIZE = 10_000  # live keys remembered in memory
 KEY_RECHECK = 0.05  # seconds: how stale the cache of live keys may be, at most
-_day_cache: tuple[int, str] = (-1, "")
+
+# (host id, name, token id, requests, tokens, failures, seconds connected)
+LedgerRow = tuple[str, str, int | None, int, int, int, float]
 
 
 def utc_day(now: float | None = None) -> str:
-    """The UTC date as YYYY-MM-DD (formatted once per day: it is asked for on every request)."""
-    global _day_cache
-    number = int((now if now is not None else time.time()) // 86400)
-    if number != _day_cache[0]:
-        _day_cache = (number, time.strftime("%Y-%m-%d", time.gmtime(number * 86400)))
-    return _day_cache[1]
+    """The UTC date as YYYY-MM-DD."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
 @dataclass(slots=True)
@@ -109,338 +64,63 @@ class AdminEvent:
     reason: str | None
 
 
-class Store:
-    def __init__(self, path: str, key_recheck: float = KEY_RECHECK) -> None:
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path or ":memory:", isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-        # Live keys by digest, so that a request costs no query. Another process (the
-        # keys CLI) writing the database changes data_version, which empties the cache;
-        # it is read at most every ``key_recheck`` seconds (a query on every request was
-        # a tenth of the coordinator's own work), so a key revoked from the CLI stops
-        # working within that time. This connection's own key writes empty it at once.
-        self._keys: dict[str, ApiKey] = {}
-        self._data_version = self._read_data_version()
-        self._key_recheck = key_recheck
-        self._keys_checked = time.monotonic()
+class Store(Protocol):
+    """Every read and write of durable state. Secrets are passed in clear and stored
+    only as digests; ``ident`` arguments are a listed prefix or an id."""
 
-    def _read_data_version(self) -> int:
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+    async def close(self) -> None: ...
+    async def schema_version(self) -> int: ...
 
-    def _keys_current(self) -> dict[str, ApiKey]:
-        now = time.monotonic()
-        if now - self._keys_checked >= self._key_recheck:
-            self._keys_checked = now
-            version = self._read_data_version()
-            if version != self._data_version:
-                self._data_version = version
-                self._keys.clear()
-        return self._keys
+    # models
+    async def known_models(self) -> list[tuple[str, float]]: ...
+    async def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None: ...
+    async def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None: ...
 
-    def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for version, statements in enumerate(MIGRATIONS, start=1):
-            if version <= current:
-                continue
-            with self.db:
-                self.db.execute("BEGIN")
-                for statement in statements:
-                    self.db.execute(statement)
-                self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    # API keys and usage
+    async def create_key(self, name: str, daily_limit: int = 1000, per_minute: int = 60,
+                         host_token: str | None = None, trusted_only: bool = False) -> tuple[str, int]: ...
+    async def find_key(self, secret: str) -> ApiKey | None: ...
+    async def list_keys(self) -> list[dict[str, Any]]: ...
+    async def revoke_key(self, ident: str) -> bool: ...
+    async def usage_today(self, key_id: int) -> int: ...
+    async def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None: ...
 
-    def schema_version(self) -> int:
-        return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+    # host tokens
+    async def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]: ...
+    async def find_token(self, secret: str) -> HostToken | None: ...
+    async def revoked_tokens(self) -> set[int]: ...
+    async def list_tokens(self) -> list[dict[str, Any]]: ...
+    async def revoke_token(self, ident: str) -> bool: ...
+    async def tokens_served_by_token(self, token_id: int) -> int: ...
 
-    # models ----------------------------------------------------------------------
+    # host identities and standing
+    async def identity(self, host_id: str) -> Identity | None: ...
+    async def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None: ...
+    async def host_in_ledger(self, host_id: str) -> bool: ...
+    async def standing(self, host_id: str) -> HostTrust: ...
+    async def save_standing(self, host_id: str, trust: HostTrust) -> None: ...
+    async def standings(self) -> dict[str, dict[str, Any]]: ...
+    async def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None: ...
 
-    def known_models(self) -> list[tuple[str, float]]:
-        """Model names served before, with when they were last served."""
-        rows = self.db.execute("SELECT name, COALESCE(last_seen, first_seen) FROM models_seen ORDER BY name")
-        return [(str(name), float(at)) for name, at in rows]
+    # the admin's actions
+    async def ban_host(self, host_id: str, reason: str) -> str | None: ...
+    async def release_host(self, host_id: str) -> bool: ...
+    async def add_event(self, kind: str, target: str, reason: str | None = None) -> None: ...
+    async def events_after(self, last: int) -> list[AdminEvent]: ...
+    async def last_event(self) -> int: ...
 
-    def add_models(self, names: Iterable[str]) -> None:
-        now = time.time()
-        self.db.executemany(
-            "INSERT INTO models_seen (name, first_seen, last_seen) VALUES (?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
-            [(n, now, now) for n in names],
-        )
+    # the contribution ledger
+    async def add_ledger(self, rows: Iterable[LedgerRow]) -> None: ...
+    async def ledger(self) -> list[dict[str, Any]]: ...
 
-    def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None:
-        """Names first served now, and names the registry dropped."""
-        self.add_models(new)
-        self.db.executemany("DELETE FROM models_seen WHERE name = ?", [(n,) for n in forgotten])
 
-    def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None:
-        """Record when each model was last served, and forget the ones the registry dropped."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("UPDATE models_seen SET last_seen = ? WHERE name = ?",
-                                [(at, name) for name, at in seen.items()])
-            self.db.executemany("DELETE FROM models_seen WHERE name = ?", [(n,) for n in forgotten])
+async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_RECHECK) -> Store:
+    """The store the configuration names: PostgreSQL when ``database_url`` is set,
+    else SQLite at ``db`` ("" or ":memory:" keeps it in memory)."""
+    if database_url:
+        from andy_host.coordinator.postgres_store import PostgresStore
 
-    # host identities -----------------------------------------------------------------
+        return await PostgresStore.open(database_url, key_recheck)
+    from andy_host.coordinator.sqlite_store import SQLiteStore
 
-    def identity(self, host_id: str) -> Identity | None:
-        row = self.db.execute(
-            "SELECT host_id, token_id, secret_hash, ban_reason, banned FROM host_identities WHERE host_id = ?",
-            (host_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        banned = (row[3] or "banned by the admin") if row[4] is not None else None
-        return Identity(host_id=row[0], token_id=row[1], secret_hash=row[2], banned=banned)
-
-    def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None:
-        self.db.execute(
-            "INSERT INTO host_identities (host_id, token_id, secret_hash, created) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (host_id) DO NOTHING",
-            (host_id, token_id, secret_hash, time.time()),
-        )
-
-    def standing(self, host_id: str) -> HostTrust:
-        """A host's standing as last saved (a fresh one for a host never seen)."""
-        row = self.db.execute(
-            "SELECT score, strikes, checks_passed, checks_failed, quarantined FROM host_identities WHERE host_id = ?",
-            (host_id,),
-        ).fetchone()
-        if row is None:
-            return HostTrust()
-        return HostTrust(score=float(row[0]), strikes=int(row[1]), checks_passed=int(row[2]),
-                         checks_failed=int(row[3]), quarantined=row[4])
-
-    def save_standing(self, host_id: str, trust: HostTrust) -> None:
-        self.db.execute(
-            "UPDATE host_identities SET score = ?, strikes = ?, checks_passed = ?, checks_failed = ?, quarantined = ?"
-            " WHERE host_id = ?",
-            (trust.score, trust.strikes, trust.checks_passed, trust.checks_failed, trust.quarantined, host_id),
-        )
-
-    # the admin's actions on hosts ------------------------------------------------------
-
-    def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None:
-        row = self.db.execute("SELECT token_id, secret_hash FROM host_identities WHERE host_id = ?",
-                              (host_id,)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def ban_host(self, host_id: str, reason: str) -> str | None:
-        """Ban a host's credential: its token (every host on it), else its own id and
-        secret. Returns what was banned, or None for an unknown host."""
-        credential = self.host_credential(host_id)
-        if credential is None:
-            return None
-        now = time.time()
-        with self.db:
-            self.db.execute("BEGIN")
-            if credential[0] is not None:
-                self.db.execute("UPDATE host_tokens SET banned = ?, ban_reason = ? WHERE id = ?",
-                                (now, reason, credential[0]))
-            self.db.execute("UPDATE host_identities SET banned = ?, ban_reason = ? WHERE host_id = ?",
-                            (now, reason, host_id))
-            self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('ban', ?, ?, ?)",
-                            (host_id, reason, now))
-        return f"token {credential[0]}" if credential[0] is not None else f"host {host_id}"
-
-    def release_host(self, host_id: str) -> bool:
-        """End a host's quarantine (and its suspicion)."""
-        with self.db:
-            self.db.execute("BEGIN")
-            cur = self.db.execute("UPDATE host_identities SET quarantined = NULL, score = 0 WHERE host_id = ?",
-                                  (host_id,))
-            if cur.rowcount:
-                self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('release', ?, NULL, ?)",
-                                (host_id, time.time()))
-        return cur.rowcount > 0
-
-    def add_event(self, kind: str, target: str, reason: str | None = None) -> None:
-        self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES (?, ?, ?, ?)",
-                        (kind, target, reason, time.time()))
-
-    def events_after(self, last: int) -> list[AdminEvent]:
-        rows = self.db.execute(
-            "SELECT id, kind, target, reason FROM admin_events WHERE id > ? ORDER BY id LIMIT 1000", (last,)
-        ).fetchall()
-        return [AdminEvent(int(r[0]), r[1], r[2], r[3]) for r in rows]
-
-    def last_event(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM admin_events").fetchone()[0])
-
-    def standings(self) -> dict[str, dict[str, Any]]:
-        """Every host's standing, for the admin's listing."""
-        rows = self.db.execute(
-            "SELECT i.host_id, i.score, i.strikes, i.checks_passed, i.checks_failed, i.quarantined,"
-            " COALESCE(i.ban_reason, t.ban_reason), t.trusted"
-            " FROM host_identities i LEFT JOIN host_tokens t ON t.id = i.token_id"
-        ).fetchall()
-        return {
-            r[0]: {"score": r[1], "strikes": r[2], "checks_passed": r[3], "checks_failed": r[4],
-                   "quarantined": r[5], "banned": r[6], "trusted": bool(r[7])}
-            for r in rows
-        }
-
-    # API keys --------------------------------------------------------------------
-
-    def create_key(
-        self, name: str, daily_limit: int = 1000, per_minute: int = 60, host_token: str | None = None,
-        trusted_only: bool = False,
-    ) -> tuple[str, int]:
-        token_id = None
-        if host_token:
-            token_id = self._token_id_by_display(host_token)
-        secret = sec.new_secret(sec.API_KEY_PREFIX)
-        cur = self.db.execute(
-            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id, trusted_only)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id,
-             int(trusted_only)),
-        )
-        return secret, int(cur.lastrowid or 0)
-
-    def find_key(self, secret: str) -> ApiKey | None:
-        """The live key for this secret, or None (malformed, unknown or revoked)."""
-        wanted = sec.digest(secret)
-        cache = self._keys_current()
-        key = cache.get(wanted)
-        if key is not None:  # only well-formed live keys are ever cached
-            return key
-        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
-            return None
-        row = self.db.execute(
-            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked"
-            " FROM api_keys WHERE hash = ?",
-            (wanted,),
-        ).fetchone()
-        if row is None or row[8] is not None or not sec.same(row[7], wanted):
-            return None
-        if len(cache) >= KEY_CACHE_SIZE:
-            cache.clear()
-        key = cache[wanted] = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]))
-        return key
-
-    def list_keys(self) -> list[dict[str, Any]]:
-        day = utc_day()
-        rows = self.db.execute(
-            "SELECT k.id, k.display, k.name, k.created, k.last_used, k.revoked, k.daily_limit, k.per_minute,"
-            " COALESCE(u.count, 0), t.display FROM api_keys k"
-            " LEFT JOIN key_usage u ON u.key_id = k.id AND u.day = ?"
-            " LEFT JOIN host_tokens t ON t.id = k.host_token_id ORDER BY k.id",
-            (day,),
-        ).fetchall()
-        names = ("id", "prefix", "name", "created", "last_used", "revoked", "daily_limit", "per_minute",
-                 "used_today", "host_token")
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    def revoke_key(self, ident: str) -> bool:
-        self._keys.clear()
-        cur = self.db.execute(
-            "UPDATE api_keys SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
-            (time.time(), ident[: sec.DISPLAY_LEN], ident),
-        )
-        return cur.rowcount > 0
-
-    def usage_today(self, key_id: int) -> int:
-        row = self.db.execute(
-            "SELECT count FROM key_usage WHERE key_id = ? AND day = ?", (key_id, utc_day())
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT INTO key_usage (key_id, day, count) VALUES (?, ?, ?)"
-                " ON CONFLICT (key_id, day) DO UPDATE SET count = count + excluded.count",
-                [(k, d, n) for (k, d), n in counts.items() if n],
-            )
-            self.db.executemany(
-                "UPDATE api_keys SET last_used = ? WHERE id = ?", [(t, k) for k, t in last_used.items()]
-            )
-
-    # host tokens -----------------------------------------------------------------
-
-    def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]:
-        secret = sec.new_secret(sec.HOST_TOKEN_PREFIX)
-        cur = self.db.execute(
-            "INSERT INTO host_tokens (display, name, hash, created, trusted) VALUES (?, ?, ?, ?, ?)",
-            (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), int(trusted)),
-        )
-        return secret, int(cur.lastrowid or 0)
-
-    def _token_id_by_display(self, ident: str) -> int:
-        row = self.db.execute(
-            "SELECT id FROM host_tokens WHERE display = ? OR CAST(id AS TEXT) = ?",
-            (ident[: sec.DISPLAY_LEN], ident),
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no host token {ident!r}")
-        return int(row[0])
-
-    def find_token(self, secret: str) -> HostToken | None:
-        """The live token for this secret (banned ones too: the caller refuses them)."""
-        if not sec.well_formed(secret, sec.HOST_TOKEN_PREFIX):
-            return None
-        wanted = sec.digest(secret)
-        row = self.db.execute(
-            "SELECT id, hash, revoked, trusted, banned, ban_reason FROM host_tokens WHERE hash = ?", (wanted,)
-        ).fetchone()
-        if row is None or row[2] is not None or not sec.same(row[1], wanted):
-            return None
-        banned = (row[5] or "banned by the admin") if row[4] is not None else None
-        return HostToken(id=int(row[0]), trusted=bool(row[3]), banned=banned)
-
-    def revoked_tokens(self) -> set[int]:
-        return {int(r[0]) for r in self.db.execute("SELECT id FROM host_tokens WHERE revoked IS NOT NULL")}
-
-    def list_tokens(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT t.id, t.display, t.name, t.created, t.revoked, t.trusted, t.ban_reason,"
-            " COALESCE(SUM(l.requests), 0), COALESCE(SUM(l.tokens), 0) FROM host_tokens t"
-            " LEFT JOIN host_ledger l ON l.token_id = t.id GROUP BY t.id ORDER BY t.id"
-        ).fetchall()
-        names = ("id", "prefix", "name", "created", "revoked", "trusted", "banned", "requests", "tokens")
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    def revoke_token(self, ident: str) -> bool:
-        cur = self.db.execute(
-            "UPDATE host_tokens SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
-            (time.time(), ident[: sec.DISPLAY_LEN], ident),
-        )
-        return cur.rowcount > 0
-
-    def tokens_served_by_token(self, token_id: int) -> int:
-        row = self.db.execute(
-            "SELECT COALESCE(SUM(tokens), 0) FROM host_ledger WHERE token_id = ?", (token_id,)
-        ).fetchone()
-        return int(row[0])
-
-    # contribution ledger -----------------------------------------------------------
-
-    def add_ledger(self, rows: Iterable[tuple[str, str, int | None, int, int, int, float]]) -> None:
-        now = time.time()
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT INTO host_ledger (host_id, name, token_id, requests, tokens, failures, connected_seconds,"
-                " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET"
-                " name = excluded.name, token_id = excluded.token_id, requests = requests + excluded.requests,"
-                " tokens = tokens + excluded.tokens, failures = failures + excluded.failures,"
-                " connected_seconds = connected_seconds + excluded.connected_seconds, last_seen = excluded.last_seen",
-                [(*row, now) for row in rows],
-            )
-
-    def ledger(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT l.host_id, l.name, t.display, l.requests, l.tokens, l.failures, l.connected_seconds, l.last_seen"
-            " FROM host_ledger l LEFT JOIN host_tokens t ON t.id = l.token_id ORDER BY l.tokens DESC"
-        ).fetchall()
-        names = ("host_id", "name", "host_token", "requests", "tokens", "failures", "connected_seconds", "last_seen")
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    def close(self) -> None:
-        self.db.close()
+    return await SQLiteStore.open(db, key_recheck)

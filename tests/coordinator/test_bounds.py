@@ -107,15 +107,29 @@ def test_forwarded_for_over_every_line() -> None:
 
 async def test_job_events_are_bounded_and_say_so_once() -> None:
     called: list[bool] = []
-    events: JobEvents[Chunk] = JobEvents(max_chars=10)
+    events: JobEvents[Chunk] = JobEvents(max_chars=200)
     events.on_overflow = lambda: called.append(True)
-    assert events.put(Chunk("j", "x" * 6), 6)
-    assert not events.put(Chunk("j", "y" * 6), 6)
+    assert events.put(Chunk("j", "x" * 500), 500)  # nothing waits: taken, whatever its size
+    assert not events.put(Chunk("j", "y"), 1)  # a backlog past the bound: closed
     assert not events.put(Chunk("j", "z"), 1)  # closed: nothing more is kept
     assert called == [True]
-    assert (await events.get()).content == "x" * 6  # type: ignore[union-attr]
+    assert (await events.get()).content == "x" * 500  # type: ignore[union-attr]
     assert isinstance(await events.get(), Overflow)
     assert events.empty() and events.size == 0
+
+
+async def test_events_without_content_count_too() -> None:
+    events: JobEvents[Chunk] = JobEvents(max_chars=1000)
+    accepted = 0
+    while events.put(Chunk("j", ""), 0):
+        accepted += 1
+    assert accepted < 20  # each event costs EVENT_COST: empty ones cannot pile up
+
+
+async def test_nothing_is_kept_after_the_last_event() -> None:
+    events: JobEvents[Chunk | HostLost] = JobEvents(max_chars=1000)
+    events.end(HostLost("gone"), 0)
+    assert not events.put(Chunk("j", "late"), 4)
 
 
 def test_classify() -> None:
@@ -128,14 +142,14 @@ def test_classify() -> None:
     assert isinstance(rejected, Failover) and rejected.blame == "rejected"
     assert "evil" not in rejected.error.message  # a host's text never becomes the client's
     context = classify(JobError("j", 400, "x", code="context_length_exceeded"), False)
-    assert isinstance(context, Abort) and context.error.code == "context_length_exceeded"
+    # not believed at once: a host could end every long chat with it; a second host must agree
+    assert isinstance(context, Failover) and context.blame == "rejected"
+    assert context.error.code == "context_length_exceeded"
     assert classify(JobError("j", 400, "no prefill"), True).cannot_continue  # type: ignore[union-attr]
 
 
 def test_known_models_are_bounded_and_forgotten() -> None:
     registry = Registry(max_models_per_host=3, max_known_models=5)
-    gone: list[str] = []
-    registry.on_models = lambda new, forgotten: gone.extend(forgotten)
 
     class FakeHost:
         id, models, loaded = "h", {}, set()
@@ -144,7 +158,8 @@ def test_known_models_are_bounded_and_forgotten() -> None:
     for batch in range(4):
         registry.set_models(host, [ModelInfo(name=f"m{batch}-{i}:latest") for i in range(10)])  # type: ignore[arg-type]
         assert len(host.models) == 3
-    assert len(registry.known) <= 5 and gone
+    new, gone = registry.drain_names()  # what the store is told: it stays as bounded as the registry
+    assert len(registry.known) <= 5 and len(gone) >= 7 and len(new - gone) <= 5
     assert registry.forget(now=10**12, ttl=60) and set(registry.known) == set(registry.by_model)
 
 
@@ -186,3 +201,21 @@ def test_answer_comparison_tolerates_honest_drift_only(reference: str, answer: s
     from andy_host.coordinator.trust import similar
 
     assert similar(reference, answer) is agree
+
+
+async def test_a_send_to_a_host_that_does_not_read_is_bounded() -> None:
+    """The coordinator's frames to a host: a host that stops reading is cut off within
+    host_send_timeout, and the caller (a job) sees a lost connection, not a hang."""
+    from andy_host.coordinator.hostlink import _bounded
+    from andy_host.coordinator.hosts import Host
+
+    class Deaf:
+        async def send_str(self, text: str) -> None:
+            await asyncio.sleep(3600)  # the socket's buffers are full
+
+    aborted: list[bool] = []
+    host = Host(id="h", name="deaf", backend="x", capacity=1, send=None, close=None, conn=1)  # type: ignore[arg-type]
+    send = _bounded(Deaf(), host, 0.05, lambda: aborted.append(True))  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(send("job"), 1)
+    assert aborted == [True]

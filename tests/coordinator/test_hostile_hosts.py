@@ -450,3 +450,127 @@ def test_an_agent_claiming_someone_elses_id_exits_at_once(procs: Processes) -> N
     assert "belongs to another host" in clone.wait_event("agent.refused")["reason"]
     assert len([e for e in clone.events() if e.get("event") == "agent.refused"]) == 1
     honest_answer(coordinator.url)
+
+
+def test_a_host_that_resets_after_hello_leaves_no_ghost(procs: Processes) -> None:
+    coordinator, _ = honest_pool(procs)
+    port = int(coordinator.url.rsplit(":", 1)[1])
+    import base64
+    import os
+    import struct
+
+    for _ in range(8):
+        sock = socket.create_connection(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET /api/andy/hosts/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        sock.recv(4096)
+        payload = json.dumps(hello(name="ghost", capacity=1024, jobs=[f"j{i}" for i in range(1024)])).encode()
+        mask = os.urandom(4)
+        header = bytes([0x81, 0xFF]) + struct.pack(">Q", len(payload)) + mask
+        sock.sendall(header + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, while the coordinator is still welcoming it
+    time.sleep(1.0)
+    assert httpx.get(coordinator.url + "/health").json()["hosts"] == 1
+    for i in range(10):
+        honest_answer(coordinator.url, f"no ghost {i}")
+
+
+def test_pings_do_not_stretch_the_hello_timeout(procs: Processes) -> None:
+    coordinator, _ = honest_pool(procs, {"ANDY_HOST_COORDINATOR_HELLO_TIMEOUT": "1.5"})
+    from websockets.asyncio.client import connect
+
+    from tests.evil import ws_url
+
+    async def attack() -> float:
+        ws = await connect(ws_url(coordinator.url), ping_interval=None)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 10:
+                await ws.ping()
+                await asyncio.sleep(0.3)
+        except ConnectionClosed:
+            pass
+        return time.monotonic() - started
+
+    held = asyncio.run(attack())
+    assert held < 4, held
+
+
+def test_frames_for_jobs_a_host_does_not_hold_cost_nothing(procs: Processes) -> None:
+    """Done frames with 8 MB of embeddings for made-up jobs, and model-list spam, are
+    dropped before their bodies are checked: the coordinator keeps answering quickly."""
+    coordinator, _ = honest_pool(procs)
+    zeros = [[0.0] * 4096 for _ in range(160)]
+    frame = json.dumps({"type": "done", "id": "nope", "usage": {}, "embeddings": zeros})
+    models = json.dumps({"type": "models", "models": [{"name": f"spam-{i}:latest"} for i in range(128)]})
+
+    async def attack() -> float:
+        host = await join(coordinator.url, hello(name="spender"), max_size=None)
+
+        async def spam() -> None:
+            for i in range(60):
+                await host.send(frame if i % 2 else models)
+
+        spammer = asyncio.create_task(spam())
+        worst = 0.0
+        async with httpx.AsyncClient(timeout=10) as client:
+            while not spammer.done():
+                started = time.monotonic()
+                assert (await client.get(coordinator.url + "/health")).status_code == 200
+                worst = max(worst, time.monotonic() - started)
+                await asyncio.sleep(0.05)
+        await host.ws.close()
+        return worst
+
+    worst = asyncio.run(attack())
+    print(f"\nworst /health under frame spam: {worst * 1000:.0f} ms")
+    assert worst < 0.5, worst  # was 0.6-1.7 s
+    honest_answer(coordinator.url)
+
+
+def test_new_host_ids_per_address_are_limited(procs: Processes) -> None:
+    coordinator, _ = honest_pool(procs, {"ANDY_HOST_COORDINATOR_NEW_HOSTS_PER_HOUR": "5"})
+
+    async def attack() -> list[int | None]:
+        welcomed = [await join(coordinator.url, hello(name=f"fresh-{i}")) for i in range(4)]  # 5 with the honest one
+        codes = [(await refused(coordinator.url, hello(name=f"more-{i}")))[0] for i in range(3)]
+        for host in welcomed:
+            await host.ws.close()
+        return codes
+
+    assert asyncio.run(attack()) == [4006] * 3
+    honest_answer(coordinator.url)
+
+
+def test_a_stranger_cannot_squat_an_established_models_short_name(procs: Processes) -> None:
+    from andy_host.coordinator.sqlite_store import SQLiteDatabase
+
+    backend = procs.fake("ollama", "--models", "sweaterdog/andy-4:latest", "--label", "honest")
+    coordinator = procs.coordinator()
+    store = SQLiteDatabase(str(procs.tmp / "coordinator.db"))
+    token, _ = store.create_token("mine", trusted=True)
+    store.close()
+    procs.agent(coordinator.url, "ollama", backend.url, "trusted-host", "--token", token)
+    wait_models(coordinator.url, {"sweaterdog/andy-4:latest": 1})
+
+    async def attack() -> list[str]:
+        squatters = [await join(coordinator.url, hello(name=f"squat-{i}", models=[{"name": name, "loaded": True}]))
+                     for i, name in enumerate(("evil/andy-4:latest", "andy-4:latest"))]
+        serving = [asyncio.create_task(host.serve(lambda h, job: h.done(job["id"], "squatted", completion_tokens=1)))
+                   for host in squatters]
+        wait_models(coordinator.url, {"evil/andy-4:latest": 1, "andy-4:latest": 1})
+        answers = []
+        for i in range(4):
+            reply = await asyncio.to_thread(
+                httpx.post, coordinator.url + "/v1/chat/completions", timeout=20,
+                json={"model": "andy-4", "messages": [{"role": "user", "content": f"who {i}"}]})
+            answers.append(reply.json()["choices"][0]["message"]["content"])
+        for host in squatters:
+            await host.ws.close()
+        for task in serving:
+            task.cancel()
+        return answers
+
+    assert asyncio.run(attack()) == [f"honest heard: who {i}" for i in range(4)]

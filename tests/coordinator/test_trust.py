@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from tests.procs import Proc, Processes, wait_models
 from tests.sse import chat_stream
 
@@ -57,6 +57,12 @@ def pool(procs: Processes, cheat: str | None, delay: str = "0.002") -> dict[str,
         procs.agent(coordinator.url, "llamacpp", fakes["cheat"].url, "cheat")
     wait_models(coordinator.url, {MODEL: len(fakes)})
     return {"coordinator": coordinator, "fakes": fakes, "token": token}
+
+
+def host_id(coordinator: Proc, name: str) -> str:
+    """A host's id, from the admin API (pool_status shows no ids)."""
+    listing = httpx.get(coordinator.url + "/api/andy/admin/hosts", headers=ADMIN).json()["hosts"]
+    return str(next(h["host_id"] for h in listing if h["name"] == name and h["connected"]))
 
 
 def backend_requests(url: str) -> int:
@@ -127,9 +133,7 @@ def test_a_quarantined_host_that_mends_is_released_by_checks(procs: Processes) -
         chat_stream(coordinator.url, MODEL, "anyone there")
         assert time.monotonic() < deadline
     fault(fakes["cheat"].url, None, count=0)  # it answers honestly from now on
-    cheat_id = next(h["id"] for h in httpx.get(
-        coordinator.url + "/api/andy/pool_status", headers={"Authorization": f"Bearer {coordinator.key}"}
-    ).json()["hosts"] if h["name"] == "cheat")
+    cheat_id = host_id(coordinator, "cheat")
     verdict = httpx.post(coordinator.url + f"/api/andy/admin/hosts/{cheat_id}/check", json={"count": 3},
                          headers=ADMIN, timeout=60).json()
     assert verdict["passed"] == 3 and verdict["quarantined"] is None
@@ -193,6 +197,10 @@ def test_a_trusted_only_key_never_reaches_a_stranger(procs: Processes) -> None:
     store = Store(str(procs.tmp / "coordinator.db"))
     private, _ = store.create_key("private", daily_limit=10**6, per_minute=10**6, trusted_only=True)
     store.close()
+    deadline = time.monotonic() + 10
+    while hosts(coordinator)["stranger"]["checks_passed"] < 1:  # its check when it joined is over
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     before = backend_requests(fakes["stranger"].url)
     headers = {"Authorization": f"Bearer {private}"}
     for i in range(10):
@@ -212,9 +220,7 @@ def test_a_trusted_only_key_never_reaches_a_stranger(procs: Processes) -> None:
 def test_a_ban_survives_reconnects_and_applies_to_the_credential(procs: Processes) -> None:
     p = pool(procs, None)
     coordinator = p["coordinator"]
-    stranger_id = next(h["id"] for h in httpx.get(
-        coordinator.url + "/api/andy/pool_status", headers={"Authorization": f"Bearer {coordinator.key}"}
-    ).json()["hosts"] if h["name"] == "stranger")
+    stranger_id = host_id(coordinator, "stranger")
     import subprocess
     import sys
 
