@@ -16,7 +16,7 @@ import typer
 from andy_host import __version__, logs
 from andy_host.config import Config, default_config_path, load_config, save_agent_config
 from andy_host.coordinator.store import Store, open_store
-from andy_host.errors import ConfigError
+from andy_host.errors import ConfigError, InstallError, ManagedError, ModelError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="A distributed AI compute pool.")
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run and administer the coordinator.")
@@ -103,8 +103,12 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
-    daily_limit: Annotated[int, typer.Option(min=1, help="Requests per UTC day.")] = 1000,
-    per_minute: Annotated[int, typer.Option(min=1, help="Chat requests per minute.")] = 60,
+    daily_limit: Annotated[
+        int | None, typer.Option(min=1, help="Requests per UTC day (default: coordinator.default_daily_limit).")
+    ] = None,
+    per_minute: Annotated[
+        int | None, typer.Option(min=1, help="Chat requests per minute (default: coordinator.default_per_minute).")
+    ] = None,
     host_token: Annotated[
         str | None, typer.Option(help="Link to a host token (prefix or id): its hosts' work raises the limits.")
     ] = None,
@@ -116,8 +120,10 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (once)."""
     try:
+        defaults = _load(config, {"coordinator": {"db": db}}).coordinator
         secret, _ = _with_store(config, db, lambda store: store.create_key(
-            name, daily_limit, per_minute, host_token, trusted_only=trusted_only))
+            name, daily_limit or defaults.default_daily_limit, per_minute or defaults.default_per_minute, host_token,
+            trusted_only=trusted_only))
     except KeyError as exc:
         typer.echo(f"andy-host: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
@@ -301,8 +307,8 @@ def join(
     try:
         code = run_agent_forever(loaded, lambda: load_config(config, flags=flags))
     except Exception as exc:  # a clear last line instead of a traceback
-        from andy_host.agent.managed import ManagedError
-        from andy_host.tools.model import ModelError
+
+
 
         if isinstance(exc, (ManagedError, ModelError, ValueError)):
             typer.echo(f"andy-host: {exc}", err=True)
@@ -399,7 +405,7 @@ def service_install(
     """Write the config and the unit, create the user, enable and start the service."""
     import os
 
-    from andy_host.service import InstallError, check_backend, execute, plan_install
+    from andy_host.service import check_backend, execute, plan_install
 
     if role not in ("host", "coordinator"):
         typer.echo("andy-host: --role must be host or coordinator", err=True)

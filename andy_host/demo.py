@@ -20,9 +20,10 @@ from andy_host import logs
 from andy_host.agent.daemon import run_agent
 from andy_host.config import AgentConfig, BackendConfig, Config, CoordinatorConfig, LogConfig
 from andy_host.coordinator.app import serve
+from andy_host.errors import BuildError, ModelError
 from andy_host.tools.cache import cache_dir
-from andy_host.tools.llama_build import BuildError, build, find_llama_server
-from andy_host.tools.model import DEFAULT_MODEL, ModelError, ensure_model
+from andy_host.tools.llama_build import build, find_llama_server
+from andy_host.tools.model import DEFAULT_MODEL, ensure_model
 
 
 def _say(message: str) -> None:

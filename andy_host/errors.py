@@ -1,9 +1,19 @@
 """One error tree; OpenAI-shaped error bodies are built here and nowhere else.
 
     AndyError
+    ├── ConfigError         a setting that cannot be used; the CLI turns it into exit code 2
     ├── APIError            an answer for an HTTP client: status, type, code, message
     │   └── StreamBroken    a job failed after content was sent, and no host could continue it
-    └── ConfigError         a setting that cannot be used; the CLI turns it into exit code 2
+    ├── ProtocolError       a websocket frame that is not a valid message (also a ValueError)
+    │   └── VersionError    a hello of a protocol version this side does not speak
+    ├── BackendError        a host's backend answered with an error (status, message)
+    │   └── BackendUnavailable  ...or could not be reached at all
+    ├── FrameTooLarge       a frame over the coordinator's limit: its job fails instead
+    ├── Refused             the coordinator refused this host for good (the agent exits 78)
+    ├── ManagedError        a managed llama-server could not be started
+    ├── ModelError          a model file could not be found or fetched
+    ├── BuildError          llama-server could not be built
+    └── InstallError        ``service install`` cannot go on
 
 ``APIError`` instances are raised from anywhere in the coordinator and rendered by one
 middleware as ``{"error": {"message", "type", "param", "code"}}``.
@@ -45,6 +55,62 @@ class APIError(AndyError):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+
+class ProtocolError(AndyError, ValueError):
+    """A frame that is not a valid message; the text says what is wrong."""
+
+
+class VersionError(ProtocolError):
+    """A hello of a protocol version this side does not speak."""
+
+
+class BackendError(AndyError):
+    """The backend answered with an error (status and message as it gave them; ``code``
+    one of the protocol's error codes, which the coordinator turns into its own words)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.code = code
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached at all."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
+
+
+class FrameTooLarge(AndyError, ValueError):
+    """A frame over the coordinator's limit: the job it belongs to fails instead."""
+
+
+class Refused(AndyError):
+    """The coordinator refused this host for a reason retrying cannot mend."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"the coordinator refused this host ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ManagedError(AndyError):
+    """llama-server could not be started; the message names the fix."""
+
+
+class ModelError(AndyError):
+    """The model could not be found or installed; the message names the fix."""
+
+
+class BuildError(AndyError):
+    """The llama-server build could not complete; the message names the step."""
+
+
+class InstallError(AndyError):
+    """Install cannot go on; the message names the fix."""
 
 
 class StreamBroken(APIError):

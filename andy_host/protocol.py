@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import orjson
 
+from andy_host.errors import ProtocolError, VersionError
+
 # 2: ``done`` may carry the answer's last content.
 # 3: hosts send a heartbeat every BUSY_HEARTBEAT seconds while they hold jobs (a silent
 #    one is frozen); welcome issues a host secret and says the frame limit; hello
@@ -66,12 +68,10 @@ PAUSE_CODES = ("active_hours", "vram_low", "vram_foreign", "gpu_hot", "gpu_error
 JobKind = Literal["chat", "embed"]
 
 
-class ProtocolError(ValueError):
-    """A frame that is not a valid message; the text says what is wrong."""
 
 
-class VersionError(ProtocolError):
-    """A hello of a protocol version this side does not speak."""
+
+
 
 
 @dataclass(slots=True)
@@ -217,7 +217,7 @@ class Job:
     kind: JobKind
     model: str
     request: dict[str, Any]
-    deadline: float
+    budget: float  # seconds the host may spend on it, from when it arrives
     type: Literal["job"] = "job"
 
 
@@ -252,10 +252,10 @@ def encode_chunk(job_id: str, content: str, tokens: int = 1) -> str:
     return orjson.dumps({"id": job_id, "content": content, "tokens": tokens, "type": "chunk"}).decode()
 
 
-def encode_job(job_id: str, kind: JobKind, model: str, request: dict[str, Any], deadline: float) -> str:
+def encode_job(job_id: str, kind: JobKind, model: str, request: dict[str, Any], budget: float) -> str:
     """Fast path for the job frame (same wire form as ``encode(Job)``)."""
     return orjson.dumps(
-        {"id": job_id, "kind": kind, "model": model, "request": request, "deadline": deadline, "type": "job"}
+        {"id": job_id, "kind": kind, "model": model, "request": request, "budget": budget, "type": "job"}
     ).decode()
 
 
@@ -559,7 +559,7 @@ def _decode_coordinator(obj: dict[str, Any], kind: str) -> CoordinatorMessage:
             kind=job_kind,
             model=_str(obj, "model"),
             request=_dict(obj, "request"),
-            deadline=_num(obj, "deadline", lo=0, hi=86400),
+            budget=_num(obj, "budget", lo=0, hi=86400),
         )
     if kind == "cancel":
         return Cancel(id=_str(obj, "id", max_len=MAX_ID_LEN))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import tomli_w
 
+from andy_host.errors import InstallError
+
 HARDENING = """\
 NoNewPrivileges=yes
 ProtectSystem=strict
@@ -101,8 +103,7 @@ def unit_name(role: str) -> str:
     return "andy-host.service" if role == "host" else "andy-coordinator.service"
 
 
-class InstallError(RuntimeError):
-    """Install cannot go on; the message names the fix."""
+
 
 
 @dataclass

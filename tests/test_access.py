@@ -149,8 +149,8 @@ async def test_key_cache_follows_revocations_from_any_process(tmp_path: Path) ->
     process (the keys CLI) empties that cache within key_recheck, its own at once."""
     db = str(tmp_path / "keys.db")
     serving, admin = await SQLiteStore.open(db, key_recheck=0.05), Store(db)
-    key, _ = admin.create_key("k")
-    other, _ = admin.create_key("other")
+    key, _ = admin.create_key("k", 1000, 60)
+    other, _ = admin.create_key("other", 1000, 60)
     assert await serving.find_key(key) is not None and await serving.find_key(other) is not None
     assert admin.revoke_key(key[:14])
     deadline = time.monotonic() + 0.5

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from andy_host.protocol import PROTOCOL_VERSION, ProtocolError, decode_host
+from andy_host.errors import ProtocolError
+from andy_host.protocol import PROTOCOL_VERSION, decode_host
 from tests.procs import Processes, get_json, wait_models
 
 TYPES = ["hello", "heartbeat", "models", "chunk", "done", "error", "job", "cancel", "welcome", "x"]

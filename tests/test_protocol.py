@@ -28,7 +28,7 @@ HOST_MESSAGES: list[p.HostMessage] = [
 COORDINATOR_MESSAGES: list[p.CoordinatorMessage] = [
     p.Welcome(host_id="abc", heartbeat_interval=10.0),
     p.Welcome(host_id="abc", heartbeat_interval=10.0, secret="andy_hs_x", max_frame_bytes=8 * 2**20),
-    p.Job(id="j1", kind="chat", model="a:latest", request={"messages": []}, deadline=30.0),
+    p.Job(id="j1", kind="chat", model="a:latest", request={"messages": []}, budget=30.0),
     p.Cancel(id="j1"),
 ]
 
@@ -45,8 +45,8 @@ def test_coordinator_messages_round_trip(message: p.CoordinatorMessage) -> None:
 
 def test_fast_job_encoding_matches() -> None:
     job = p.Job(id="j2", kind="chat", model="m:latest", request={"messages": [{"role": "user", "content": "é"}]},
-                deadline=12.5)
-    assert json.loads(p.encode_job(job.id, job.kind, job.model, job.request, job.deadline)) == json.loads(p.encode(job))
+                budget=12.5)
+    assert json.loads(p.encode_job(job.id, job.kind, job.model, job.request, job.budget)) == json.loads(p.encode(job))
 
 
 def test_fast_chunk_encoding_matches() -> None:
@@ -129,4 +129,4 @@ def test_host_cannot_send_coordinator_messages() -> None:
     with pytest.raises(p.ProtocolError):
         p.decode_host(p.encode(p.Cancel(id="j1")))
     with pytest.raises(p.ProtocolError):
-        p.decode_coordinator('{"type": "job", "id": "j", "kind": "mine", "model": "m", "request": {}, "deadline": 1}')
+        p.decode_coordinator('{"type": "job", "id": "j", "kind": "mine", "model": "m", "request": {}, "budget": 1}')

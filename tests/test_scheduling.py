@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 
-from andy_host.coordinator.health import HealthPolicy, HostHealth
+from andy_host.coordinator.hosthealth import HealthPolicy, HostHealth
 from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from tests.procs import Processes, get_json, wait_models
 from tests.sse import chat_stream

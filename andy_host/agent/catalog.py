@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import structlog
 
-from andy_host.agent.backends.base import Backend, BackendError
+from andy_host.agent.backends.base import Backend
 from andy_host.agent.controls import shared
 from andy_host.config import ControlsConfig
+from andy_host.errors import BackendError
 from andy_host.protocol import ModelInfo
 
 log = structlog.get_logger("andy_host.catalog")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from andy_host.agent.backends.base import Backend, BackendError, BackendUnavailable
+from andy_host.agent.backends.base import Backend
+from andy_host.errors import BackendError, BackendUnavailable
 from andy_host.protocol import ModelInfo
 
 log = structlog.get_logger("andy_host.continuation")

@@ -29,11 +29,12 @@ from andy_host.agent.controls import pause_reasons
 from andy_host.agent.hardware import HardwareProbe
 from andy_host.agent.identity import host_id, host_secret, save_host_id, save_host_secret, state_dir
 from andy_host.agent.jobs import JobRunner
-from andy_host.agent.link import Link, Refused
+from andy_host.agent.link import Link
 from andy_host.agent.managed import ManagedLlamaServer
 from andy_host.agent.status import socket_path, status_server
 from andy_host.aio import run_loop
 from andy_host.config import Config
+from andy_host.errors import Refused
 from andy_host.notify import Notifier
 from andy_host.protocol import EXIT_REFUSED, FEATURE_CONTINUE, Heartbeat, Hello, Models, encode, read_hardware
 

@@ -8,16 +8,12 @@ from functools import partial
 
 import structlog
 
-from andy_host.agent.backends.base import Backend, BackendError, BackendUnavailable
+from andy_host.agent.backends.base import Backend
 from andy_host.agent.catalog import Catalog
 from andy_host.agent.continuation import EchoStripper
 from andy_host.agent.controls import Pause
-from andy_host.errors import CONTEXT_EXCEEDED, says_context_exceeded
+from andy_host.errors import CONTEXT_EXCEEDED, BackendError, BackendUnavailable, FrameTooLarge, says_context_exceeded
 from andy_host.protocol import Done, Job, JobError, encode, encode_chunk
-
-
-class FrameTooLarge(ValueError):
-    """A frame over the coordinator's limit: the job it belongs to fails instead."""
 
 
 def clamp_status(status: int) -> int:
@@ -92,8 +88,8 @@ class JobRunner:
         except ConnectionError as exc:  # the link dropped: the coordinator fails the job over itself
             bound.info("job.link_lost", error=str(exc))
         except TimeoutError:
-            bound.warning("job.deadline")
-            await self._send_error(send, JobError(id=job.id, status=504, message="deadline passed on host"))
+            bound.warning("job.out_of_time", budget=job.budget)
+            await self._send_error(send, JobError(id=job.id, status=504, message="the job's time budget ran out"))
         except BackendError as exc:
             code = "backend_unreachable" if isinstance(exc, BackendUnavailable) else exc.code
             if exc.status == 400 and says_context_exceeded(exc.message):
@@ -117,7 +113,7 @@ class JobRunner:
             raise BackendError(503, f"this host is paused: {'; '.join(p.text for p in self.paused)}")
         if backend_id is None:
             raise BackendError(503, f"model {job.model} is not served by this host any more")
-        async with self._slots, asyncio.timeout(job.deadline):
+        async with self._slots, asyncio.timeout(job.budget):
             if job.kind == "embed":
                 result = await self.backend.embed(backend_id, list(job.request["input"]))
                 usage = {"prompt_tokens": result.prompt_tokens}

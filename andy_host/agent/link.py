@@ -25,8 +25,9 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType
 
-from andy_host.agent.jobs import FrameTooLarge, JobRunner
+from andy_host.agent.jobs import JobRunner
 from andy_host.config import AgentConfig
+from andy_host.errors import FrameTooLarge, ProtocolError, Refused
 from andy_host.protocol import (
     BUSY_HEARTBEAT,
     FATAL_CLOSES,
@@ -36,7 +37,6 @@ from andy_host.protocol import (
     Heartbeat,
     Hello,
     Job,
-    ProtocolError,
     Welcome,
     decode_coordinator,
     encode,
@@ -68,7 +68,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
+        ceiling = min(self.maximum, self.minimum * 2.0**self.attempt)
         self.attempt += 1
         return ceiling / 2 + ceiling / 2 * self.rng()
 
@@ -76,13 +76,7 @@ class Backoff:
         self.attempt = 0
 
 
-class Refused(Exception):
-    """The coordinator refused this host for a reason retrying cannot mend."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"the coordinator refused this host ({code}): {reason}")
-        self.code = code
-        self.reason = reason
 
 
 def classify(close_code: int | None) -> str:

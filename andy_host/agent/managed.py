@@ -18,16 +18,17 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from andy_host.agent.backends.llamacpp import healthy
 from andy_host.agent.link import Backoff
 from andy_host.config import BackendConfig
+from andy_host.errors import ManagedError
 from andy_host.tools.llama_build import find_llama_server
 from andy_host.tools.model import PYPI_MODELS, ensure_model
 
 log = structlog.get_logger("andy_host.managed")
 
 
-class ManagedError(RuntimeError):
-    """llama-server could not be started; the message names the fix."""
+
 
 
 def free_port() -> int:
@@ -112,12 +113,8 @@ class ManagedLlamaServer:
                 if proc.returncode is not None:
                     tail = "\n".join(list(self.output)[-15:])
                     raise ManagedError(f"llama-server exited with code {proc.returncode}:\n{tail}")
-                try:
-                    async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                if await healthy(session, self.url):
+                    return
                 await asyncio.sleep(0.2)
         raise ManagedError(f"llama-server was not healthy within {self.config.startup_timeout:.0f}s")
 

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from andy_host.agent.backends import make_backend
-from andy_host.agent.backends.base import BackendError
 from andy_host.agent.controls import pause_reasons, shared
 from andy_host.agent.hardware import HardwareProbe
 from andy_host.config import Config
+from andy_host.errors import BackendError
 
 FIXES = {
     "ollama": "Ollama is not reachable at {url} — is `ollama serve` running? (or pass --backend-url)",

@@ -55,7 +55,7 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class Refusal:
     code: int
     reason: str
 
@@ -72,15 +72,15 @@ def _matches(identity: Identity, credential: Credential) -> bool:
     return identity.secret_hash is not None and credential.secret_hash == identity.secret_hash
 
 
-def _token_refusal(credential: Credential, policy: Policy) -> Refused | None:
+def _token_refusal(credential: Credential, policy: Policy) -> Refusal | None:
     if credential.token_banned is not None:
-        return Refused(CLOSE_BANNED, f"this host token is banned: {credential.token_banned}")
+        return Refusal(CLOSE_BANNED, f"this host token is banned: {credential.token_banned}")
     if policy.enrolment == "token" and credential.token_id is None:
         if credential.token_given:
-            return Refused(CLOSE_TOKEN_REFUSED, "the host token is unknown or revoked")
-        return Refused(CLOSE_TOKEN_REFUSED, "this pool needs a valid host token (join --token andy_ht_...)")
+            return Refusal(CLOSE_TOKEN_REFUSED, "the host token is unknown or revoked")
+        return Refusal(CLOSE_TOKEN_REFUSED, "this pool needs a valid host token (join --token andy_ht_...)")
     if credential.token_given and credential.token_id is None:
-        return Refused(CLOSE_TOKEN_REFUSED, "the host token is unknown or revoked")
+        return Refusal(CLOSE_TOKEN_REFUSED, "the host token is unknown or revoked")
     return None
 
 
@@ -94,7 +94,7 @@ def admit_host(
     kicked_for: float,
     policy: Policy,
     legacy: bool = False,
-) -> Admitted | Refused:
+) -> Admitted | Refusal:
     """Decide one hello. ``identity``: the registration of ``hello.host_id`` (if any);
     ``held``: a connected host has that id now; ``hosts_in_group``: hosts connected
     from this address group, other than that one; ``kicked_for``: seconds left of a kick
@@ -104,23 +104,23 @@ def admit_host(
     if refusal is not None:
         return refusal
     if kicked_for > 0:
-        return Refused(CLOSE_KICKED, f"kicked by the admin; retry in {kicked_for:.0f}s")
+        return Refusal(CLOSE_KICKED, f"kicked by the admin; retry in {kicked_for:.0f}s")
     host_id = hello.host_id
     register = identity is None
     if identity is not None:
         if not _matches(identity, credential):
-            return Refused(
+            return Refusal(
                 CLOSE_ID_REFUSED,
                 "this host id belongs to another host: delete host-NAME.id in the state dir to join as a new host",
             )
         if identity.banned is not None:
-            return Refused(CLOSE_BANNED, f"this host is banned: {identity.banned}")
+            return Refusal(CLOSE_BANNED, f"this host is banned: {identity.banned}")
     elif host_id is not None and held:
-        return Refused(CLOSE_ID_REFUSED, f"host id {host_id} is in use by another connection")
+        return Refusal(CLOSE_ID_REFUSED, f"host id {host_id} is in use by another connection")
     elif legacy:
         host_id = None  # unprovable: a new id, so nobody can claim an old host's ledger row
     if policy.enrolment == "open" and hosts_in_group >= policy.max_hosts_per_group:
-        return Refused(CLOSE_FULL, f"at most {policy.max_hosts_per_group} hosts per address may join this pool")
+        return Refusal(CLOSE_FULL, f"at most {policy.max_hosts_per_group} hosts per address may join this pool")
     issue = credential.token_id is None and credential.secret_hash is None
     return Admitted(host_id=host_id or uuid.uuid4().hex[:16], register=register, issue_secret=issue)
 

@@ -31,9 +31,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.addresses import address_group, client_address
-from andy_host.coordinator.enrolment import Admitted, Credential, Policy, Refused, admit_host, credential_key
+from andy_host.coordinator.enrolment import Admitted, Credential, Policy, Refusal, admit_host, credential_key
 from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.state import ACCESS, CHECKER, CONFIG, GATE, KICKS, NEW_HOSTS, REGISTRY, STORE
+from andy_host.errors import ProtocolError, VersionError
 from andy_host.protocol import (
     CLOSE_FULL,
     CLOSE_PROTOCOL,
@@ -45,8 +46,6 @@ from andy_host.protocol import (
     HostMessage,
     JobError,
     Models,
-    ProtocolError,
-    VersionError,
     Welcome,
     decode_host_object,
     encode,
@@ -106,7 +105,7 @@ async def host_websocket(request: web.Request) -> web.StreamResponse:
     if hello is None:
         return ws
     decision, credential, trusted = await _admit(request.app, hello, group)
-    if isinstance(decision, Refused):
+    if isinstance(decision, Refusal):
         log.warning("host.refused", group=group, name=hello.name, code=decision.code, reason=decision.reason)
         await ws.close(code=decision.code, message=close_reason(decision.reason))
         return ws
@@ -138,7 +137,7 @@ async def _read_hello(ws: web.WebSocketResponse, wait: float, group: str) -> Hel
     return hello
 
 
-async def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitted | Refused, Credential, bool]:
+async def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitted | Refusal, Credential, bool]:
     """Gather what the store and the registry know about this hello, then decide."""
     config, store, registry = app[CONFIG], app[STORE], app[REGISTRY]
     token = await store.find_token(hello.token) if hello.token else None
@@ -160,7 +159,7 @@ async def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitt
     if isinstance(decision, Admitted) and decision.register and not app[NEW_HOSTS].check(
         group, config.new_hosts_per_hour, time.time()
     ).allowed:
-        decision = Refused(CLOSE_FULL, "too many new hosts from this address this hour; retry later")
+        decision = Refusal(CLOSE_FULL, "too many new hosts from this address this hour; retry later")
     return decision, credential, bool(token and token.trusted)
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from andy_host import modelnames
 from andy_host.coordinator.events import JobEvents
-from andy_host.coordinator.health import HostHealth
+from andy_host.coordinator.hosthealth import HostHealth
 from andy_host.coordinator.trust import HostTrust
 from andy_host.protocol import Chunk, Done, Hardware, JobError, ModelInfo
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,6 +16,8 @@ from andy_host.coordinator.state import CONFIG
 from andy_host.errors import APIError, bad_request, error_body
 
 log = structlog.get_logger("andy_host.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes an OpenAI-shaped error; never a traceback to the client."""
     try:
         return await handler(request)

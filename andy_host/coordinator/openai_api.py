@@ -12,7 +12,7 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator import requests
+from andy_host.coordinator import bodies
 from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY
 from andy_host.coordinator.httputil import json_response, read_json
 from andy_host.coordinator.limits import MODEL, POOL_FAILED, add_permit_headers, limited
@@ -44,9 +44,9 @@ def _usage(done: Done) -> dict[str, int]:
 @limited("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    requested = requests.parse_model(body)
-    chat = requests.parse_chat(body, request.app[CONFIG].max_content_chars)
-    stream, include_usage = requests.parse_stream(body)
+    requested = bodies.parse_model(body)
+    chat = bodies.parse_chat(body, request.app[CONFIG].max_content_chars)
+    stream, include_usage = bodies.parse_stream(body)
     chat["stream"] = stream  # the host asks its backend for the answer the same way
     model = resolve_model(request, requested)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -148,8 +148,8 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
 @limited("embeddings")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
-    requested = requests.parse_model(body)
-    inputs, encoding = requests.parse_embed(body)
+    requested = bodies.parse_model(body)
+    inputs, encoding = bodies.parse_embed(body)
     model = resolve_model(request, requested)
     registry = request.app[REGISTRY]
     hosts = registry.by_model.get(model, set())

@@ -31,7 +31,7 @@ import structlog
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.events import JobEvents, Overflow
-from andy_host.coordinator.health import HealthPolicy
+from andy_host.coordinator.hosthealth import HealthPolicy
 from andy_host.coordinator.hosts import Assignment, Host, HostLost, JobEvent
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats

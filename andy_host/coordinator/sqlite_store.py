@@ -248,7 +248,7 @@ class SQLiteDatabase:
     # API keys --------------------------------------------------------------------
 
     def create_key(
-        self, name: str, daily_limit: int = 1000, per_minute: int = 60, host_token: str | None = None,
+        self, name: str, daily_limit: int, per_minute: int, host_token: str | None = None,
         trusted_only: bool = False,
     ) -> tuple[str, int]:
         token_id = None
@@ -464,7 +464,7 @@ class SQLiteStore:
             cache[wanted] = key
         return key
 
-    async def create_key(self, name: str, daily_limit: int = 1000, per_minute: int = 60,
+    async def create_key(self, name: str, daily_limit: int, per_minute: int,
                          host_token: str | None = None, trusted_only: bool = False) -> tuple[str, int]:
         return await self._call(self._db.create_key, name, daily_limit, per_minute, host_token, trusted_only)
 

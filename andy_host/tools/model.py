@@ -24,11 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from andy_host.errors import ModelError
 from andy_host.tools.cache import cache_dir
-
-
-class ModelError(RuntimeError):
-    """The model could not be found or installed; the message names the fix."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,7 @@ async def continued(pieces: list[str], prefix: str, echoes: bool) -> str:
 
     request = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": prefix}],
                "continuation": True}
-    runner.start(Job(id="j1", kind="chat", model="m:latest", request=request, deadline=5), send)
+    runner.start(Job(id="j1", kind="chat", model="m:latest", request=request, budget=5), send)
     await runner.tasks["j1"]
     text = ""
     for frame in frames:

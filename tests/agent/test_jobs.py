@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from andy_host.agent.backends.base import Backend, BackendError, ChatPiece, Discovered, Embeddings
+from andy_host.agent.backends.base import Backend, ChatPiece, Discovered, Embeddings
 from andy_host.agent.catalog import Catalog
-from andy_host.agent.jobs import FrameTooLarge, JobRunner, clamp_status
+from andy_host.agent.jobs import JobRunner, clamp_status
+from andy_host.errors import BackendError, FrameTooLarge
 from andy_host.protocol import Done, Job, JobError, ModelInfo, decode_host
 
 
@@ -53,7 +54,7 @@ async def frames_of(backend: Backend, send_limit: int | None = None) -> list[Any
             raise FrameTooLarge("too big")
         frames.append(text)
 
-    runner.start(Job(id="j1", kind="chat", model="m:latest", request={"messages": []}, deadline=5), send)
+    runner.start(Job(id="j1", kind="chat", model="m:latest", request={"messages": []}, budget=5), send)
     await runner.tasks["j1"]
     return [decode_host(f) for f in frames]
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from andy_host.coordinator.addresses import address_group, client_address, parse_networks
-from andy_host.coordinator.enrolment import Admitted, Credential, Gate, Identity, Policy, Refused, admit_host
+from andy_host.coordinator.enrolment import Admitted, Credential, Gate, Identity, Policy, Refusal, admit_host
 from andy_host.coordinator.events import JobEvents, Overflow
 from andy_host.coordinator.hosts import HostLost, Registry
 from andy_host.coordinator.periodic import Periodic
@@ -34,7 +34,7 @@ def hello(host_id: str | None = None) -> Hello:
 
 
 def decide(host_id: str | None = None, credential: Credential = NO_CREDENTIAL, identity: Identity | None = None,
-           held: bool = False, in_group: int = 0, kicked: float = 0.0, policy: Policy = OPEN) -> Admitted | Refused:
+           held: bool = False, in_group: int = 0, kicked: float = 0.0, policy: Policy = OPEN) -> Admitted | Refusal:
     return admit_host(hello(host_id), credential, identity, held=held, hosts_in_group=in_group, kicked_for=kicked,
                       policy=policy)
 
@@ -50,28 +50,28 @@ def test_a_registered_id_needs_its_own_credential() -> None:
     assert isinstance(ok, Admitted) and not ok.register and not ok.issue_secret
     for credential in (NO_CREDENTIAL, Credential(None, False, None, "h2"), Credential(7, True, None, None)):
         refused = decide("abc", credential, mine, held=True)
-        assert isinstance(refused, Refused) and refused.code == CLOSE_ID_REFUSED
+        assert isinstance(refused, Refusal) and refused.code == CLOSE_ID_REFUSED
     tokened = Identity("t1", token_id=7, secret_hash=None)
     assert isinstance(decide("t1", Credential(7, True, None, None), tokened), Admitted)
-    assert isinstance(decide("t1", Credential(8, True, None, None), tokened), Refused)
+    assert isinstance(decide("t1", Credential(8, True, None, None), tokened), Refusal)
 
 
 def test_an_unregistered_id_in_use_is_refused() -> None:
     refused = decide("legacy", held=True)
-    assert isinstance(refused, Refused) and refused.code == CLOSE_ID_REFUSED
+    assert isinstance(refused, Refusal) and refused.code == CLOSE_ID_REFUSED
 
 
 def test_tokens_bans_kicks_and_caps() -> None:
     token_pool = Policy("token", 16)
-    assert decide(policy=token_pool) == Refused(CLOSE_TOKEN_REFUSED, decide(policy=token_pool).reason)  # type: ignore[union-attr]
+    assert decide(policy=token_pool) == Refusal(CLOSE_TOKEN_REFUSED, decide(policy=token_pool).reason)  # type: ignore[union-attr]
     bad = decide(credential=Credential(None, True, None, None))
-    assert isinstance(bad, Refused) and bad.code == CLOSE_TOKEN_REFUSED and "revoked" in bad.reason
+    assert isinstance(bad, Refusal) and bad.code == CLOSE_TOKEN_REFUSED and "revoked" in bad.reason
     banned = decide(credential=Credential(3, True, "spam", None))
-    assert isinstance(banned, Refused) and banned.code == CLOSE_BANNED
+    assert isinstance(banned, Refusal) and banned.code == CLOSE_BANNED
     kicked = decide(kicked=30)
-    assert isinstance(kicked, Refused) and kicked.code == CLOSE_KICKED
+    assert isinstance(kicked, Refusal) and kicked.code == CLOSE_KICKED
     full = decide(in_group=2)
-    assert isinstance(full, Refused) and full.code == CLOSE_FULL
+    assert isinstance(full, Refusal) and full.code == CLOSE_FULL
     assert isinstance(decide(in_group=2, policy=Policy("token", 2), credential=Credential(1, True, None, None)),
                       Admitted)  # the address cap is for open enrolment
 

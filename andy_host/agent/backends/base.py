@@ -13,6 +13,7 @@ import orjson
 
 from andy_host.agent.backends.http import BackendHTTP, Exchange
 from andy_host.config import BackendConfig
+from andy_host.errors import BackendError, BackendUnavailable
 from andy_host.protocol import ModelInfo
 
 # What the adapters catch as "the backend could not be reached or stopped answering":
@@ -35,23 +36,10 @@ class HTTPResponse(Protocol):
     async def text(self, encoding: str | None = None, errors: str = "strict") -> str: ...
 
 
-class BackendError(Exception):
-    """The backend answered with an error (status and message as it gave them; ``code``
-    one of the protocol's error codes, which the coordinator turns into its own words)."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-        self.code = code
 
 
-class BackendUnavailable(BackendError):
-    """The backend could not be reached at all."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(502, message)
+
 
 
 @dataclass(slots=True)

@@ -16,14 +16,13 @@ from andy_host import modelnames
 from andy_host.agent.backends.base import (
     UNREACHABLE,
     Backend,
-    BackendError,
-    BackendUnavailable,
     ChatPiece,
     Discovered,
     Embeddings,
     line_batches,
     raise_for_backend,
 )
+from andy_host.errors import BackendError, BackendUnavailable
 from andy_host.protocol import CANNOT_EMBED, ModelInfo
 
 CHAT_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
@@ -31,13 +30,6 @@ CHAT_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 
 class LlamaCppBackend(Backend):
     kind = "llamacpp"
-
-    async def health(self) -> bool:
-        try:
-            async with self.session.get(self.url + "/health", timeout=self.probe_timeout) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
 
     async def version(self) -> str | None:
         try:
@@ -168,3 +160,12 @@ class LlamaCppBackend(Backend):
 def _finish_reason(reason: Any) -> str:
     """OpenAI's ``length`` stays; any other reason llama-server gives is a stop."""
     return "length" if reason == "length" else "stop"
+
+
+async def healthy(session: aiohttp.ClientSession, url: str) -> bool:
+    """llama-server's ``/health`` says 200 (ready; 503 while it loads the model)."""
+    try:
+        async with session.get(url + "/health") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

@@ -16,14 +16,13 @@ from andy_host import modelnames
 from andy_host.agent.backends.base import (
     UNREACHABLE,
     Backend,
-    BackendError,
-    BackendUnavailable,
     ChatPiece,
     Discovered,
     Embeddings,
     line_batches,
     raise_for_backend,
 )
+from andy_host.errors import BackendError, BackendUnavailable
 from andy_host.protocol import CANNOT_EMBED, ModelInfo
 
 OPTION_NAMES = {
