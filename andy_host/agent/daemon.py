@@ -203,7 +203,6 @@ class Agent:
         self.notifier.stopping("stopping")
         stop.set()
         await self.runner.cancel_all()
-        self.backend.close()
         if self.managed is not None:
             await self.managed.stop()
         self.probe.close()

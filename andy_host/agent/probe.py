@@ -46,8 +46,6 @@ async def run_probe(config: Config) -> dict[str, Any]:
         except BackendError:
             report["backend"]["error"] = FIXES[config.backend.kind].format(url=url)
             return report
-        finally:
-            backend.close()
         report["backend"]["reachable"] = True
         report["backend"]["version"] = version
         report["models"] = [

@@ -39,11 +39,8 @@ async def probe(app: Any, kind: str) -> Continuation | None:
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
         config = BackendConfig(kind=kind, url=str(server.make_url("")))
         backend = make_backend(config, session, config.effective_url())
-        try:
-            found = await backend.discover()
-            return await probe_continuation(backend, [(d.backend_id, d.info) for d in found])
-        finally:
-            backend.close()
+        found = await backend.discover()
+        return await probe_continuation(backend, [(d.backend_id, d.info) for d in found])
 
 
 async def test_probe_learns_that_llama_server_echoes() -> None:
@@ -63,7 +60,6 @@ async def test_probe_learns_that_a_backend_cannot_continue() -> None:
         backend = make_backend(config, session, config.effective_url())
         found = await backend.discover()
         result = await probe_continuation(backend, [(d.backend_id, d.info) for d in found])
-        backend.close()
     assert result == Continuation(supported=False, echoes=False)
 
 
@@ -72,7 +68,6 @@ async def test_probe_of_an_unreachable_backend_decides_nothing() -> None:
         config = BackendConfig(kind="llamacpp", url="http://127.0.0.1:9", connect_timeout=1)
         backend = make_backend(config, session, config.effective_url())
         assert await probe_continuation(backend, [("m", ModelInfo(name="m:latest"))]) is None
-        backend.close()
 
 
 class Scripted(Backend):
@@ -100,9 +95,6 @@ class Scripted(Backend):
 
     async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
         raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 async def continued(pieces: list[str], prefix: str, echoes: bool) -> str:

@@ -39,9 +39,6 @@ class Broken(Backend):
     async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
         raise self.error
 
-    def close(self) -> None:
-        pass
-
 
 async def frames_of(backend: Backend, send_limit: int | None = None) -> list[Any]:
     catalog = Catalog(backend)

@@ -11,14 +11,13 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from andy_host.agent.backends.http import BackendHTTP, Exchange
+from andy_host.agent.backends.http import Post
 from andy_host.config import BackendConfig
 from andy_host.errors import BackendError, BackendUnavailable
 from andy_host.protocol import ModelInfo
 
 # What the adapters catch as "the backend could not be reached or stopped answering":
-# aiohttp's errors (probes), the job client's (OSError: refused, reset, closed early,
-# not HTTP) and timeouts.
+# aiohttp's connection and payload errors, OSError (refused, reset) and timeouts.
 UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
 
 
@@ -27,19 +26,13 @@ class Body(Protocol):
 
 
 class HTTPResponse(Protocol):
-    """What the adapters use of a response, aiohttp's or the job client's."""
+    """What the adapters use of a response."""
 
     @property
     def status(self) -> int: ...
     @property
     def headers(self) -> Mapping[str, str]: ...
     async def text(self, encoding: str | None = None, errors: str = "strict") -> str: ...
-
-
-
-
-
-
 
 
 @dataclass(slots=True)
@@ -76,11 +69,7 @@ class Backend(abc.ABC):
         self.config = config
         self.timeout = config.request_timeout  # a whole job's request, answer included
         self.probe_timeout = aiohttp.ClientTimeout(total=config.connect_timeout * 2)
-        self.http = BackendHTTP(self.url, config.connect_timeout)  # the requests of jobs
 
-    def close(self) -> None:
-        """Close the job client's idle connections (the session belongs to the caller)."""
-        self.http.close()
 
     @abc.abstractmethod
     async def version(self) -> str | None: ...
@@ -107,9 +96,10 @@ class Backend(abc.ABC):
         except UNREACHABLE as exc:
             raise BackendUnavailable(f"{self.kind} is not reachable at {self.url}: {exc}") from None
 
-    def _post(self, path: str, body: dict[str, Any], timeout: float) -> Exchange:
-        """POST a JSON body with the job client (``async with``; orjson encodes it)."""
-        return self.http.post(path, orjson.dumps(body), timeout)
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> Post:
+        """POST a JSON body (``async with``; orjson encodes it), retried once on a stale connection."""
+        return Post(self.session, self.url + path, body,
+                    aiohttp.ClientTimeout(total=timeout, connect=self.config.connect_timeout))
 
     async def _post_json(self, path: str, body: dict[str, Any], probe: bool = False) -> Any:
         """POST, then the answer's JSON; BackendUnavailable when the answer never came
