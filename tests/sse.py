@@ -42,21 +42,44 @@ def chat_stream(base: str, model: str, content: str, timeout: float = 60, **extr
             return result
         try:
             for line in resp.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                result.events += 1
-                payload = line[6:]
-                if payload == "[DONE]":
-                    result.done = True
-                    continue
-                event = json.loads(payload)
-                if "error" in event:
-                    result.error = event["error"]
-                    continue
-                for choice in event.get("choices", []):
-                    result.text += choice.get("delta", {}).get("content") or ""
-                    if choice.get("finish_reason"):
-                        result.finish_reason = choice["finish_reason"]
+                _event(result, line)
         except httpx.HTTPError:
             pass  # a cut connection: outcome() says "broken"
     return result
+
+
+async def achat_stream(base: str, model: str, content: str, within: float = 60, **extra: Any) -> StreamResult:
+    """``chat_stream`` for tests that run in an event loop (the in-process layer)."""
+    headers = extra.pop("headers", None) or {}
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": True, **extra}
+    async with httpx.AsyncClient(timeout=within) as client:
+        async with client.stream("POST", base + "/api/andy/v1/chat/completions", json=body, headers=headers) as resp:
+            result = StreamResult(status=resp.status_code, headers=dict(resp.headers))
+            if resp.status_code != 200:
+                await resp.aread()
+                result.error = resp.json().get("error")
+                return result
+            try:
+                async for line in resp.aiter_lines():
+                    _event(result, line)
+            except httpx.HTTPError:
+                pass  # a cut connection: outcome() says "broken"
+    return result
+
+
+def _event(result: StreamResult, line: str) -> None:
+    if not line.startswith("data: "):
+        return
+    result.events += 1
+    payload = line[6:]
+    if payload == "[DONE]":
+        result.done = True
+        return
+    event = json.loads(payload)
+    if "error" in event:
+        result.error = event["error"]
+        return
+    for choice in event.get("choices", []):
+        result.text += choice.get("delta", {}).get("content") or ""
+        if choice.get("finish_reason"):
+            result.finish_reason = choice["finish_reason"]

@@ -69,7 +69,7 @@ def test_frozen_host_is_declared_dead_and_its_job_moves(procs: Processes) -> Non
 
 
 def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
-    rng = random.Random(1234)
+    chaos_rng = random.Random(1234)  # the chaos thread's own; each request draws from its own seed
     backends = [
         procs.fake("ollama", "--models", MODEL, "--label", "pool", "--token-delay", "0.01", name=f"chaos-backend-{i}")
         for i in range(3)
@@ -82,12 +82,12 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
 
     def chaos() -> None:
         while not stop.is_set():
-            time.sleep(rng.uniform(0.3, 0.8))
-            i = rng.randrange(3)
+            time.sleep(chaos_rng.uniform(0.3, 0.8))
+            i = chaos_rng.randrange(3)
             agent = agents[i]
             alive = sum(a.popen is not None and a.popen.poll() is None for a in agents)
             if agent.popen is not None and agent.popen.poll() is None and alive > 1:
-                agent.kill() if rng.random() < 0.7 else agent.signal(signal.SIGINT)
+                agent.kill() if chaos_rng.random() < 0.7 else agent.signal(signal.SIGINT)
                 kills["killed"] += 1
             elif agent.popen is not None and agent.popen.poll() is not None:
                 agents[i] = procs.agent(coordinator.url, "ollama", backends[i].url, f"chaos-{i}", wait=False)
@@ -96,7 +96,7 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
     errors: Counter[str] = Counter()
 
     def one(n: int) -> tuple[str, bool]:
-        content = f"req {n} " + " ".join(f"t{j}" for j in range(rng.randrange(5, 25)))
+        content = f"req {n} " + " ".join(f"t{j}" for j in range(random.Random(n).randrange(5, 25)))
         result = chat_stream(coordinator.url, MODEL, content, timeout=60)
         exact = result.outcome != "complete" or result.text == expected(content)
         if result.error:

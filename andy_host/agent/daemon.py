@@ -69,6 +69,11 @@ class Agent:
         self.started = time.time()
         self._ready_sent = False
 
+    def connected(self) -> bool:
+        """The link to the coordinator is up (welcomed)."""
+        link: Link | None = getattr(self, "link", None)
+        return link is not None and link.connected.is_set()
+
     # what the coordinator is told -----------------------------------------------------
 
     def features(self) -> list[str]:

@@ -29,8 +29,8 @@ from andy_host.coordinator.usage import Usage
 from andy_host.errors import APIError
 
 KEYED_ENDPOINTS = {"models", "embeddings", "pool_status"}
-CLIENT = "andy_client"  # request key: who the request is from, for fair queueing
-TRUSTED_ONLY = "andy_trusted_only"  # request key: the key keeps its requests on trusted hosts
+CLIENT = web.RequestKey("client", str)  # who the request is from, for fair queueing
+TRUSTED_ONLY = web.RequestKey("trusted_only", bool)  # the key keeps its requests on trusted hosts
 
 
 def invalid_api_key(message: str) -> APIError:

@@ -13,9 +13,9 @@ from andy_host.coordinator.state import ACCESS, METRICS
 from andy_host.errors import APIError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PERMIT_HEADERS = "andy_ratelimit_headers"
-POOL_FAILED = "andy_pool_failed"
-MODEL = "andy_model"  # request key: the resolved model, for metrics
+PERMIT_HEADERS = web.RequestKey("ratelimit_headers", dict[str, str])
+POOL_FAILED = web.RequestKey("pool_failed", bool)  # a stream ended with an error event the pool caused
+MODEL = web.RequestKey("model", str)  # the resolved model, for metrics
 
 
 def limited(endpoint: str) -> Callable[[Handler], Handler]:
