@@ -68,6 +68,10 @@ class CoordinatorConfig:
     credit_per_minute: int = 30
     flush_interval: float = 1.0
     max_content_chars: int = 1_000_000
+    max_choices: int = 4
+    max_logprobs: int = 16_384
+    cors_origins: list[str] = field(default_factory=list)
+    cors_max_age: int = 600
     metrics_access: str = "public"
     hello_timeout: float = 5.0
     max_connecting: int = 256
@@ -306,7 +310,7 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
         raise ConfigError("coordinator.address_group_v4 must be 0-32 and address_group_v6 0-128")
     positive = ("hello_timeout", "http_idle_timeout", "body_timeout", "busy_host_timeout", "max_connecting",
                 "max_connecting_per_address", "max_job_buffer_chars", "max_models_per_host", "max_known_models",
-                "answer_chars_per_token")
+                "answer_chars_per_token", "max_choices", "max_logprobs")
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"coordinator.{name} must be positive")

@@ -100,11 +100,12 @@ async def coordinator(tmp: Path, **overrides: Any) -> AsyncIterator[Pool]:
 async def fake(kind: str, **args: Any) -> AsyncIterator[str]:
     """A fake backend in this loop; yields its base URL."""
     if kind == "llamacpp":
-        namespace = {"model": "m:latest", "label": "pool", "token_delay": 0.0, "embeddings": True, "echo": True}
+        namespace = {"model": "m:latest", "label": "pool", "token_delay": 0.0, "embeddings": True, "echo": True,
+                     "tools": True}
         make = llamacpp.make_app
     else:
         namespace = {"models": "m:latest", "embed_only": "", "failing": "", "label": "pool", "nothing_loaded": False,
-                     "token_delay": 0.0}
+                     "token_delay": 0.0, "no_tools": "", "version": "0.12.11"}
         make = ollama.make_app
     async with TestServer(make(argparse.Namespace(**{**namespace, **args})), host="127.0.0.1") as server:
         yield str(server.make_url("")).rstrip("/")

@@ -41,7 +41,8 @@ frames = st.fixed_dictionaries(
     {"type": st.sampled_from(TYPES)},
     optional={**{k: json_values for k in ("id", "content", "tokens", "usage", "embeddings", "status", "message",
                                           "finish_reason", "active", "models", "name", "capacity", "protocol",
-                                          "backend", "loaded", "retry_after", "features", "secret", "reason")},
+                                          "backend", "loaded", "retry_after", "features", "secret", "reason",
+                                          "logprobs", "tool_calls")},
               "hardware": hardware, "pause": st.lists(hostile_text | st.sampled_from(["gpu_hot", "draining"]))},
 )
 heartbeats = st.fixed_dictionaries(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from andy_host import protocol as p
+from andy_host.errors import ProtocolError, VersionError
 
 HOST_MESSAGES: list[p.HostMessage] = [
     p.Hello(name="h", backend="ollama", models=[p.ModelInfo(name="a:latest", size=1, embed=True)], capacity=2,
@@ -24,11 +25,15 @@ HOST_MESSAGES: list[p.HostMessage] = [
     p.Done(id="j3", usage={"completion_tokens": 2}, content="last words"),
     p.Done(id="j2", embeddings=[[0.5, -1.0]], usage={"prompt_tokens": 2}),
     p.JobError(id="j1", status=503, message="busy", code="x", retry_after=2.0),
+    p.Chunk(id="j4", content="Hi", logprobs=[p.TokenLogprob("Hi", -0.5, [("Hi", -0.5), ("Hey", -1.5)])]),
+    p.Done(id="j5", finish_reason="tool_calls", tool_calls=[p.ToolCall("call_1", "get_weather", '{"city":"Oslo"}')],
+           logprobs=[p.TokenLogprob(".", 0.0)]),
 ]
 COORDINATOR_MESSAGES: list[p.CoordinatorMessage] = [
     p.Welcome(host_id="abc", heartbeat_interval=10.0),
     p.Welcome(host_id="abc", heartbeat_interval=10.0, secret="andy_hs_x", max_frame_bytes=8 * 2**20),
     p.Job(id="j1", kind="chat", model="a:latest", request={"messages": []}, budget=30.0),
+    p.Job(id="j2", kind="complete", model="a:latest", request={"prompt": "Once"}, budget=3.0, trace="req_1"),
     p.Cancel(id="j1"),
 ]
 
@@ -83,7 +88,7 @@ def test_fast_chunk_encoding_matches() -> None:
     ],
 )
 def test_malformed_host_frames_are_rejected(frame: str, reason: str) -> None:
-    with pytest.raises(p.ProtocolError, match=reason):
+    with pytest.raises(ProtocolError, match=reason):
         p.decode_host(frame)
 
 
@@ -110,7 +115,7 @@ def test_hardware_is_clamped_and_cut_never_free() -> None:
 
 
 def test_unsupported_protocol_is_a_version_error() -> None:
-    with pytest.raises(p.VersionError):
+    with pytest.raises(VersionError):
         p.decode_host('{"type": "hello", "protocol": 99, "name": "h", "backend": "x", "models": [], "capacity": 1}')
 
 
@@ -118,7 +123,7 @@ def test_hosts_of_older_protocols_are_refused() -> None:
     """Protocol 1 and 2 hosts had no busy heartbeats (a frozen one could not be told) and
     no host secret: they are told to upgrade."""
     for version in (1, 2):
-        with pytest.raises(p.VersionError, match="upgrade andy-host on this host"):
+        with pytest.raises(VersionError, match="upgrade andy-host on this host"):
             p.decode_host(f'{{"type": "hello", "protocol": {version}, "name": "old", "backend": "ollama", '
                           '"models": [], "capacity": 1}')
     done = p.decode_host('{"type": "done", "id": "j1", "finish_reason": "stop", "usage": {}}')
@@ -126,7 +131,31 @@ def test_hosts_of_older_protocols_are_refused() -> None:
 
 
 def test_host_cannot_send_coordinator_messages() -> None:
-    with pytest.raises(p.ProtocolError):
+    with pytest.raises(ProtocolError):
         p.decode_host(p.encode(p.Cancel(id="j1")))
-    with pytest.raises(p.ProtocolError):
+    with pytest.raises(ProtocolError):
         p.decode_coordinator('{"type": "job", "id": "j", "kind": "mine", "model": "m", "request": {}, "budget": 1}')
+
+
+def test_a_request_reads_back_as_it_was_built() -> None:
+    chat = p.ChatRequest(
+        messages=[p.Message("user", "weather?"), p.Message("assistant", "", tool_calls=[p.ToolCall("c1", "w", "{}")]),
+                  p.Message("tool", "sunny", tool_call_id="c1", name="w")],
+        tools=[p.Tool("w", "weather", {"type": "object"})], tool_choice="required", response_format="json_schema",
+        json_schema={"type": "object"}, logprobs=True, top_logprobs=2, stream=False, temperature=0.0)
+    assert p.read_request("chat", p.request_dict(chat)) == chat
+    completion = p.CompletionRequest(prompt="Once upon", max_tokens=16, stop=["\n"])
+    assert p.read_request("complete", p.request_dict(completion)) == completion
+
+
+@pytest.mark.parametrize(("kind", "raw", "reason"), [
+    ("chat", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ("chat", {"messages": [{"role": "user"}], "tool_choice": "maybe"}, "tool_choice"),
+    ("chat", {"messages": [{"role": "user"}], "json_schema": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "nests"),
+    ("complete", {"prompt": 3}, "'prompt'"),
+    ("embed", {"input": [""]}, "non-empty"),
+    ("rerank", {}, "unknown job kind"),
+])
+def test_a_malformed_request_is_refused(kind: str, raw: dict[str, object], reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        p.read_request(kind, raw)

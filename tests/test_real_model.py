@@ -22,6 +22,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from pydantic import BaseModel
 
 from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from andy_host.tools.llama_build import find_llama_server
@@ -103,6 +104,39 @@ def test_streamed_answer_equals_the_whole_one(real_pool: dict[str, Any]) -> None
     for messages in (question("Japan"), PROMPT):
         whole = greedy(client, messages, max_tokens=40).choices[0].message.content
         assert streamed_text(client, messages, max_tokens=40) == whole
+
+
+class Capital(BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_json_schema_output_from_the_real_model(real_pool: dict[str, Any], stream: bool) -> None:
+    """The schema reaches llama-server as a grammar: the answer parses, whatever a 135M
+    model would have written unconstrained (it starts with a markdown fence)."""
+    client = real_pool["client"]
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+    if stream:
+        text = streamed_text(client, messages, max_tokens=40, response_format={
+            "type": "json_schema", "json_schema": {"name": "capital", "schema": Capital.model_json_schema()}})
+        answer = Capital.model_validate_json(text)
+    else:
+        parsed = client.chat.completions.parse(model=SHORT, messages=messages, temperature=0, seed=1, max_tokens=40,
+                                               response_format=Capital)
+        answer = parsed.choices[0].message.parsed
+    assert answer is not None and answer.city.strip()
+    assert "paris" in answer.city.lower()
+
+
+def test_logprobs_and_text_completion_from_the_real_model(real_pool: dict[str, Any]) -> None:
+    client = real_pool["client"]
+    reply = greedy(client, question("Italy"), max_tokens=8, logprobs=True, top_logprobs=2)
+    tokens = reply.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == reply.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in tokens)
+    completion = client.completions.create(model=SHORT, prompt="The capital of France is", max_tokens=4,
+                                           temperature=0)
+    assert "Paris" in completion.choices[0].text  # a raw continuation, no chat template around it
 
 
 def test_non_streaming_chat(real_pool: dict[str, Any]) -> None:

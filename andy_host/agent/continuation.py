@@ -22,7 +22,7 @@ import structlog
 
 from andy_host.agent.backends.base import Backend
 from andy_host.errors import BackendError, BackendUnavailable
-from andy_host.protocol import ModelInfo
+from andy_host.protocol import ChatRequest, Message, ModelInfo
 
 log = structlog.get_logger("andy_host.continuation")
 
@@ -39,17 +39,11 @@ class Continuation:
     echoes: bool
 
 
-def probe_request() -> dict[str, object]:
-    return {
-        "messages": [
-            {"role": "user", "content": "Say hello."},
-            {"role": "assistant", "content": PROBE_PREFIX},
-        ],
-        "max_tokens": PROBE_MAX_TOKENS,
-        "temperature": 0.0,
-        "stream": False,
-        "continuation": True,
-    }
+def probe_request() -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="user", content="Say hello."), Message(role="assistant", content=PROBE_PREFIX)],
+        max_tokens=PROBE_MAX_TOKENS, temperature=0.0, stream=False, continuation=True,
+    )
 
 
 async def _answer(backend: Backend, backend_id: str) -> str:

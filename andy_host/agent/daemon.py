@@ -64,6 +64,7 @@ class Agent:
         self.managed = ManagedLlamaServer(config.backend) if config.backend.managed else None
         self.url = self.managed.url if self.managed else config.backend.effective_url()
         self.continuation: Continuation | None = None  # learned once from the backend
+        self.backend_features: set[str] = set()  # what else it supports (tools are per model)
         self.backend_version: str | None = None
         self.capacity_changed = False
         self.started = time.time()
@@ -77,7 +78,8 @@ class Agent:
     # what the coordinator is told -----------------------------------------------------
 
     def features(self) -> list[str]:
-        return [FEATURE_CONTINUE] if self.continuation is not None and self.continuation.supported else []
+        continues = self.continuation is not None and self.continuation.supported
+        return sorted(self.backend_features | ({FEATURE_CONTINUE} if continues else set()))
 
     def hello(self) -> Hello:
         return Hello(
@@ -227,6 +229,8 @@ class Agent:
     # loops ---------------------------------------------------------------------------
 
     async def _learn_continuation(self) -> None:
+        if self.catalog.reachable:
+            self.backend_features = await self.backend.features()
         if self.continuation is None and self.catalog.reachable:
             targets = [(self.catalog.backend_ids[m.name], m) for m in self.catalog.models]
             self.continuation = await probe_continuation(self.backend, targets)

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
 
-from andy_host.agent.backends.base import Backend
+from andy_host.agent.backends.base import Backend, ChatPiece
 from andy_host.agent.catalog import Catalog
 from andy_host.agent.continuation import EchoStripper
 from andy_host.agent.controls import Pause
-from andy_host.errors import CONTEXT_EXCEEDED, BackendError, BackendUnavailable, FrameTooLarge, says_context_exceeded
-from andy_host.protocol import Done, Job, JobError, encode, encode_chunk
+from andy_host.errors import (
+    CONTEXT_EXCEEDED,
+    BackendError,
+    BackendUnavailable,
+    FrameTooLarge,
+    ProtocolError,
+    says_context_exceeded,
+)
+from andy_host.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    Done,
+    EmbedRequest,
+    Job,
+    JobError,
+    TokenLogprob,
+    ToolCall,
+    encode,
+    encode_chunk,
+    read_request,
+)
 
 
 def clamp_status(status: int) -> int:
@@ -25,6 +45,24 @@ def _retry_after(value: float | None) -> float | None:
     return None if value is None or value != value else min(max(value, 0.0), 86400.0)
 
 log = structlog.get_logger("andy_host.jobs")
+
+
+@dataclass(slots=True)
+class _End:
+    """How an answer ends, gathered from its pieces."""
+
+    finish_reason: str = "stop"
+    finished: bool = False  # the backend gave its finish reason: what follows is only usage
+    usage: dict[str, int] = field(default_factory=dict)
+    produced: int = 0
+    tail: list[str] = field(default_factory=list)  # content that travels in the done frame
+    calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def done(self, job_id: str) -> Done:
+        reason = "tool_calls" if self.calls and self.finish_reason == "stop" else self.finish_reason
+        return Done(id=job_id, finish_reason=reason, usage=self.usage, content="".join(self.tail),
+                    tool_calls=self.calls, logprobs=self.logprobs or None)
 
 Send = Callable[[str], Awaitable[None]]
 
@@ -77,7 +115,7 @@ class JobRunner:
     async def _run(self, job: Job, send: Send) -> None:
         """Run one job; every way it ends sends a frame (done or error), except a
         cancellation or a link that is already gone."""
-        bound = log.bind(job_id=job.id, model=job.model, kind=job.kind)
+        bound = log.bind(job_id=job.id, request_id=job.trace, model=job.model, kind=job.kind)
         try:
             await self._work(job, send)
             self.served += 1
@@ -97,6 +135,9 @@ class JobRunner:
             bound.warning("job.backend_error", status=exc.status, error=exc.message, code=code)
             await self._send_error(send, JobError(id=job.id, status=clamp_status(exc.status), message=exc.message,
                                                   code=code, retry_after=_retry_after(exc.retry_after)))
+        except ProtocolError as exc:  # a request this host cannot read
+            bound.warning("job.bad_request", error=str(exc))
+            await self._send_error(send, JobError(id=job.id, status=400, message=str(exc), code="bad_request"))
         except FrameTooLarge as exc:
             bound.warning("job.answer_too_large", error=str(exc))
             await self._send_error(send, JobError(id=job.id, status=502, message=str(exc), code="answer_too_large"))
@@ -113,39 +154,45 @@ class JobRunner:
             raise BackendError(503, f"this host is paused: {'; '.join(p.text for p in self.paused)}")
         if backend_id is None:
             raise BackendError(503, f"model {job.model} is not served by this host any more")
+        request = read_request(job.kind, job.request)
         async with self._slots, asyncio.timeout(job.budget):
-            if job.kind == "embed":
-                result = await self.backend.embed(backend_id, list(job.request["input"]))
+            if isinstance(request, EmbedRequest):
+                result = await self.backend.embed(backend_id, request.input)
                 usage = {"prompt_tokens": result.prompt_tokens}
                 await send(encode(Done(id=job.id, usage=usage, embeddings=result.vectors)))
+            elif isinstance(request, CompletionRequest):
+                await self._relay(job, self.backend.complete(backend_id, request), EchoStripper(""), send)
             else:
-                await self._chat(job, backend_id, send)
+                await self._relay(job, self.backend.chat(backend_id, request), self._stripper(request), send)
 
-    async def _chat(self, job: Job, backend_id: str, send: Send) -> None:
-        finish_reason = "stop"
-        usage: dict[str, int] = {}
-        produced = 0
-        continued = job.request.get("continuation") and self.echoes
-        echo = EchoStripper(job.request["messages"][-1]["content"] if continued else "")
-        finished = False  # the backend gave its finish reason: what follows is only usage
-        tail: list[str] = []  # content that travels in the done frame
-        async for piece in self.backend.chat(backend_id, job.request):
+    def _stripper(self, request: ChatRequest) -> EchoStripper:
+        """What drops the echo of a continued prefix (nothing, unless continuing on a
+        backend that echoes)."""
+        continued = request.continuation and self.echoes and request.messages[-1].role == "assistant"
+        return EchoStripper(request.messages[-1].content if continued else "")
+
+    async def _relay(self, job: Job, pieces: AsyncIterator[ChatPiece], echo: EchoStripper, send: Send) -> None:
+        """Send the answer's content as chunks, and its end (with tool calls, and content
+        that arrived after the finish reason) as done."""
+        end = _End()
+        async for piece in pieces:
             content = echo.feed(piece.content) if piece.content else ""
-            produced += piece.pieces if piece.content else 0
+            end.produced += piece.pieces if piece.content else 0
+            end.calls.extend(piece.tool_calls)
             if piece.finish_reason:
-                finish_reason = piece.finish_reason
-                finished = True
-            if content:
-                if finished:
-                    tail.append(content)
-                else:
-                    await send(encode_chunk(job.id, content, piece.pieces))
+                end.finish_reason = piece.finish_reason
+                end.finished = True
+            if end.finished:  # what follows the finish reason travels in the done frame
+                end.tail.append(content)
+                end.logprobs.extend(piece.logprobs or ())
+            elif content or piece.logprobs:
+                await send(encode_chunk(job.id, content, piece.pieces, piece.logprobs))
             if piece.usage:
-                usage = piece.usage
-        tail.append(echo.flush())
-        usage.setdefault("completion_tokens", produced)
-        self.tokens += usage["completion_tokens"]
-        await send(encode(Done(id=job.id, finish_reason=finish_reason, usage=usage, content="".join(tail))))
+                end.usage = piece.usage
+        end.tail.append(echo.flush())
+        end.usage.setdefault("completion_tokens", end.produced)
+        self.tokens += end.usage["completion_tokens"]
+        await send(encode(end.done(job.id)))
 
     @staticmethod
     async def _send_error(send: Send, error: JobError) -> None:

@@ -12,10 +12,11 @@ from aiohttp import WSCloseCode, web
 
 from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator import openai_api
+from andy_host.coordinator import ollama_api, openai_api
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.checks import Checker
+from andy_host.coordinator.cors import add_cors_headers, cors
 from andy_host.coordinator.dashboard import add_dashboard_routes
 from andy_host.coordinator.enrolment import Gate, Kicks
 from andy_host.coordinator.hostlink import drop_frozen, host_websocket
@@ -28,6 +29,7 @@ from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.periodic import Periodic, Tick
 from andy_host.coordinator.ratelimit import SlidingWindow
 from andy_host.coordinator.relay import Relay
+from andy_host.coordinator.requestids import add_request_id, request_ids
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import (
     ACCESS,
@@ -151,7 +153,7 @@ def _schedule(app: web.Application, config: CoordinatorConfig) -> None:
 
 
 def build_app(config: CoordinatorConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_ids, cors, errors_middleware])
     app[CONFIG] = config
     app[GATE] = Gate(config.max_connecting, config.max_connecting_per_address)
     app[KICKS] = Kicks()
@@ -178,6 +180,8 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get(HOSTS_WS_PATH, host_websocket)
     openai_api.add_routes(app)
+    ollama_api.add_routes(app)
+    app.on_response_prepare.extend([add_request_id, add_cors_headers])
     add_admin_routes(app)
     add_dashboard_routes(app)
     app.router.add_get("/openapi.json", openapi_document)

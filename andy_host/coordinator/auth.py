@@ -28,7 +28,10 @@ from andy_host.coordinator.store import ApiKey, Store, utc_day
 from andy_host.coordinator.usage import Usage
 from andy_host.errors import APIError
 
-KEYED_ENDPOINTS = {"models", "embeddings", "pool_status"}
+KEYED_ENDPOINTS = {"models", "embeddings", "pool_status", "ollama_models", "ollama_embed"}
+# Endpoints that generate text: free within the anonymous limit, and under a key's
+# per-minute limit as well as its daily one.
+GENERATING = {"chat", "completions", "ollama_chat", "ollama_generate"}
 CLIENT = web.RequestKey("client", str)  # who the request is from, for fair queueing
 TRUSTED_ONLY = web.RequestKey("trusted_only", bool)  # the key keeps its requests on trusted hosts
 
@@ -106,8 +109,8 @@ class Access:
         key = await self.authenticate(request)
         if key is None and endpoint in KEYED_ENDPOINTS and self.config.require_keys:
             raise invalid_api_key(
-                f"This endpoint needs an API key (Authorization: Bearer andy_sk_…). Chat completions "
-                f"work without one, at {self.config.anon_per_minute} requests per minute."
+                f"This endpoint needs an API key (Authorization: Bearer andy_sk_…). Chat and text "
+                f"completions work without one, at {self.config.anon_per_minute} requests per minute."
             )
         request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
         request[TRUSTED_ONLY] = key is not None and key.trusted_only
@@ -129,7 +132,7 @@ class Access:
             raise _limited(Decision(False, daily_limit, 0, _seconds_to_utc_midnight(now)), "per day for this API key")
         permit = Permit(key_id=key.id, day=day)
         tighter = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
-        if endpoint == "chat":  # chat also has the key's per-minute limit
+        if endpoint in GENERATING:  # generation also has the key's per-minute limit
             who = f"key:{key.id}"
             minute = self.minute.check(who, key.per_minute + credit * self.config.credit_per_minute, now)
             self._raise_if_limited(minute, "per minute for this API key")

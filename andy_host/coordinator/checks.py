@@ -38,8 +38,8 @@ from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import Store
 from andy_host.coordinator.trust import HostTrust, TrustPolicy, checked, release, similar, strike
+from andy_host.coordinator.work import Work
 from andy_host.errors import APIError
-from andy_host.protocol import JobKind
 
 log = structlog.get_logger("andy_host.checks")
 
@@ -105,10 +105,12 @@ class Checker:
         if strike(host.trust, self.policy, reason):
             self._quarantined(host)
 
-    def answered(self, host: Host, kind: JobKind, model: str, request: dict[str, Any], text: str) -> None:
-        """A client job the host alone answered: count it, and check it when one is due."""
-        if host.trusted or kind != "chat":
+    def answered(self, host: Host, work: Work, text: str) -> None:
+        """A client job the host alone answered: count it, and check it when one is due
+        (plain chat only: the checks compare text)."""
+        if host.trusted or work.kind != "chat" or not work.continuable:
             return
+        model, request = work.model, work.request
         host.trust.jobs_since_check += 1
         if not self._due(host):
             return
@@ -231,14 +233,14 @@ class Checker:
         except APIError:
             return None
         self.stats.check_jobs += 1
-        return await self.relay.answer_on(assignment, "chat", model, request)
+        return await self.relay.answer_on(assignment, Work("chat", model, request))
 
     async def _on_host(self, host: Host, model: str, request: dict[str, Any]) -> str | None:
         for _ in range(RESERVE_TRIES):
             assignment = self.scheduler.reserve(host)
             if assignment is not None:
                 self.stats.check_jobs += 1
-                return await self.relay.answer_on(assignment, "chat", model, request)
+                return await self.relay.answer_on(assignment, Work("chat", model, request))
             if host.id not in self.registry.hosts:
                 return None
             await asyncio.sleep(RESERVE_WAIT)

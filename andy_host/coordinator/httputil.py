@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from andy_host.coordinator.state import CONFIG
-from andy_host.errors import APIError, bad_request, error_body
+from andy_host.errors import APIError, bad_request
 
 log = structlog.get_logger("andy_host.http")
 
@@ -66,34 +66,55 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=body, status=status, headers=headers, content_type="application/json", charset="utf-8")
 
 
+def ollama_path(path: str) -> bool:
+    """A path of the Ollama API, whose errors are ``{"error": "..."}``."""
+    return path.startswith("/api/") and not path.startswith("/api/andy/")
+
+
+def error_response(request: web.Request, error: APIError) -> web.Response:
+    """An error in the shape the path's clients read: Ollama's or OpenAI's."""
+    body = {"error": error.message} if ollama_path(request.path) else error.body()
+    return json_response(body, status=error.status, headers=error.headers)
+
+
+def unknown_path(path: str) -> str:
+    """A 404 message that is right about where the API lives."""
+    if path.startswith(("/api/andy/v1/", "/v1/")):
+        prefix = "/api/andy/v1" if path.startswith("/api/") else "/v1"
+        return (f"There is no endpoint {path}. Under {prefix}/ this pool serves chat/completions, completions, "
+                "embeddings, models and models/{model}; /openapi.json lists every endpoint.")
+    if ollama_path(path):
+        return (f"There is no endpoint {path}. The Ollama API here serves /api/chat, /api/generate, /api/embed, "
+                "/api/embeddings, /api/tags, /api/ps, /api/show and /api/version.")
+    return (f"Unknown path {path}. The OpenAI API lives under /api/andy/v1/ (or /v1/), the Ollama API under "
+            "/api/; /openapi.json lists every endpoint.")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes an OpenAI-shaped error; never a traceback to the client."""
+    """Every failure becomes an OpenAI-shaped (or Ollama-shaped) error; never a
+    traceback to the client."""
     try:
         return await handler(request)
     except APIError as exc:
-        return json_response(exc.body(), status=exc.status, headers=exc.headers)
+        return error_response(request, exc)
     except ValueError as exc:  # e.g. a header aiohttp could not parse
-        return json_response(error_body(f"Bad request: {exc}", type="invalid_request_error"), status=400)
+        return error_response(request, APIError(400, f"Bad request: {exc}"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = {
-            404: f"Unknown path {request.path}. The API lives under /api/andy/v1/.",
+            404: unknown_path(request.path),
             405: f"Method {request.method} is not allowed on {request.path}.",
             413: "The request body is too large.",
         }.get(exc.status, exc.reason)
         kept = {k: v for k, v in exc.headers.items() if k in ("Retry-After", "Allow")}
-        return json_response(
-            error_body(message, type="invalid_request_error", code=exc.reason.lower().replace(" ", "_")),
-            status=exc.status, headers=kept,
-        )
+        return error_response(request, APIError(exc.status, message, code=exc.reason.lower().replace(" ", "_"),
+                                                headers=kept))
     except (ConnectionResetError, TimeoutError) as exc:
         log.info("request.client_gone", path=request.path, error=str(exc))
         raise
     except Exception:
         log.exception("request.internal_error", path=request.path)
-        return json_response(
-            error_body("Internal error in the coordinator; it has been logged.", type="server_error"),
-            status=500,
-        )
+        return error_response(request, APIError(500, "Internal error in the coordinator; it has been logged.",
+                                                type="server_error"))

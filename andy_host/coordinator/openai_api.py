@@ -1,142 +1,100 @@
-"""The OpenAI-compatible HTTP API: chat completions (with SSE), embeddings, models."""
+"""The OpenAI-compatible HTTP API: chat completions and text completions (whole, with
+``n`` choices, or streamed as SSE), embeddings, models."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
 import secrets
 import struct
 import time
 from contextlib import aclosing
+from typing import Any
 
-import structlog
 from aiohttp import web
 
 from andy_host.coordinator import bodies
-from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY
+from andy_host.coordinator.answers import Whole, check_supported, resolve_model, streamed, submit, whole
 from andy_host.coordinator.httputil import json_response, read_json
-from andy_host.coordinator.limits import MODEL, POOL_FAILED, add_permit_headers, limited
-from andy_host.coordinator.metrics import Metrics
+from andy_host.coordinator.limits import MODEL, add_permit_headers, limited
 from andy_host.coordinator.poolstatus import pool_status
-from andy_host.coordinator.relay import Restart
-from andy_host.coordinator.sse import SSE_HEADERS, ChunkWriter
-from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, RELAY
+from andy_host.coordinator.sse import (
+    ChunkWriter,
+    CompletionWriter,
+    chat_logprobs,
+    completion_logprobs,
+    tool_calls_json,
+    usage_of,
+)
+from andy_host.coordinator.state import CONFIG, REGISTRY
+from andy_host.coordinator.work import Work, chat_work, completion_work
 from andy_host.errors import APIError, bad_request, model_not_found
 from andy_host.protocol import Done
 
-log = structlog.get_logger("andy_host.api")
+
+def _total_usage(answers: list[Whole]) -> dict[str, int]:
+    usage = usage_of(answers[0].done)
+    for other in answers[1:]:
+        extra = usage_of(other.done)
+        usage["completion_tokens"] += extra["completion_tokens"]
+        usage["total_tokens"] += extra["completion_tokens"]
+    return usage
 
 
-def resolve_model(request: web.Request, requested: str) -> str:
-    model = request.app[REGISTRY].resolve(requested)
-    if model is None:
-        raise model_not_found(requested)
-    request[MODEL] = model
-    return model
+async def _choices(request: web.Request, work: Work, n: int) -> list[Whole]:
+    """``n`` whole answers, each its own job (so on whichever hosts are best)."""
+    return list(await asyncio.gather(*(whole(request, work) for _ in range(n))))
 
 
-def _usage(done: Done) -> dict[str, int]:
-    prompt = done.usage.get("prompt_tokens", 0)
-    completion = done.usage.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _chat_choice(index: int, answer: Whole, logprobs: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text or None, "refusal": None}
+    if answer.done.tool_calls:
+        message["tool_calls"] = tool_calls_json(answer.done.tool_calls)
+    else:
+        message["content"] = answer.text
+    return {"index": index, "message": message, "finish_reason": answer.done.finish_reason,
+            "logprobs": chat_logprobs(answer.logprobs) if logprobs else None}
 
 
 @limited("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     requested = bodies.parse_model(body)
-    chat = bodies.parse_chat(body, request.app[CONFIG].max_content_chars)
-    stream, include_usage = bodies.parse_stream(body)
-    chat["stream"] = stream  # the host asks its backend for the answer the same way
-    model = resolve_model(request, requested)
+    config = request.app[CONFIG]
+    chat, asked = bodies.parse_chat(body, config.max_content_chars, config.max_choices)
+    work = chat_work(resolve_model(request, requested), chat)
+    check_supported(request, work)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    jobs = request.app[RELAY].run("chat", model, chat, request.get(CLIENT, ""), stream=stream,
-                                  on_stall=lambda: _drop_client(request, model),
-                                  trusted_only=request.get(TRUSTED_ONLY, False))
-    seen = _Seen(request.app[METRICS], model)
-    if not stream:
-        parts: list[str] = []
-        done: Done | None = None
-        async with aclosing(jobs):
-            async for item in jobs:
-                seen(item)
-                if isinstance(item, str):
-                    parts.append(item)
-                elif isinstance(item, Restart):
-                    parts.clear()
-                else:
-                    done = item
-        assert done is not None  # run_job ends with Done or raises
-        return json_response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                        "logprobs": None,
-                        "finish_reason": done.finish_reason,
-                    }
-                ],
-                "usage": _usage(done),
-            }
-        )
-    writer = ChunkWriter(completion_id, model, include_usage)
-    response: web.StreamResponse | None = None
-    async with aclosing(jobs):
-        try:
-            async for item in jobs:
-                seen(item)
-                if response is None:
-                    # Headers go out with the first content, so that failures before it
-                    # can still be answered with a proper HTTP status.
-                    response = web.StreamResponse(headers=SSE_HEADERS)
-                    await response.prepare(request)
-                    await response.write(writer.delta('{"role":"assistant","content":""}'))
-                if isinstance(item, str):
-                    await response.write(writer.content(item))
-                elif isinstance(item, Done):
-                    await response.write(writer.delta("{}", item.finish_reason))
-                    if include_usage:
-                        await response.write(writer.usage(_usage(item)))
-                    await response.write(b"data: [DONE]\n\n")
-        except APIError as error:  # StreamBroken included
-            if response is None:
-                raise
-            log.warning("stream.error_event", model=model, message=error.message)
-            request[POOL_FAILED] = error.status >= 500
-            await response.write(f"data: {json.dumps(error.body())}\n\n".encode())
-    assert response is not None
-    await response.write_eof()
-    return response
+    if asked.stream:
+        return await streamed(request, work, ChunkWriter(completion_id, work.model, asked.include_usage))
+    answers = await _choices(request, work, asked.n)
+    return json_response({
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": work.model,
+        "system_fingerprint": None,
+        "choices": [_chat_choice(i, a, chat.logprobs) for i, a in enumerate(answers)],
+        "usage": _total_usage(answers),
+    })
 
 
-def _drop_client(request: web.Request, model: str) -> None:
-    """The client stopped reading while its answer kept coming: end its connection (its
-    pending write fails, the request ends, and the job is cancelled on the host)."""
-    log.warning("client.not_reading", model=model, path=request.path)
-    if request.transport is not None:
-        request.transport.close()
-
-
-class _Seen:
-    """Records time to first token and tokens generated from the relay's items."""
-
-    __slots__ = ("first", "metrics", "model", "started")
-
-    def __init__(self, metrics: Metrics, model: str) -> None:
-        self.metrics, self.model, self.started, self.first = metrics, model, time.monotonic(), True
-
-    def __call__(self, item: str | Done | Restart) -> None:
-        if self.first and isinstance(item, str):
-            self.metrics.observe_ttft(self.model, time.monotonic() - self.started)
-            self.first = False
-        elif isinstance(item, Done):
-            self.metrics.observe_tokens(self.model, item.usage.get("completion_tokens", 0))
+@limited("completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    requested = bodies.parse_model(body)
+    config = request.app[CONFIG]
+    completion, asked = bodies.parse_completion(body, config.max_content_chars, config.max_choices)
+    echo = completion.prompt if body.get("echo") is True else ""
+    work = completion_work(resolve_model(request, requested), completion)
+    check_supported(request, work)
+    completion_id = f"cmpl-{secrets.token_hex(12)}"
+    if asked.stream:
+        return await streamed(request, work, CompletionWriter(completion_id, work.model, asked.include_usage, echo))
+    answers = await _choices(request, work, asked.n)
+    choices = [{"index": i, "text": echo + a.text, "finish_reason": a.done.finish_reason,
+                "logprobs": completion_logprobs(a.logprobs, len(echo)) if completion.logprobs else None}
+               for i, a in enumerate(answers)]
+    return json_response({"id": completion_id, "object": "text_completion", "created": int(time.time()),
+                          "model": work.model, "system_fingerprint": None, "choices": choices,
+                          "usage": _total_usage(answers)})
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -145,53 +103,59 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+async def embed(request: web.Request, model: str, inputs: list[str]) -> Done:
+    """Embeddings of ``inputs`` from the pool (shared with the Ollama API)."""
+    hosts = request.app[REGISTRY].by_model.get(model, set())
+    if hosts and not any(h.models[model].embed for h in hosts):
+        raise bad_request(
+            f"The model `{model}` cannot create embeddings on any host of this pool; "
+            "use an embedding model (GET /api/andy/v1/models lists them).",
+            param="model", code="model_cannot_embed",
+        )
+    done: Done | None = None
+    async with aclosing(submit(request, Work("embed", model, {"input": inputs}), stream=False)) as items:
+        async for item in items:
+            if isinstance(item, Done):
+                done = item
+    if done is None or done.embeddings is None or len(done.embeddings) != len(inputs):
+        raise APIError(502, "The host returned no embeddings for this input.", type="server_error")
+    return done
+
+
 @limited("embeddings")
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     requested = bodies.parse_model(body)
     inputs, encoding = bodies.parse_embed(body)
-    model = resolve_model(request, requested)
-    registry = request.app[REGISTRY]
-    hosts = registry.by_model.get(model, set())
-    if hosts and not any(h.models[model].embed for h in hosts):
-        raise bad_request(
-            f"The model `{model}` cannot create embeddings on any host of this pool; "
-            "use an embedding model (GET /api/andy/v1/models lists them).",
-            param="model",
-            code="model_cannot_embed",
-        )
-    done: Done | None = None
-    jobs = request.app[RELAY].run("embed", model, {"input": inputs}, request.get(CLIENT, ""), stream=False,
-                                  trusted_only=request.get(TRUSTED_ONLY, False))
-    async with aclosing(jobs):
-        async for item in jobs:
-            if isinstance(item, Done):
-                done = item
-    if done is None or done.embeddings is None or len(done.embeddings) != len(inputs):
-        raise APIError(502, "The host returned no embeddings for this input.", type="server_error")
+    done = await embed(request, resolve_model(request, requested), inputs)
+    assert done.embeddings is not None
     prompt_tokens = done.usage.get("prompt_tokens", 0)
-    return json_response(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode_vector(vec, encoding)}
-                for i, vec in enumerate(done.embeddings)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
-    )
+    return json_response({
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": _encode_vector(vec, encoding)}
+                 for i, vec in enumerate(done.embeddings)],
+        "model": request[MODEL],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "andy-host"}
 
 
 @limited("models")
 async def list_models(request: web.Request) -> web.Response:
     names = request.app[REGISTRY].served_models()
-    return json_response(
-        {
-            "object": "list",
-            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "andy-host"} for n in names],
-        }
-    )
+    return json_response({"object": "list", "data": [_model_object(n) for n in names]})
+
+
+@limited("models")
+async def get_model(request: web.Request) -> web.Response:
+    requested = request.match_info["model"]
+    model = request.app[REGISTRY].resolve(requested)
+    if model is None:
+        raise model_not_found(requested)
+    return json_response(_model_object(model))
 
 
 async def andy_models(request: web.Request) -> web.Response:
@@ -204,8 +168,10 @@ async def andy_models(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     for prefix in ("/api/andy/v1", "/v1"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
         app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model:.+}}", get_model)
     app.router.add_get("/api/andy/models", andy_models)
     app.router.add_get("/api/andy/pool_status", pool_status)
     app.on_response_prepare.append(add_permit_headers)

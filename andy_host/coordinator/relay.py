@@ -36,6 +36,7 @@ from andy_host.coordinator.hosts import Assignment, Host, HostLost, JobEvent
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
+from andy_host.coordinator.work import Work, prompt_chars
 from andy_host.errors import (
     CONTEXT_EXCEEDED,
     APIError,
@@ -44,7 +45,7 @@ from andy_host.errors import (
     says_context_exceeded,
     timeout_error,
 )
-from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, JobKind, encode, encode_job
+from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, TokenLogprob, encode, encode_job
 
 log = structlog.get_logger("andy_host.relay")
 
@@ -112,14 +113,6 @@ def answer_limit(config: CoordinatorConfig, request: dict[str, Any]) -> int:
     return config.max_answer_chars
 
 
-def _continuation(request: dict[str, Any], partial: str, tokens: int) -> dict[str, Any]:
-    messages = [*request["messages"], {"role": "assistant", "content": partial}]
-    follow = {**request, "messages": messages, "continuation": True}
-    if "max_tokens" in request:
-        follow["max_tokens"] = max(1, request["max_tokens"] - tokens)
-    return follow
-
-
 @dataclass(slots=True)
 class Answer:
     """The answer so far, across every host that worked on it, as relayed."""
@@ -153,6 +146,7 @@ class Relayed:
 
     chars: int = 0
     chunks: int = 0
+    logprobs: int = 0
 
 
 class Observer(Protocol):
@@ -160,34 +154,27 @@ class Observer(Protocol):
 
     def strike(self, host: Host, reason: str) -> None: ...
 
-    def answered(self, host: Host, kind: JobKind, model: str, request: dict[str, Any], text: str) -> None: ...
+    def answered(self, host: Host, work: Work, text: str) -> None: ...
 
 
 class _Nobody:
     def strike(self, host: Host, reason: str) -> None:
         log.warning("host.strike", host_id=host.id, reason=reason)
 
-    def answered(self, host: Host, kind: JobKind, model: str, request: dict[str, Any], text: str) -> None:
+    def answered(self, host: Host, work: Work, text: str) -> None:
         pass
-
-
-def prompt_chars(kind: JobKind, request: dict[str, Any]) -> int:
-    if kind == "embed":
-        return sum(len(text) for text in request["input"])
-    return sum(len(m.get("content") or "") for m in request["messages"])
 
 
 @dataclass(slots=True)
 class _Job:
     """One client request across its attempts."""
 
-    kind: JobKind
-    model: str
-    request: dict[str, Any]
+    work: Work
     client: str
     stream: bool
     on_stall: Callable[[], None] | None
     trusted_only: bool
+    trace: str | None
     deadline: float
     limit: int  # characters of answer allowed
     prompt: int  # characters of prompt
@@ -274,7 +261,7 @@ class Relay:
         if failover.cannot_continue:
             host.features.discard(FEATURE_CONTINUE)  # recorded: it cannot continue
             host.features_lost.add(FEATURE_CONTINUE)
-        elif failover.blame != "none":
+        elif failover.blame in ("failed", "slow"):  # a rejection counts only once another host answers
             self._failed(host, model, slow=failover.blame == "slow")
 
     def _cancel_on_host(self, host: Host, job_id: str) -> None:
@@ -297,33 +284,33 @@ class Relay:
 
     async def run(
         self,
-        kind: JobKind,
-        model: str,
-        request: dict[str, Any],
+        work: Work,
         client: str = "",
         stream: bool = True,
         on_stall: Callable[[], None] | None = None,
         trusted_only: bool = False,
-    ) -> AsyncGenerator[str | Done | Restart, None]:
-        """Yield content strings, then the final ``Done``; raise APIError (StreamBroken
+        trace: str | None = None,
+    ) -> AsyncGenerator[Chunk | Done | Restart, None]:
+        """Yield content chunks, then the final ``Done``; raise APIError (StreamBroken
         after content was sent). ``on_stall`` is called when the client stops reading
         while the host keeps sending (the caller ends the client's connection);
-        ``trusted_only`` keeps the job on hosts with a trusted token.
+        ``trusted_only`` keeps the job on hosts with a trusted token; ``trace`` (the
+        request's id) goes to the host with the job, for its logs.
 
         With ``stream=False`` a failure after content may also restart the answer from
         scratch on a host that cannot continue; ``RESTART`` tells the caller to discard.
         """
         loop = asyncio.get_running_loop()
-        job = _Job(kind, model, request, client, stream, on_stall, trusted_only,
-                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, request),
-                   prompt=prompt_chars(kind, request))
+        job = _Job(work, client, stream, on_stall, trusted_only, trace,
+                   deadline=loop.time() + self.config.request_timeout,
+                   limit=answer_limit(self.config, work.request), prompt=prompt_chars(work))
         self.stats.requests += 1
         for attempt in range(1, self.config.max_attempts + 1):
             if job.deadline <= loop.time():
                 break
-            if job.answer.parts and not stream and not self.scheduler.candidates(
-                model, job.tried, kind, FEATURE_CONTINUE, trusted_only
-            ):
+            if job.answer.parts and not self._continuable(job):
+                if stream:
+                    break  # content went out and cannot be continued: an explicit error
                 job.answer.clear()  # nobody can continue it: a non-stream answer starts over
                 yield RESTART
             assignment = await self._acquire(job, attempt)
@@ -336,13 +323,19 @@ class Relay:
         self.stats.failed += 1
         raise job.failure(self.config.request_timeout)
 
+    def _continuable(self, job: _Job) -> bool:
+        work = job.work
+        return work.continuable and bool(self.scheduler.candidates(
+            work.model, job.tried, work.kind, work.continue_needs(), job.trusted_only))
+
     async def _acquire(self, job: _Job, attempt: int) -> Assignment | None:
         """A slot for the next attempt; None when there is no point in another."""
         remaining = job.deadline - asyncio.get_running_loop().time()
-        need = FEATURE_CONTINUE if job.answer.parts else None
+        work = job.work
+        needs = work.continue_needs() if job.answer.parts else work.needs
         try:
             assignment = await self.scheduler.acquire(
-                job.model, job.tried, min(self.config.queue_timeout, remaining), job.kind, job.client, need,
+                work.model, job.tried, min(self.config.queue_timeout, remaining), work.kind, job.client, needs,
                 await_hosts=attempt > 1, trusted_only=job.trusted_only,
             )
         except APIError:
@@ -353,7 +346,7 @@ class Relay:
         assignment.events.on_overflow = job.on_stall
         return assignment
 
-    async def _try(self, job: _Job, assignment: Assignment, attempt: int) -> AsyncGenerator[str | Done, None]:
+    async def _try(self, job: _Job, assignment: Assignment, attempt: int) -> AsyncGenerator[Chunk | Done, None]:
         """One attempt of ``job``: relay its content; on Done, the job's end."""
         host, answer = assignment.host, job.answer
         frame = self._job_frame(assignment, job)
@@ -361,7 +354,8 @@ class Relay:
             self.scheduler.release(assignment)
             job.last_error = job.last_error or StreamBroken("the answer is too long to continue on another host")
             return
-        bound = log.bind(job_id=assignment.id, host_id=host.id, model=job.model, attempt=attempt)
+        bound = log.bind(job_id=assignment.id, request_id=job.trace, host_id=host.id, model=job.work.model,
+                         attempt=attempt)
         if answer.parts:
             self.stats.continued += 1
             bound.info("job.continuing", prefix_chars=answer.chars)
@@ -371,7 +365,7 @@ class Relay:
             async for item in outcome:
                 if isinstance(item, Chunk):
                     answer.add(item)
-                    yield item.content
+                    yield item
                 elif isinstance(item, Done):
                     self._finish(job, assignment, item, before, bound)
                     yield item
@@ -389,7 +383,7 @@ class Relay:
         self.stats.completed += 1
         done.usage["completion_tokens"] = done.usage.get("completion_tokens", 0) + before
         if not job.failures and not job.answer.clear_restarts:
-            self.observer.answered(assignment.host, job.kind, job.model, job.request, job.answer.text())
+            self.observer.answered(assignment.host, job.work, job.answer.text())
         # logged once the answer is on its way, not before
         asyncio.get_running_loop().call_soon(functools.partial(
             bound.info, "job.done", finish_reason=done.finish_reason, failovers=job.failures
@@ -398,7 +392,7 @@ class Relay:
     def _failover(self, job: _Job, assignment: Assignment, failover: Failover, bound: Any) -> None:
         job.failures += 1
         job.last_error = failover.error
-        self._blame(assignment, job.model, failover)
+        self._blame(assignment, job.work.model, failover)
         bound.warning("job.failover", reason=failover.error.message, content_sent=bool(job.answer.parts))
         if failover.blame == "rejected":
             if job.rejected:  # a second host rejects it too: it is the request
@@ -407,10 +401,10 @@ class Relay:
 
     def _job_frame(self, assignment: Assignment, job: _Job) -> str | None:
         """The job frame for this attempt; None when a continuation would exceed the frame limit."""
-        answer = job.answer
-        body = _continuation(job.request, answer.text(), answer.tokens()) if answer.parts else job.request
+        answer, work = job.answer, job.work
+        body = work.continued(answer.text(), answer.tokens())[0] if answer.parts else work.request
         budget = job.deadline - asyncio.get_running_loop().time()
-        frame = encode_job(assignment.id, job.kind, job.model, body, max(budget, 0.001))
+        frame = encode_job(assignment.id, work.kind, work.model, body, max(budget, 0.001), job.trace)
         if answer.parts and len(frame.encode()) > self.config.max_frame_bytes:
             log.warning("job.prefix_too_large", job_id=assignment.id, prefix_chars=answer.chars)
             return None
@@ -438,14 +432,17 @@ class Relay:
                 async for action in events:
                     if isinstance(action, Abort):
                         raise action.error
+                    if isinstance(action, (Chunk, Done)):
+                        self._bound_logprobs(job, host, action, relayed)
                     if isinstance(action, Chunk):
                         relayed.chars += len(action.content)
                         relayed.chunks += 1
                         if relayed.chars > room:
-                            self._failed(host, job.model, slow=False)
+                            self._failed(host, job.work.model, slow=False)
                             self.observer.strike(host, "sent an answer past the size bound")
                             raise StreamBroken("the host's answer exceeded the pool's limit on answer size")
                     elif isinstance(action, Done):
+                        self._bound_calls(job, host, action)
                         tokens = self._measure(host, action, relayed, job.prompt)
                         self._succeeded(assignment, action, job.stream, tokens, credit)
                     yield action
@@ -454,15 +451,37 @@ class Relay:
             if not assignment.finished:  # the host may still be working on it
                 self._cancel_on_host(host, assignment.id)
 
-    async def answer_on(
-        self, assignment: Assignment, kind: JobKind, model: str, request: dict[str, Any],
-    ) -> str | None:
+    def _bound_calls(self, job: _Job, host: Host, done: Done) -> None:
+        """Tool calls only for a request that offered tools: others are a lie, dropped."""
+        if done.tool_calls and not job.work.request.get("tools"):
+            self.observer.strike(host, "answered with tool calls a request without tools")
+            done.tool_calls, done.finish_reason = [], "stop"
+        elif done.finish_reason == "tool_calls" and not done.tool_calls:
+            done.finish_reason = "stop"
+
+    def _bound_logprobs(self, job: _Job, host: Host, item: Chunk | Done, relayed: Relayed) -> None:
+        """Log probabilities only where asked, as many alternatives as asked, and no more
+        entries in all than ``max_logprobs``."""
+        if item.logprobs is None:
+            return
+        request = job.work.request
+        if not request.get("logprobs"):
+            item.logprobs = None
+            return
+        top = request.get("top_logprobs") or 0
+        item.logprobs = [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in item.logprobs]
+        relayed.logprobs += len(item.logprobs)
+        if relayed.logprobs > self.config.max_logprobs:
+            self.observer.strike(host, "sent more log probabilities than the bound")
+            raise StreamBroken(f"the answer's log probabilities exceeded the pool's limit ({self.config.max_logprobs})")
+
+    async def answer_on(self, assignment: Assignment, work: Work) -> str | None:
         """One job on the host ``assignment`` holds, whole (an answer check): its text,
         or None when it failed. Not counted as client work."""
         loop = asyncio.get_running_loop()
-        job = _Job(kind, model, request, "", bool(request.get("stream")), None, False,
-                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, request),
-                   prompt=prompt_chars(kind, request))
+        job = _Job(work, "", bool(work.request.get("stream")), None, False, None,
+                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, work.request),
+                   prompt=prompt_chars(work))
         frame = self._job_frame(assignment, job)  # the same shape as any client's job
         assert frame is not None
         parts: list[str] = []
@@ -513,8 +532,8 @@ class Relay:
             if isinstance(action, Chunk):
                 action = _merge(action, events)
             elif isinstance(action, Done) and action.content:  # the last content came with the end
-                action, tail = Chunk(id=action.id, content=action.content, tokens=0), action
-                tail.content = ""
+                action, tail = Chunk(id=action.id, content=action.content, tokens=0, logprobs=action.logprobs), action
+                tail.content, tail.logprobs = "", None
                 yield self._progress(assignment, action, progress is None)
                 yield tail
                 return
@@ -536,10 +555,12 @@ def _merge(first: Chunk, events: JobEvents[JobEvent]) -> Chunk:
     """``first`` and the chunks queued right behind it, as one (a burst costs one SSE event)."""
     if events.empty() or not isinstance(events.peek(), Chunk):
         return first
-    parts, count = [first.content], first.tokens
+    parts, count, logprobs = [first.content], first.tokens, first.logprobs
     while not events.empty() and isinstance(events.peek(), Chunk):
         more = events.get_nowait()
         assert isinstance(more, Chunk)
         parts.append(more.content)
         count += more.tokens
-    return Chunk(id=first.id, content="".join(parts), tokens=count)
+        if more.logprobs:
+            logprobs = (logprobs or []) + more.logprobs
+    return Chunk(id=first.id, content="".join(parts), tokens=count, logprobs=logprobs)

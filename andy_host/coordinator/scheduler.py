@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Assignment, Host, Registry
 from andy_host.coordinator.trust import TrustPolicy
+from andy_host.coordinator.work import NEED_TOOLS
 from andy_host.errors import APIError, no_available_hosts
 
 MAX_REMEMBERED_CLIENTS = 100_000
+NONE: frozenset[str] = frozenset()
 NEUTRAL_TPS = 1.0  # the speed of every host of a model that has no measured host yet
 LOADED_BONUS = 1e9  # a loaded model beats any speed difference
 
@@ -41,7 +43,7 @@ class Waiter:
     client: str
     kind: str
     exclude: set[int]
-    need: str | None
+    needs: frozenset[str]
     trusted_only: bool
     future: asyncio.Future[Assignment]
 
@@ -69,6 +71,13 @@ class ModelQueue:
         return len(self.clients.get(client, ()))
 
 
+def supports(host: Host, model: str, needs: frozenset[str]) -> bool:
+    """Does ``host`` offer every feature in ``needs`` for ``model`` (tools: the model's template)?"""
+    if NEED_TOOLS in needs and not host.models[model].tools:
+        return False
+    return all(need in host.features for need in needs if need != NEED_TOOLS)
+
+
 class Scheduler:
     def __init__(self, registry: Registry, config: CoordinatorConfig) -> None:
         self.registry = registry
@@ -86,7 +95,7 @@ class Scheduler:
         return sum(q.size for q in self.queues.values())
 
     def candidates(
-        self, model: str, exclude: set[int], kind: str, need: str | None, trusted_only: bool = False
+        self, model: str, exclude: set[int], kind: str, needs: frozenset[str] = NONE, trusted_only: bool = False
     ) -> list[Host]:
         """Hosts that could ever run this job (connected, serve the model, not excluded,
         not quarantined, trusted when asked)."""
@@ -95,7 +104,7 @@ class Scheduler:
             for h in self.registry.by_model.get(model, ())
             if h.conn not in exclude
             and (kind != "embed" or h.models[model].embed)
-            and (need is None or need in h.features)
+            and supports(h, model, needs)
             and (h.trusted or not trusted_only)
             and h.trust.quarantined is None
         ]
@@ -109,7 +118,8 @@ class Scheduler:
         return speeds[middle] if len(speeds) % 2 else (speeds[middle - 1] + speeds[middle]) / 2
 
     def pick(
-        self, model: str, exclude: set[int], kind: str = "chat", need: str | None = None, trusted_only: bool = False
+        self, model: str, exclude: set[int], kind: str = "chat", needs: frozenset[str] = NONE,
+        trusted_only: bool = False,
     ) -> Host | None:
         """The best host now; ``exclude`` holds connections (``Host.conn``) already tried.
 
@@ -128,7 +138,7 @@ class Scheduler:
         best_score = -1.0
         best_turn = 0
         for host in hosts:
-            if not self.admits(host, model, now, exclude, kind, need, trusted_only):
+            if not self.admits(host, model, now, exclude, kind, needs, trusted_only):
                 continue
             tps = host.health.tps
             if tps is None:
@@ -143,14 +153,14 @@ class Scheduler:
 
     @staticmethod
     def admits(
-        host: Host, model: str, now: float, exclude: set[int], kind: str, need: str | None, trusted_only: bool
+        host: Host, model: str, now: float, exclude: set[int], kind: str, needs: frozenset[str], trusted_only: bool
     ) -> bool:
         """May ``host`` take this client job now?"""
         if len(host.jobs) >= host.capacity or host.status != "active" or host.conn in exclude:
             return False
         if not host.health.admits(now, len(host.jobs)) or host.trust.quarantined is not None:
             return False
-        if (need is not None and need not in host.features) or (trusted_only and not host.trusted):
+        if not supports(host, model, needs) or (trusted_only and not host.trusted):
             return False
         return kind != "embed" or host.models[model].embed
 
@@ -183,7 +193,7 @@ class Scheduler:
         wait: float,
         kind: str = "chat",
         client: str = "",
-        need: str | None = None,
+        needs: frozenset[str] = NONE,
         await_hosts: bool = False,
         trusted_only: bool = False,
     ) -> Assignment:
@@ -195,10 +205,10 @@ class Scheduler:
         """
         queue = self.queues.get(model)
         if queue is None or queue.size == 0:
-            host = self.pick(model, exclude, kind, need, trusted_only)
+            host = self.pick(model, exclude, kind, needs, trusted_only)
             if host is not None:
                 return self.assign(host, client, kind)
-        if not await_hosts and not self.candidates(model, exclude, kind, need, trusted_only):
+        if not await_hosts and not self.candidates(model, exclude, kind, needs, trusted_only):
             raise no_available_hosts(model, trusted_only=trusted_only)
         queue = self.queues.setdefault(model, ModelQueue())
         retry_after = str(max(1, math.ceil(self.config.queue_timeout / 4)))
@@ -212,7 +222,7 @@ class Scheduler:
             )
         if queue.size >= self.config.max_queue:
             raise no_available_hosts(model, int(retry_after))
-        waiter = Waiter(client, kind, exclude, need, trusted_only, asyncio.get_running_loop().create_future())
+        waiter = Waiter(client, kind, exclude, needs, trusted_only, asyncio.get_running_loop().create_future())
         queue.push(waiter)
         self.dispatch()
         granted = waiter.future
@@ -241,7 +251,7 @@ class Scheduler:
                     if waiter.future.done():
                         queue.remove(waiter)
                         break
-                    host = self.pick(model, waiter.exclude, waiter.kind, waiter.need, waiter.trusted_only)
+                    host = self.pick(model, waiter.exclude, waiter.kind, waiter.needs, waiter.trusted_only)
                     if host is not None:
                         queue.remove(waiter)
                         waiter.future.set_result(self.assign(host, client, waiter.kind))

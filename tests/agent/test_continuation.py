@@ -16,22 +16,24 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from andy_host.agent.backends import make_backend
-from andy_host.agent.backends.base import Backend, ChatPiece, Discovered, Embeddings
+from andy_host.agent.backends.base import ChatPiece
 from andy_host.agent.catalog import Catalog
 from andy_host.agent.continuation import PROBE_PREFIX, Continuation, EchoStripper, probe_continuation
 from andy_host.agent.jobs import JobRunner
 from andy_host.config import BackendConfig
-from andy_host.protocol import Job, ModelInfo, decode_host
+from andy_host.protocol import ChatRequest, Job, ModelInfo, decode_host
+from tests.agent.standin import StandIn
 from tests.fakes import llamacpp, ollama
 
 
 def llama_args(**overrides: Any) -> argparse.Namespace:
-    defaults = {"model": "fake-llama", "label": "llamacpp", "token_delay": 0.0, "embeddings": True, "echo": True}
+    defaults = {"model": "fake-llama", "label": "llamacpp", "token_delay": 0.0, "embeddings": True, "echo": True,
+                "tools": True}
     return argparse.Namespace(**{**defaults, **overrides})
 
 
 def ollama_args() -> argparse.Namespace:
-    return argparse.Namespace(models="m:latest", embed_only="", failing="", label="ollama",
+    return argparse.Namespace(models="m:latest", embed_only="", failing="", label="ollama", no_tools="", version="0.12.11",
                               nothing_loaded=False, token_delay=0.0)
 
 
@@ -70,31 +72,16 @@ async def test_probe_of_an_unreachable_backend_decides_nothing() -> None:
         assert await probe_continuation(backend, [("m", ModelInfo(name="m:latest"))]) is None
 
 
-class Scripted(Backend):
-    """A backend that answers every chat with the given pieces (an in-process stand-in)."""
-
-    kind = "llamacpp"
+class Scripted(StandIn):
+    """A backend that answers every chat with the given pieces."""
 
     def __init__(self, pieces: list[str]) -> None:
         self.pieces = pieces
-        self.url = "scripted"
 
-    async def version(self) -> str | None:
-        return None
-
-    async def discover(self) -> list[Discovered]:
-        return [Discovered("m", ModelInfo(name="m:latest"))]
-
-    async def loaded(self) -> list[str]:
-        return ["m"]
-
-    async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
+    async def chat(self, backend_id: str, request: ChatRequest) -> AsyncIterator[ChatPiece]:
         for text in self.pieces:
             yield ChatPiece(content=text)
         yield ChatPiece(finish_reason="stop")
-
-    async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings:
-        raise NotImplementedError
 
 
 async def continued(pieces: list[str], prefix: str, echoes: bool) -> str:

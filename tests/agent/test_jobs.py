@@ -7,31 +7,21 @@ from typing import Any
 
 import pytest
 
-from andy_host.agent.backends.base import Backend, ChatPiece, Discovered, Embeddings
+from andy_host.agent.backends.base import Backend, ChatPiece, Embeddings
 from andy_host.agent.catalog import Catalog
 from andy_host.agent.jobs import JobRunner, clamp_status
 from andy_host.errors import BackendError, FrameTooLarge
-from andy_host.protocol import Done, Job, JobError, ModelInfo, decode_host
+from andy_host.protocol import ChatRequest, Done, Job, JobError, decode_host
+from tests.agent.standin import StandIn
 
 
-class Broken(Backend):
+class Broken(StandIn):
     """A backend whose chat raises what a test gives it, after ``pieces``."""
 
-    kind = "llamacpp"
-
     def __init__(self, error: BaseException, pieces: list[str] | None = None) -> None:
-        self.error, self.pieces, self.url = error, pieces or [], "stand-in"
+        self.error, self.pieces = error, pieces or []
 
-    async def version(self) -> str | None:
-        return None
-
-    async def discover(self) -> list[Discovered]:
-        return [Discovered("m", ModelInfo(name="m:latest"))]
-
-    async def loaded(self) -> list[str]:
-        return ["m"]
-
-    async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
+    async def chat(self, backend_id: str, request: ChatRequest) -> AsyncIterator[ChatPiece]:
         for text in self.pieces:
             yield ChatPiece(content=text)
         raise self.error
@@ -51,7 +41,7 @@ async def frames_of(backend: Backend, send_limit: int | None = None) -> list[Any
             raise FrameTooLarge("too big")
         frames.append(text)
 
-    runner.start(Job(id="j1", kind="chat", model="m:latest", request={"messages": []}, budget=5), send)
+    runner.start(Job(id="j1", kind="chat", model="m:latest", request={"messages": [{"role": "user", "content": "q"}]}, budget=5), send)
     await runner.tasks["j1"]
     return [decode_host(f) for f in frames]
 
@@ -78,7 +68,7 @@ async def test_a_context_error_is_coded() -> None:
 
 async def test_an_answer_over_the_frame_limit_becomes_an_error_frame() -> None:
     class Long(Broken):
-        async def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]:
+        async def chat(self, backend_id: str, request: ChatRequest) -> AsyncIterator[ChatPiece]:
             yield ChatPiece(content="x" * 5000, finish_reason="stop")
 
     frames = await frames_of(Long(RuntimeError()), send_limit=1000)

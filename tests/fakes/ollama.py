@@ -7,8 +7,12 @@ quantization_level}), ``GET /api/ps``, ``POST /api/show`` (capabilities, model_i
 ``POST /api/chat`` (``stream`` defaults to true: NDJSON objects with ``message`` and
 ``done: false``, then a final object with ``done: true``, ``done_reason``,
 ``prompt_eval_count``, ``eval_count`` and durations; options ``temperature``,
-``top_p``, ``num_predict``, ``stop``, ``seed``), ``POST /api/embed`` (``input`` string
-or list -> ``embeddings``). Unknown models answer 404 ``{"error": "model 'x' not found"}``.
+``top_p``, ``num_predict``, ``stop``, ``seed``; ``tools``: a call in its own object
+before the final one, for models with the "tools" capability; ``format``: "json" or a
+schema; ``logprobs``/``top_logprobs`` from 0.12.11), ``POST /api/generate`` (``raw``:
+no template), ``POST /api/embed`` (``input`` string or list -> ``embeddings``). Unknown models answer 404 ``{"error": "model 'x' not found"}``.
+``POST /_fault {"mode": "reject_prefix" | "cut", "count": n}``: the next n chats (-1:
+all) refuse a final assistant message, or drop the connection halfway through a stream.
 Run: ``python -m tests.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
 """
 
@@ -18,10 +22,22 @@ import argparse
 import asyncio
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import continuation, embedding, generate, serve
+from tests.fakes.common import (
+    TOKENS,
+    complete,
+    continuation,
+    embedding,
+    generate,
+    serve,
+    structured,
+    token_logprobs,
+    tool_call,
+    tool_result_reply,
+)
 
 
 def now() -> str:
@@ -32,6 +48,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     names = [n if ":" in n.rsplit("/", 1)[-1] else n + ":latest" for n in args.models.split(",")]
     embed_only = {n + ":latest" if ":" not in n else n for n in args.embed_only.split(",") if n}
     failing = {n + ":latest" if ":" not in n else n for n in args.failing.split(",") if n}
+    no_tools = {n + ":latest" if ":" not in n else n for n in args.no_tools.split(",") if n}
 
     def find(name: str) -> str | None:
         full = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
@@ -40,19 +57,20 @@ def make_app(args: argparse.Namespace) -> web.Application:
     def not_found(name: str) -> web.Response:
         return web.json_response({"error": f"model '{name}' not found"}, status=404)
 
-    fault = {"reject_prefix": 0}
+    fault = {"reject_prefix": 0, "cut": 0}
     stats = {"requests": 0, "continuations": 0}
 
     async def set_fault(request: web.Request) -> web.Response:
         body = await request.json()
-        fault["reject_prefix"] = body.get("count", 1) if body.get("mode") == "reject_prefix" else 0
+        for mode in fault:
+            fault[mode] = body.get("count", 1) if body.get("mode") == mode else 0
         return web.json_response(fault)
 
     async def get_stats(_: web.Request) -> web.Response:
         return web.json_response(stats)
 
     async def version(_: web.Request) -> web.Response:
-        return web.json_response({"version": "0.5.7"})
+        return web.json_response({"version": args.version})
 
     async def tags(_: web.Request) -> web.Response:
         return web.json_response({"models": [
@@ -77,6 +95,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
         if name is None:
             return not_found(body.get("model", ""))
         caps = ["embedding"] if name in embed_only else ["completion", "embedding"]
+        if name not in embed_only and name not in no_tools:
+            caps.append("tools")
         return web.json_response({
             "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
             "details": {"format": "gguf", "family": "llama", "parameter_size": "8.0B", "quantization_level": "Q4_K_M"},
@@ -97,33 +117,78 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return web.json_response({"error": f"\"{name}\" does not support chat"}, status=400)
         if name in failing:
             return web.json_response({"error": "llama runner process has terminated: CUDA error: out of memory"}, status=500)
+        if body.get("tools") and name in no_tools:
+            return web.json_response({"error": f"registry.ollama.ai/library/{name} does not support tools"}, status=400)
         options = body.get("options") or {}
         stop = options.get("stop") or []
-        messages = body.get("messages", [])
-        if messages and messages[-1].get("role") == "assistant":
+        generating = request.path == "/api/generate"
+        messages = body.get("messages", []) if not generating else []
+        call = None
+        if generating:
+            tokens, reason = complete(args.label, body.get("prompt", ""), options.get("num_predict"), stop) \
+                if body.get("raw") else generate(args.label, [{"role": "user", "content": body.get("prompt", "")}],
+                                                 options.get("num_predict"), stop)
+        elif messages and messages[-1].get("role") == "assistant":
             stats["continuations"] += 1
             if fault["reject_prefix"]:
                 fault["reject_prefix"] -= 1
                 return web.json_response({"error": "assistant prefill is not supported by this template"}, status=400)
             # Ollama continues a final assistant message and does not echo it
             tokens, reason = continuation(args.label, messages, options.get("num_predict"), stop, echo=False)
+        elif messages and messages[-1].get("role") == "tool":
+            tokens, reason = TOKENS.findall(tool_result_reply(args.label, messages)), "stop"
         else:
             tokens, reason = generate(args.label, messages, options.get("num_predict"), stop)
-        final = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                 "done": True, "done_reason": reason, "total_duration": 1_000_000, "load_duration": 1000,
+            call = tool_call(body.get("tools") or [], messages, None)
+        fmt = body.get("format")
+        if fmt and call is None:
+            tokens = TOKENS.findall(structured(fmt if isinstance(fmt, dict) else None, args.label,
+                                               messages or [{"role": "user", "content": body.get("prompt", "")}]))
+        if call is not None:
+            tokens = []
+        lps = token_logprobs(tokens, body.get("top_logprobs") or 0) if body.get("logprobs") else None
+        return await answer(request, body, name, tokens, reason, call, lps, generating)
+
+    async def answer(request: web.Request, body: dict[str, Any], name: str, tokens: list[str], reason: str,
+                     call: tuple[str, dict[str, Any]] | None, lps: list[dict[str, Any]] | None,
+                     generating: bool) -> web.StreamResponse:
+        def line(text: str, done: bool, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": name, "created_at": now(), "done": done}
+            if generating:
+                out["response"] = text
+            else:
+                out["message"] = {"role": "assistant", "content": text}
+            if logprobs:
+                out["logprobs"] = logprobs
+            return out
+
+        final = {**line("", True), "done_reason": reason, "total_duration": 1_000_000, "load_duration": 1000,
                  "prompt_eval_count": 9, "prompt_eval_duration": 1000, "eval_count": len(tokens), "eval_duration": 1000}
+        calls = [{"function": {"index": 0, "name": call[0], "arguments": call[1]}}] if call else None
         if body.get("stream") is False:  # answered once the whole generation is over
             if args.token_delay:
                 await asyncio.sleep(args.token_delay * len(tokens))
-            final["message"]["content"] = "".join(tokens)  # type: ignore[index]
-            return web.json_response(final)
+            whole = {**final, **line("".join(tokens), True, lps)}
+            if calls:
+                whole["message"]["tool_calls"] = calls
+            return web.json_response(whole)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        for token in tokens:
+        cut = fault["cut"] != 0
+        if fault["cut"] > 0:
+            fault["cut"] -= 1
+        for i, token in enumerate(tokens):
+            if cut and i == max(1, len(tokens) // 2):  # the connection drops mid-answer
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             if args.token_delay:
                 await asyncio.sleep(args.token_delay)
-            line = {"model": name, "created_at": now(), "message": {"role": "assistant", "content": token}, "done": False}
-            await resp.write((json.dumps(line) + "\n").encode())
+            await resp.write((json.dumps(line(token, False, [lps[i]] if lps else None)) + "\n").encode())
+        if calls:  # tool calls come whole, in their own object before the final one
+            with_calls = line("", False)
+            with_calls["message"]["tool_calls"] = calls
+            await resp.write((json.dumps(with_calls) + "\n").encode())
         await resp.write((json.dumps(final) + "\n").encode())
         return resp
 
@@ -144,6 +209,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_get("/api/ps", ps)
     app.router.add_post("/api/show", show)
     app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", chat)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/_fault", set_fault)
     app.router.add_get("/_stats", get_stats)
@@ -158,6 +224,8 @@ def main() -> None:
     parser.add_argument("--label", default="ollama")
     parser.add_argument("--nothing-loaded", action="store_true", help="/api/ps lists no model")
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--no-tools", default="", help="models without the tools capability")
+    parser.add_argument("--version", default="0.12.11", help="what /api/version says (logprobs since 0.12.11)")
     serve(make_app, parser)
 
 

@@ -14,7 +14,7 @@ import orjson
 from andy_host.agent.backends.http import Post
 from andy_host.config import BackendConfig
 from andy_host.errors import BackendError, BackendUnavailable
-from andy_host.protocol import ModelInfo
+from andy_host.protocol import ChatRequest, CompletionRequest, ModelInfo, TokenLogprob, ToolCall
 
 # What the adapters catch as "the backend could not be reached or stopped answering":
 # aiohttp's connection and payload errors, OSError (refused, reset) and timeouts.
@@ -37,12 +37,15 @@ class HTTPResponse(Protocol):
 
 @dataclass(slots=True)
 class ChatPiece:
-    """Content that arrived together (``pieces`` backend chunks), and how it ended."""
+    """Content that arrived together (``pieces`` backend chunks), and how it ended:
+    tool calls come whole, with the end; log probabilities with their tokens."""
 
     content: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     pieces: int = 1
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -70,7 +73,6 @@ class Backend(abc.ABC):
         self.timeout = config.request_timeout  # a whole job's request, answer included
         self.probe_timeout = aiohttp.ClientTimeout(total=config.connect_timeout * 2)
 
-
     @abc.abstractmethod
     async def version(self) -> str | None: ...
 
@@ -83,7 +85,15 @@ class Backend(abc.ABC):
         """Backend ids of the models loaded in memory now."""
 
     @abc.abstractmethod
-    def chat(self, backend_id: str, request: dict[str, Any]) -> AsyncIterator[ChatPiece]: ...
+    async def features(self) -> set[str]:
+        """What the backend supports besides chat (protocol FEATURE_*), continuation aside."""
+
+    @abc.abstractmethod
+    def chat(self, backend_id: str, request: ChatRequest) -> AsyncIterator[ChatPiece]: ...
+
+    @abc.abstractmethod
+    def complete(self, backend_id: str, request: CompletionRequest) -> AsyncIterator[ChatPiece]:
+        """A raw prompt continued as is (no chat template)."""
 
     @abc.abstractmethod
     async def embed(self, backend_id: str, inputs: list[str]) -> Embeddings: ...
@@ -163,3 +173,36 @@ async def raise_for_backend(resp: HTTPResponse) -> None:
         except ValueError:
             retry_after = None
     raise BackendError(resp.status, error_message(text), retry_after)
+
+
+MAX_TOOL_CALLS = 64  # the protocol's bound on one answer's calls
+MIN_LOGPROB = -1e6
+
+
+def logprob(value: Any) -> float:
+    """A log probability the protocol carries: a number in [-1e6, 0]."""
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else MIN_LOGPROB
+    return min(0.0, max(MIN_LOGPROB, number)) if number == number else MIN_LOGPROB
+
+
+def token_logprobs(entries: Any) -> list[TokenLogprob]:
+    """OpenAI's (and Ollama's) ``[{token, logprob, top_logprobs: [{token, logprob}]}]``."""
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        top = entry.get("top_logprobs") or []
+        out.append(TokenLogprob(
+            token=str(entry.get("token", ""))[:64], logprob=logprob(entry.get("logprob")),
+            top=[(str(t.get("token", ""))[:64], logprob(t.get("logprob"))) for t in top[:20] if isinstance(t, dict)],
+        ))
+    return out
+
+
+def bounded_calls(calls: list[ToolCall]) -> list[ToolCall]:
+    if len(calls) > MAX_TOOL_CALLS:
+        raise BackendError(502, f"the model made {len(calls)} tool calls; at most {MAX_TOOL_CALLS} are relayed")
+    for call in calls:
+        if not call.name or len(call.name) > 128:
+            raise BackendError(502, "the model called a tool with no name, or a name over 128 characters")
+    return calls

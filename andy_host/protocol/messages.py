@@ -15,13 +15,24 @@ Jobs carry no client identity: no API key, no address.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 import orjson
 
 from andy_host.errors import ProtocolError, VersionError
+from andy_host.protocol.fields import (
+    finite32,
+    int_field,
+    list_field,
+    num_field,
+    obj_field,
+    str_field,
+    str_list,
+    text_field,
+)
+from andy_host.protocol.hardware import Hardware, read_hardware
+from andy_host.protocol.requests import MAX_TOOL_CALLS, MAX_TOP_LOGPROBS, JobKind, ToolCall
 
 # 2: ``done`` may carry the answer's last content.
 # 3: hosts send a heartbeat every BUSY_HEARTBEAT seconds while they hold jobs (a silent
@@ -33,17 +44,22 @@ PROTOCOL_VERSION = 3
 OLDEST_PROTOCOL = 3
 HOSTS_WS_PATH = "/api/andy/hosts/ws"  # where hosts connect, on the coordinator
 MAX_ID_LEN = 64
-MAX_NAME_LEN = 200
 MAX_SECRET_LEN = 128
 MAX_MODELS = 500
 MAX_FEATURES = 32
-MAX_GPUS = 16
-MAX_MIG = 8
 MAX_EMBED_DIM = 65_536
 MAX_EMBEDDINGS = 2048
-FLOAT32_MAX = 3.4028234663852886e38
+MAX_LOGPROBS = 4096  # token entries in one frame
+MAX_TOKEN_LEN = 64  # characters of one token
+JOB_KINDS = ("chat", "complete", "embed")
 HOST_STATUSES = ("active", "paused", "draining", "backend_down")
+# What a host's backend can do (hello and heartbeat ``features``); tools are per model
+# (``ModelInfo.tools``).
 FEATURE_CONTINUE = "continue"  # can continue a final assistant message (failover mid-stream)
+FEATURE_JSON_SCHEMA = "json_schema"  # structured output: a JSON object, or one matching a schema
+FEATURE_LOGPROBS = "logprobs"  # log probabilities of the tokens
+FEATURE_COMPLETION = "completion"  # raw text completion (no chat template)
+FEATURE_TOOL_CHOICE = "tool_choice"  # honours tool_choice required / a named function
 MAX_FRAME_CEILING = 64 * 1024 * 1024  # the largest frame limit a coordinator may set
 BUSY_HEARTBEAT = 1.0  # seconds between heartbeats while a host holds jobs (protocol 3)
 
@@ -65,13 +81,7 @@ CANNOT_EMBED = "model_cannot_embed"
 # Why a host does not take jobs, as codes (the coordinator writes the words people see).
 PAUSE_CODES = ("active_hours", "vram_low", "vram_foreign", "gpu_hot", "gpu_error", "draining", "backend_down")
 
-JobKind = Literal["chat", "embed"]
-
-
-
-
-
-
+FINISH_REASONS = ("stop", "length", "tool_calls")
 
 
 @dataclass(slots=True)
@@ -83,53 +93,16 @@ class ModelInfo:
     context_length: int | None = None
     loaded: bool = False
     embed: bool = False
+    tools: bool = False  # its chat template takes tools
 
 
 @dataclass(slots=True)
-class MigInstance:
-    uuid: str | None = None
-    memory_total: int | None = None
-    memory_used: int | None = None
+class TokenLogprob:
+    """One generated token's log probability, and the most likely alternatives."""
 
-
-@dataclass(slots=True)
-class GpuReading:
-    """One GPU as NVML describes it; every field optional, numbers in range."""
-
-    index: int = 0
-    name: str = "unknown"
-    uuid: str | None = None
-    memory_total: int | None = None
-    memory_used: int | None = None
-    memory_free: int | None = None
-    utilization_gpu: int | None = None  # percent, 0-100
-    utilization_memory: int | None = None
-    temperature: int | None = None  # degrees Celsius
-    power_draw_w: float | None = None
-    power_limit_w: float | None = None
-    driver_version: str | None = None
-    cuda_driver_version: str | None = None
-    mig_mode: bool | None = None
-    mig_instances: list[MigInstance] = field(default_factory=list)
-    other_processes_memory: int | None = None
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class HostReading:
-    cpu: str = ""
-    cores: int = 0
-    os: str = ""
-    load_1m: float = 0.0
-    ram_total: int = 0
-    ram_available: int = 0
-
-
-@dataclass(slots=True)
-class Hardware:
-    gpus: list[GpuReading] = field(default_factory=list)
-    host: HostReading | None = None
-    nvml: str = "ok"
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -170,24 +143,29 @@ class Models:
 
 @dataclass(slots=True)
 class Chunk:
-    """Content of a job; ``tokens`` backend chunks that arrived together."""
+    """Content of a job; ``tokens`` backend chunks that arrived together, with their
+    log probabilities when the job asked for them."""
 
     id: str
     content: str
     tokens: int = 1
+    logprobs: list[TokenLogprob] | None = None
     type: Literal["chunk"] = "chunk"
 
 
 @dataclass(slots=True)
 class Done:
     """The end of a job. ``content`` is text that arrived together with the end (a
-    short answer whole, or the last tokens): one frame instead of a chunk and a done."""
+    short answer whole, or the last tokens): one frame instead of a chunk and a done.
+    ``tool_calls`` are the calls the model made, whole."""
 
     id: str
     finish_reason: str = "stop"
     usage: dict[str, int] = field(default_factory=dict)
     embeddings: list[list[float]] | None = None
     content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
     type: Literal["done"] = "done"
 
 
@@ -216,8 +194,9 @@ class Job:
     id: str
     kind: JobKind
     model: str
-    request: dict[str, Any]
+    request: dict[str, Any]  # a JobRequest as plain JSON (requests.read_request reads it)
     budget: float  # seconds the host may spend on it, from when it arrives
+    trace: str | None = None  # the coordinator's request id, for both sides' logs
     type: Literal["job"] = "job"
 
 
@@ -229,7 +208,7 @@ class Cancel:
 
 HostMessage = Hello | Heartbeat | Models | Chunk | Done | JobError
 CoordinatorMessage = Welcome | Job | Cancel
-Message = HostMessage | CoordinatorMessage
+Frame = HostMessage | CoordinatorMessage
 
 
 def _plain(value: Any) -> Any:
@@ -242,60 +221,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(message: Message) -> str:
-    """A message as one JSON text frame (dataclasses.asdict is too slow for the hot path)."""
-    return orjson.dumps({f.name: _plain(getattr(message, f.name)) for f in fields(message)}).decode()
+def encode(message: Frame) -> str:
+    """A message as one JSON text frame, unset (None) fields left out (dataclasses.asdict
+    is too slow for the hot path)."""
+    frame = {f.name: _plain(getattr(message, f.name)) for f in fields(message)}
+    return orjson.dumps({k: v for k, v in frame.items() if v is not None}).decode()
 
 
-def encode_chunk(job_id: str, content: str, tokens: int = 1) -> str:
+def encode_chunk(job_id: str, content: str, tokens: int = 1, logprobs: list[TokenLogprob] | None = None) -> str:
     """Fast path for the most frequent frame (same wire form as ``encode(Chunk)``)."""
-    return orjson.dumps({"id": job_id, "content": content, "tokens": tokens, "type": "chunk"}).decode()
+    frame: dict[str, Any] = {"id": job_id, "content": content, "tokens": tokens, "type": "chunk"}
+    if logprobs is not None:
+        frame["logprobs"] = _plain(logprobs)
+    return orjson.dumps(frame).decode()
 
 
-def encode_job(job_id: str, kind: JobKind, model: str, request: dict[str, Any], budget: float) -> str:
+def encode_job(
+    job_id: str, kind: JobKind, model: str, request: dict[str, Any], budget: float, trace: str | None = None
+) -> str:
     """Fast path for the job frame (same wire form as ``encode(Job)``)."""
-    return orjson.dumps(
-        {"id": job_id, "kind": kind, "model": model, "request": request, "budget": budget, "type": "job"}
-    ).decode()
-
-
-# --- validation helpers -----------------------------------------------------------
-
-
-def _str(obj: dict[str, Any], key: str, *, max_len: int = MAX_NAME_LEN, optional: bool = False) -> Any:
-    value = obj.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise ProtocolError(f"field {key!r} must be a non-empty string of at most {max_len} chars")
-    return value
-
-
-def _int(obj: dict[str, Any], key: str, *, lo: int, hi: int, optional: bool = False) -> Any:
-    value = obj.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]")
-    return value
-
-
-def _num(obj: dict[str, Any], key: str, *, lo: float, hi: float, optional: bool = False) -> Any:
-    value = obj.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ProtocolError(f"field {key!r} must be a number in [{lo}, {hi}]")
-    return float(value)
-
-
-def _dict(obj: dict[str, Any], key: str, *, optional: bool = False) -> Any:
-    value = obj.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, dict):
-        raise ProtocolError(f"field {key!r} must be an object")
-    return value
+    frame = {"id": job_id, "kind": kind, "model": model, "request": request, "budget": budget, "type": "job"}
+    if trace is not None:
+        frame["trace"] = trace
+    return orjson.dumps(frame).decode()
 
 
 def _models(obj: dict[str, Any]) -> list[ModelInfo]:
@@ -308,25 +256,17 @@ def _models(obj: dict[str, Any]) -> list[ModelInfo]:
             raise ProtocolError("each model must be an object")
         models.append(
             ModelInfo(
-                name=_str(item, "name"),
-                size=_int(item, "size", lo=0, hi=2**62, optional=True),
-                quantization=_str(item, "quantization", optional=True),
-                family=_str(item, "family", optional=True),
-                context_length=_int(item, "context_length", lo=0, hi=2**31, optional=True),
+                name=str_field(item, "name"),
+                size=int_field(item, "size", lo=0, hi=2**62, optional=True),
+                quantization=str_field(item, "quantization", optional=True),
+                family=str_field(item, "family", optional=True),
+                context_length=int_field(item, "context_length", lo=0, hi=2**31, optional=True),
                 loaded=bool(item.get("loaded", False)),
                 embed=bool(item.get("embed", False)),
+                tools=bool(item.get("tools", False)),
             )
         )
     return models
-
-
-def _str_list(obj: dict[str, Any], key: str, limit: int = MAX_MODELS) -> list[str]:
-    raw = obj.get(key, [])
-    if not isinstance(raw, list) or len(raw) > limit or not all(
-        isinstance(x, str) and 0 < len(x) <= MAX_NAME_LEN for x in raw
-    ):
-        raise ProtocolError(f"field {key!r} must be a list of strings")
-    return list(raw)
 
 
 def _usage(obj: dict[str, Any]) -> dict[str, int]:
@@ -336,12 +276,8 @@ def _usage(obj: dict[str, Any]) -> dict[str, int]:
     usage: dict[str, int] = {}
     for key in ("prompt_tokens", "completion_tokens"):
         if key in raw:
-            usage[key] = _int(raw, key, lo=0, hi=2**31)
+            usage[key] = int_field(raw, key, lo=0, hi=2**31)
     return usage
-
-
-def _finite32(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= FLOAT32_MAX
 
 
 def _embeddings(obj: dict[str, Any]) -> list[list[float]] | None:
@@ -350,7 +286,7 @@ def _embeddings(obj: dict[str, Any]) -> list[list[float]] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_EMBEDDINGS or not all(
-        isinstance(vec, list) and 0 < len(vec) <= MAX_EMBED_DIM and all(_finite32(x) for x in vec) for vec in raw
+        isinstance(vec, list) and 0 < len(vec) <= MAX_EMBED_DIM and all(finite32(x) for x in vec) for vec in raw
     ):
         raise ProtocolError(
             f"field 'embeddings' must be at most {MAX_EMBEDDINGS} lists of 1 to {MAX_EMBED_DIM} finite float32 numbers"
@@ -358,136 +294,82 @@ def _embeddings(obj: dict[str, Any]) -> list[list[float]] | None:
     return raw
 
 
-# --- hardware readings: clamped and cut, never rejected for a value --------------
-
-
-def _clamp_int(raw: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return int(min(max(value, lo), hi))
-
-
-def _clamp_float(raw: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(min(max(value, lo), hi))
-
-
-def _cut(raw: dict[str, Any], key: str, max_len: int = 120) -> str | None:
-    value = raw.get(key)
-    return value[:max_len] if isinstance(value, str) and value else None
-
-
-def _records(raw: dict[str, Any], key: str, limit: int) -> list[dict[str, Any]]:
-    value = raw.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > limit:
-        raise ProtocolError(f"field {key!r} must be a list of at most {limit} records")
-    return [item for item in value if isinstance(item, dict)]
-
-
-BYTES_MAX = 2**50  # a PiB: more than any GPU or host has
-
-
-def _gpu(raw: dict[str, Any]) -> GpuReading:
-    mig = raw.get("mig_mode")
-    return GpuReading(
-        index=_clamp_int(raw, "index", 0, 1023) or 0,
-        name=_cut(raw, "name") or "unknown",
-        uuid=_cut(raw, "uuid", 80),
-        memory_total=_clamp_int(raw, "memory_total", 0, BYTES_MAX),
-        memory_used=_clamp_int(raw, "memory_used", 0, BYTES_MAX),
-        memory_free=_clamp_int(raw, "memory_free", 0, BYTES_MAX),
-        utilization_gpu=_clamp_int(raw, "utilization_gpu", 0, 100),
-        utilization_memory=_clamp_int(raw, "utilization_memory", 0, 100),
-        temperature=_clamp_int(raw, "temperature", -50, 200),
-        power_draw_w=_clamp_float(raw, "power_draw_w", 0, 100_000),
-        power_limit_w=_clamp_float(raw, "power_limit_w", 0, 100_000),
-        driver_version=_cut(raw, "driver_version", 40),
-        cuda_driver_version=_cut(raw, "cuda_driver_version", 40),
-        mig_mode=mig if isinstance(mig, bool) else None,
-        mig_instances=[
-            MigInstance(_cut(m, "uuid", 80), _clamp_int(m, "memory_total", 0, BYTES_MAX),
-                        _clamp_int(m, "memory_used", 0, BYTES_MAX))
-            for m in _records(raw, "mig_instances", MAX_MIG)
-        ],
-        other_processes_memory=_clamp_int(raw, "other_processes_memory", 0, BYTES_MAX),
-        error=_cut(raw, "error", 200),
-    )
-
-
-def _host_reading(raw: Any) -> HostReading | None:
-    if not isinstance(raw, dict):
-        return None
-    return HostReading(
-        cpu=_cut(raw, "cpu") or "",
-        cores=_clamp_int(raw, "cores", 0, 65_536) or 0,
-        os=_cut(raw, "os") or "",
-        load_1m=_clamp_float(raw, "load_1m", 0, 1e6) or 0.0,
-        ram_total=_clamp_int(raw, "ram_total", 0, BYTES_MAX) or 0,
-        ram_available=_clamp_int(raw, "ram_available", 0, BYTES_MAX) or 0,
-    )
-
-
-def read_hardware(raw: Any) -> Hardware:
-    """Typed readings out of a hardware object: the agent's own probe, or a host's frame."""
-    if raw is None:
-        return Hardware()
-    if not isinstance(raw, dict):
-        raise ProtocolError("field 'hardware' must be an object")
-    return Hardware(
-        gpus=[_gpu(g) for g in _records(raw, "gpus", MAX_GPUS)],
-        host=_host_reading(raw.get("host")),
-        nvml=_cut(raw, "nvml", 200) or "ok",
-    )
-
-
 def _pause(obj: dict[str, Any]) -> list[str]:
-    codes = _str_list(obj, "pause", limit=len(PAUSE_CODES))
+    codes = str_list(obj, "pause", len(PAUSE_CODES))
     return [c for c in codes if c in PAUSE_CODES]  # a code this version does not know is dropped
 
 
 # --- host messages, one decoder each -------------------------------------------------
 
 
-def _text(obj: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise ProtocolError(f"field {key!r} must be a string")
-    return value
+def _logprobs(obj: dict[str, Any]) -> list[TokenLogprob] | None:
+    """Log probabilities of tokens: at most MAX_LOGPROBS entries, each a token, a finite
+    log probability (<= 0) and at most MAX_TOP_LOGPROBS alternatives."""
+    raw = obj.get("logprobs")
+    if raw is None:
+        return None
+    entries = list_field(obj, "logprobs", MAX_LOGPROBS)
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ProtocolError("each logprob must be an object")
+        top = list_field(entry, "top", MAX_TOP_LOGPROBS)
+        if not all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], str) and len(t[0]) <= MAX_TOKEN_LEN
+                   and _logprob(t[1]) for t in top):
+            raise ProtocolError("field 'top' must be a list of [token, logprob] pairs")
+        value: Any = entry.get("logprob")
+        if not _logprob(value):
+            raise ProtocolError("field 'logprob' must be a finite number <= 0")
+        out.append(TokenLogprob(token=text_field(entry, "token")[:MAX_TOKEN_LEN], logprob=float(value),
+                                top=[(t[0], float(t[1])) for t in top]))
+    return out
+
+
+def _logprob(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e6 <= value <= 0
+
+
+def _tool_calls(obj: dict[str, Any]) -> list[ToolCall]:
+    calls = []
+    for raw in list_field(obj, "tool_calls", MAX_TOOL_CALLS):
+        if not isinstance(raw, dict):
+            raise ProtocolError("each tool call must be an object")
+        calls.append(ToolCall(id=str_field(raw, "id", max_len=128), name=str_field(raw, "name", max_len=128),
+                              arguments=text_field(raw, "arguments", "{}")))
+    return calls
 
 
 def _chunk(obj: dict[str, Any]) -> Chunk:
     return Chunk(
-        id=_str(obj, "id", max_len=MAX_ID_LEN),
-        content=_text(obj, "content"),
-        tokens=_int(obj, "tokens", lo=0, hi=1_000_000, optional=True) or 1,
+        id=str_field(obj, "id", max_len=MAX_ID_LEN),
+        content=text_field(obj, "content"),
+        tokens=int_field(obj, "tokens", lo=0, hi=1_000_000, optional=True) or 1,
+        logprobs=_logprobs(obj),
     )
 
 
 def _done(obj: dict[str, Any]) -> Done:
     reason = obj.get("finish_reason", "stop")
-    if reason not in ("stop", "length"):
-        raise ProtocolError("field 'finish_reason' must be 'stop' or 'length'")
+    if reason not in FINISH_REASONS:
+        raise ProtocolError(f"field 'finish_reason' must be one of {FINISH_REASONS}")
     return Done(
-        id=_str(obj, "id", max_len=MAX_ID_LEN),
+        id=str_field(obj, "id", max_len=MAX_ID_LEN),
         finish_reason=reason,
         usage=_usage(obj),
         embeddings=_embeddings(obj),
-        content=_text(obj, "content", ""),
+        content=text_field(obj, "content", ""),
+        tool_calls=_tool_calls(obj),
+        logprobs=_logprobs(obj),
     )
 
 
 def _error(obj: dict[str, Any]) -> JobError:
     return JobError(
-        id=_str(obj, "id", max_len=MAX_ID_LEN),
-        status=_int(obj, "status", lo=400, hi=599),
-        message=_text(obj, "message")[:2000],
-        code=_str(obj, "code", optional=True),
-        retry_after=_num(obj, "retry_after", lo=0, hi=86400, optional=True),
+        id=str_field(obj, "id", max_len=MAX_ID_LEN),
+        status=int_field(obj, "status", lo=400, hi=599),
+        message=text_field(obj, "message")[:2000],
+        code=str_field(obj, "code", optional=True),
+        retry_after=num_field(obj, "retry_after", lo=0, hi=86400, optional=True),
     )
 
 
@@ -496,19 +378,19 @@ def _heartbeat(obj: dict[str, Any]) -> Heartbeat:
     if status not in HOST_STATUSES:
         raise ProtocolError(f"field 'status' must be one of {HOST_STATUSES}")
     return Heartbeat(
-        active=_int(obj, "active", lo=0, hi=100_000),
+        active=int_field(obj, "active", lo=0, hi=100_000),
         status=status,
-        reason=_str(obj, "reason", optional=True),
-        loaded=_str_list(obj, "loaded"),
+        reason=str_field(obj, "reason", optional=True),
+        loaded=str_list(obj, "loaded", MAX_MODELS),
         hardware=read_hardware(obj["hardware"]) if obj.get("hardware") is not None else None,
         pause=_pause(obj),
-        capacity=_int(obj, "capacity", lo=1, hi=1024, optional=True),
-        features=_str_list(obj, "features", limit=MAX_FEATURES) if obj.get("features") is not None else None,
+        capacity=int_field(obj, "capacity", lo=1, hi=1024, optional=True),
+        features=str_list(obj, "features", MAX_FEATURES) if obj.get("features") is not None else None,
     )
 
 
 def _hello(obj: dict[str, Any]) -> Hello:
-    protocol = _int(obj, "protocol", lo=1, hi=1000)
+    protocol = int_field(obj, "protocol", lo=1, hi=1000)
     if not OLDEST_PROTOCOL <= protocol <= PROTOCOL_VERSION:
         newer = "the coordinator" if protocol > PROTOCOL_VERSION else "andy-host on this host"
         raise VersionError(
@@ -517,17 +399,17 @@ def _hello(obj: dict[str, Any]) -> Hello:
         )
     return Hello(
         protocol=protocol,
-        name=_str(obj, "name"),
-        backend=_str(obj, "backend"),
-        backend_version=_str(obj, "backend_version", optional=True),
+        name=str_field(obj, "name"),
+        backend=str_field(obj, "backend"),
+        backend_version=str_field(obj, "backend_version", optional=True),
         models=_models(obj),
-        capacity=_int(obj, "capacity", lo=1, hi=1024),
-        host_id=_str(obj, "host_id", max_len=MAX_ID_LEN, optional=True),
-        token=_str(obj, "token", max_len=512, optional=True),
-        secret=_str(obj, "secret", max_len=MAX_SECRET_LEN, optional=True),
+        capacity=int_field(obj, "capacity", lo=1, hi=1024),
+        host_id=str_field(obj, "host_id", max_len=MAX_ID_LEN, optional=True),
+        token=str_field(obj, "token", max_len=512, optional=True),
+        secret=str_field(obj, "secret", max_len=MAX_SECRET_LEN, optional=True),
         hardware=read_hardware(obj.get("hardware")),
-        jobs=_str_list(obj, "jobs", limit=1024),
-        features=_str_list(obj, "features", limit=MAX_FEATURES),
+        jobs=str_list(obj, "jobs", 1024),
+        features=str_list(obj, "features", MAX_FEATURES),
     )
 
 
@@ -552,24 +434,26 @@ def _decode_host(obj: dict[str, Any], kind: str) -> HostMessage:
 def _decode_coordinator(obj: dict[str, Any], kind: str) -> CoordinatorMessage:
     if kind == "job":
         job_kind = obj.get("kind")
-        if job_kind not in ("chat", "embed"):
-            raise ProtocolError("field 'kind' must be 'chat' or 'embed'")
+        if job_kind not in JOB_KINDS:
+            raise ProtocolError(f"field 'kind' must be one of {JOB_KINDS}")
+        request = obj_field(obj, "request")  # read (typed, bounded) when the job runs: requests.read_request
         return Job(
-            id=_str(obj, "id", max_len=MAX_ID_LEN),
+            id=str_field(obj, "id", max_len=MAX_ID_LEN),
             kind=job_kind,
-            model=_str(obj, "model"),
-            request=_dict(obj, "request"),
-            budget=_num(obj, "budget", lo=0, hi=86400),
+            model=str_field(obj, "model"),
+            request=request,
+            budget=num_field(obj, "budget", lo=0, hi=86400),
+            trace=str_field(obj, "trace", max_len=MAX_ID_LEN, optional=True),
         )
     if kind == "cancel":
-        return Cancel(id=_str(obj, "id", max_len=MAX_ID_LEN))
+        return Cancel(id=str_field(obj, "id", max_len=MAX_ID_LEN))
     if kind == "welcome":
         return Welcome(
-            protocol=_int(obj, "protocol", lo=1, hi=1000),
-            host_id=_str(obj, "host_id", max_len=MAX_ID_LEN),
-            heartbeat_interval=_num(obj, "heartbeat_interval", lo=0.01, hi=3600),
-            secret=_str(obj, "secret", max_len=MAX_SECRET_LEN, optional=True),
-            max_frame_bytes=_int(obj, "max_frame_bytes", lo=1024, hi=2**31, optional=True),
+            protocol=int_field(obj, "protocol", lo=1, hi=1000),
+            host_id=str_field(obj, "host_id", max_len=MAX_ID_LEN),
+            heartbeat_interval=num_field(obj, "heartbeat_interval", lo=0.01, hi=3600),
+            secret=str_field(obj, "secret", max_len=MAX_SECRET_LEN, optional=True),
+            max_frame_bytes=int_field(obj, "max_frame_bytes", lo=1024, hi=2**31, optional=True),
         )
     raise ProtocolError(f"unknown coordinator message type {kind!r}")
 
