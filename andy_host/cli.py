@@ -241,6 +241,23 @@ def hosts_ban(
     typer.echo(f"banned {banned}")
 
 
+# Where each join flag goes in the config: section -> {config option: flag name}.
+JOIN_FLAGS = {
+    "agent": {"coordinator": "coordinator", "name": "name", "max_concurrency": "max_concurrency",
+              "token": "token", "state_dir": "state_dir"},
+    "backend": {"kind": "backend", "url": "backend_url", "managed": "managed", "model": "model",
+                "model_name": "model_name"},
+    "controls": {k: k for k in ("share_models", "deny_models", "min_free_vram_mib", "max_foreign_vram_mib",
+                                "max_temperature", "active_hours")},
+    "log": {"format": "log_format"},
+}
+
+
+def _sections(values: dict[str, Any], layout: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Flag values placed in their config sections (``layout``: section -> option -> flag)."""
+    return {section: {option: values[flag] for option, flag in options.items()} for section, options in layout.items()}
+
+
 @app.command()
 def join(
     coordinator: Annotated[str | None, typer.Option(help="Coordinator base URL, e.g. http://pool:8080.")] = None,
@@ -275,31 +292,7 @@ def join(
     """Join a pool: share this machine's local Ollama or llama.cpp server."""
     from andy_host.agent.daemon import run_agent_forever
 
-    flags: dict[str, dict[str, Any]] = {
-        "agent": {
-            "coordinator": coordinator,
-            "name": name,
-            "max_concurrency": max_concurrency,
-            "token": token,
-            "state_dir": state_dir,
-        },
-        "backend": {
-            "kind": backend,
-            "url": backend_url,
-            "managed": managed,
-            "model": model,
-            "model_name": model_name,
-        },
-        "controls": {
-            "share_models": share_models,
-            "deny_models": deny_models,
-            "min_free_vram_mib": min_free_vram_mib,
-            "max_foreign_vram_mib": max_foreign_vram_mib,
-            "max_temperature": max_temperature,
-            "active_hours": active_hours,
-        },
-        "log": {"format": log_format},
-    }
+    flags = _sections(locals(), JOIN_FLAGS)
     loaded = _load(config, flags)
     if save:
         target = save_agent_config(loaded, config or default_config_path())
@@ -307,9 +300,6 @@ def join(
     try:
         code = run_agent_forever(loaded, lambda: load_config(config, flags=flags))
     except Exception as exc:  # a clear last line instead of a traceback
-
-
-
         if isinstance(exc, (ManagedError, ModelError, ValueError)):
             typer.echo(f"andy-host: {exc}", err=True)
             raise typer.Exit(1) from None

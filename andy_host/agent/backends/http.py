@@ -4,11 +4,9 @@ Backends close idle keep-alive connections (llama-server after 5 s). A request t
 meets such a connection closing before any byte of an answer arrived is sent once
 more, on a new connection, instead of failing the host.
 
-(Until this change the agent used a hand-written HTTP/1.1 client on httptools for
-these requests. Measured again after the other changes of its release with
-``scripts/ab.py``, it saved 119-154 µs per request at concurrency 1 and 5-8 % of
-requests/s at concurrency 32: less than the 200 µs that would have justified keeping
-a second HTTP stack, so it was removed. The figures are in docs/benchmarks.md.)
+(The agent once had a second, hand-written HTTP/1.1 client for these requests; it
+was removed when ``scripts/ab.py`` measured it saving less than would justify a second
+HTTP stack: docs/benchmarks.md has the figures.)
 """
 
 from __future__ import annotations
