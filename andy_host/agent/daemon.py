@@ -198,8 +198,10 @@ class Agent:
         finally:
             for wait in waits:
                 wait.cancel()
-        if link.done():
-            return  # the link ended by itself: its error (a refusal) ends the group
+        if link.done() and not link.cancelled() and link.exception() is not None:
+            return  # the link failed by itself: its error (a refusal) ends the group
+        # otherwise end the group ourselves, also when the link saw ``stop`` first and
+        # ended cleanly before this task woke up (the other loops never end by themselves)
         if drain is not None and drain.is_set() and not stop.is_set():
             await self._drain()
         stop.set()
