@@ -13,9 +13,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from andy_host.errors import bad_request
+from andy_host.errors import ProtocolError, bad_request
 from andy_host.protocol import ChatRequest, CompletionRequest, Message, Tool, ToolCall
-from andy_host.protocol.requests import MAX_MESSAGES, MAX_STOP, MAX_TOOL_CALLS, MAX_TOOLS, MAX_TOP_LOGPROBS
+from andy_host.protocol.fields import depth
+from andy_host.protocol.requests import (
+    MAX_MESSAGES,
+    MAX_SCHEMA_DEPTH,
+    MAX_STOP,
+    MAX_TOOL_CALLS,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+)
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_EMBED_INPUTS = 2048
@@ -163,6 +171,15 @@ def _messages(body: dict[str, Any], max_chars: int) -> list[Message]:
     return [_message(m, i, max_chars) for i, m in enumerate(messages)]
 
 
+def _schema(value: dict[str, Any], param: str) -> dict[str, Any]:
+    """A JSON schema no deeper than hosts accept (protocol MAX_SCHEMA_DEPTH)."""
+    try:
+        depth(value, MAX_SCHEMA_DEPTH)
+    except ProtocolError:
+        raise bad_request(f"`{param}` nests deeper than {MAX_SCHEMA_DEPTH} levels", param=param) from None
+    return value
+
+
 def _tool(raw: Any, index: int) -> Tool:
     param = f"tools[{index}]"
     if not isinstance(raw, dict) or raw.get("type", "function") != "function":
@@ -177,7 +194,7 @@ def _tool(raw: Any, index: int) -> Tool:
     description = function.get("description") or ""
     if not isinstance(parameters, dict) or not isinstance(description, str):
         raise bad_request(f"`{param}.function.parameters` must be a JSON schema object", param=param)
-    return Tool(name=name, description=description, parameters=parameters)
+    return Tool(name=name, description=description, parameters=_schema(parameters, param))
 
 
 def _tools(body: dict[str, Any], request: ChatRequest) -> None:
@@ -224,7 +241,7 @@ def _response_format(body: dict[str, Any], request: ChatRequest | CompletionRequ
     if not isinstance(schema, dict):
         raise bad_request("`response_format.json_schema.schema` must be a JSON schema object",
                           param="response_format")
-    request.response_format, request.json_schema = "json_schema", schema
+    request.response_format, request.json_schema = "json_schema", _schema(schema, "response_format")
 
 
 def _stop(body: dict[str, Any]) -> list[str]:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -49,6 +48,7 @@ from andy_host.protocol import (
     Welcome,
     decode_host_object,
     encode,
+    load_object,
 )
 
 log = structlog.get_logger("andy_host.hostlink")
@@ -126,7 +126,7 @@ async def _read_hello(ws: web.WebSocketResponse, wait: float, group: str) -> Hel
     try:
         if first.type != WSMsgType.TEXT:
             raise ProtocolError("first frame must be a text hello")
-        hello = decode_host_object(_object(first.data))
+        hello = decode_host_object(load_object(first.data))
         if not isinstance(hello, Hello):
             raise ProtocolError("first frame must be hello")
     except ProtocolError as exc:
@@ -261,7 +261,7 @@ async def _frames(ws: web.WebSocketResponse, registry: Registry, host: Host, sil
         host.last_frame = time.monotonic()
         if msg.type == WSMsgType.TEXT:
             try:
-                obj = _object(msg.data)
+                obj = load_object(msg.data)
                 if _wanted(host, obj, budget):
                     handle_frame(registry, host, decode_host_object(obj))
             except ProtocolError as exc:
@@ -275,15 +275,6 @@ async def _frames(ws: web.WebSocketResponse, registry: Registry, host: Host, sil
         else:  # CLOSE, CLOSING, CLOSED
             return "disconnected"
 
-
-def _object(data: str | bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("frame must be a JSON object")
-    return obj
 
 
 def _wanted(host: Host, obj: dict[str, Any], budget: ControlBudget) -> bool:

@@ -47,11 +47,11 @@ async def _choices(request: web.Request, work: Work, n: int) -> list[Whole]:
 
 
 def _chat_choice(index: int, answer: Whole, logprobs: bool) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text or None, "refusal": None}
-    if answer.done.tool_calls:
-        message["tool_calls"] = tool_calls_json(answer.done.tool_calls)
-    else:
-        message["content"] = answer.text
+    calls = answer.done.tool_calls
+    message: dict[str, Any] = {"role": "assistant", "content": (answer.text or None) if calls else answer.text,
+                               "refusal": None}
+    if calls:
+        message["tool_calls"] = tool_calls_json(calls)
     return {"index": index, "message": message, "finish_reason": answer.done.finish_reason,
             "logprobs": chat_logprobs(answer.logprobs) if logprobs else None}
 

@@ -402,7 +402,7 @@ class Relay:
     def _job_frame(self, assignment: Assignment, job: _Job) -> str | None:
         """The job frame for this attempt; None when a continuation would exceed the frame limit."""
         answer, work = job.answer, job.work
-        body = work.continued(answer.text(), answer.tokens())[0] if answer.parts else work.request
+        body = work.continued(answer.text(), answer.tokens()) if answer.parts else work.request
         budget = job.deadline - asyncio.get_running_loop().time()
         frame = encode_job(assignment.id, work.kind, work.model, body, max(budget, 0.001), job.trace)
         if answer.parts and len(frame.encode()) > self.config.max_frame_bytes:

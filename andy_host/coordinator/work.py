@@ -36,17 +36,18 @@ class Work:
     needs: frozenset[str] = field(default_factory=frozenset)
     continuable: bool = True
 
-    def continued(self, partial: str, tokens: int) -> tuple[dict[str, Any], frozenset[str]]:
-        """The request that continues ``partial`` on another host, and what that host needs."""
+    def continued(self, partial: str, tokens: int) -> dict[str, Any]:
+        """The request that continues ``partial`` on another host (which needs
+        :meth:`continue_needs`)."""
         follow = dict(self.request)
         if "max_tokens" in follow:
             follow["max_tokens"] = max(1, follow["max_tokens"] - tokens)
         if self.kind == "complete":  # a raw prompt continues by growing: every host can
             follow["prompt"] = follow["prompt"] + partial
-            return follow, self.needs
+            return follow
         follow["messages"] = [*follow["messages"], {"role": "assistant", "content": partial}]
         follow["continuation"] = True
-        return follow, self.needs | {FEATURE_CONTINUE}
+        return follow
 
     def continue_needs(self) -> frozenset[str]:
         return self.needs if self.kind == "complete" else self.needs | {FEATURE_CONTINUE}

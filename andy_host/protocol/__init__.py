@@ -80,6 +80,7 @@ from andy_host.protocol.messages import (
     encode,
     encode_chunk,
     encode_job,
+    load_object,
 )
 from andy_host.protocol.requests import (
     FORMATS,
@@ -191,6 +192,7 @@ __all__ = [
     "finite32",
     "int_field",
     "list_field",
+    "load_object",
     "num_field",
     "obj_field",
     "read_hardware",

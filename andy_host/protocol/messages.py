@@ -458,13 +458,19 @@ def _decode_coordinator(obj: dict[str, Any], kind: str) -> CoordinatorMessage:
     raise ProtocolError(f"unknown coordinator message type {kind!r}")
 
 
-def _load(text: str | bytes) -> tuple[dict[str, Any], str]:
+def load_object(text: str | bytes) -> dict[str, Any]:
+    """A frame's JSON object (ProtocolError for anything else)."""
     try:
         obj = orjson.loads(text)
     except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object")
+    return obj
+
+
+def _load(text: str | bytes) -> tuple[dict[str, Any], str]:
+    obj = load_object(text)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("frame has no 'type'")

@@ -206,3 +206,14 @@ def bounded_calls(calls: list[ToolCall]) -> list[ToolCall]:
         if not call.name or len(call.name) > 128:
             raise BackendError(502, "the model called a tool with no name, or a name over 128 characters")
     return calls
+
+
+def json_object(raw: bytes, who: str) -> dict[str, Any]:
+    """One JSON object a backend sent in a stream; BackendError (502) for anything else."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BackendError(502, f"{who} sent a malformed chunk: {raw[:80]!r}") from None
+    if not isinstance(event, dict):
+        raise BackendError(502, f"{who} sent a chunk that is not an object")
+    return event

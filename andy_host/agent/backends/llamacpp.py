@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
@@ -24,6 +23,7 @@ from andy_host.agent.backends.base import (
     Discovered,
     Embeddings,
     bounded_calls,
+    json_object,
     line_batches,
     raise_for_backend,
     token_logprobs,
@@ -203,12 +203,7 @@ def _events(lines: list[bytes]) -> list[dict[str, Any]]:
         payload = line[5:].strip()
         if payload == b"[DONE]":
             break
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise BackendError(502, f"llama-server sent a malformed chunk: {payload[:80]!r}") from None
-        if not isinstance(event, dict):
-            raise BackendError(502, "llama-server sent a chunk that is not an object")
+        event = json_object(payload, "llama-server")
         if "error" in event:
             err = event["error"]
             message = err.get("message", str(err)) if isinstance(err, dict) else str(err)

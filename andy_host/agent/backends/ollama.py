@@ -16,8 +16,6 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
-
 from andy_host import modelnames
 from andy_host.agent.backends.base import (
     UNREACHABLE,
@@ -26,6 +24,7 @@ from andy_host.agent.backends.base import (
     Discovered,
     Embeddings,
     bounded_calls,
+    json_object,
     line_batches,
     raise_for_backend,
     token_logprobs,
@@ -219,12 +218,7 @@ def chat_body(backend_id: str, request: ChatRequest) -> dict[str, Any]:
 
 
 def _event(line: bytes) -> dict[str, Any]:
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise BackendError(502, f"Ollama sent a malformed line: {line[:80]!r}") from None
-    if not isinstance(event, dict):
-        raise BackendError(502, "Ollama sent a line that is not an object")
+    event = json_object(line, "Ollama")
     if "error" in event:
         raise BackendError(500, str(event["error"]))
     return event
