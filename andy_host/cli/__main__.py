@@ -1,0 +1,3 @@
+from andy_host.cli import main
+
+main()
