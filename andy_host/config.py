@@ -38,6 +38,15 @@ class CoordinatorConfig:
     port: int = 8080
     db: str = ""
     database_url: str = ""
+    redis_url: str = ""
+    replica_secret: str = ""
+    replica_url: str = ""
+    replica_id: str = ""
+    directory_interval: float = 1.0
+    directory_ttl: float = 5.0
+    replica_connect_timeout: float = 3.0
+    redis_timeout: float = 2.0
+    database_pool_size: int = 10
     max_body_bytes: int = 4 * 1024 * 1024
     max_frame_bytes: int = 8 * 1024 * 1024
     heartbeat_interval: float = 10.0
@@ -61,6 +70,7 @@ class CoordinatorConfig:
     default_per_minute: int = 60
     trusted_proxies: list[str] = field(default_factory=list)
     admin_token: str = ""
+    kick_seconds: float = 600.0
     enrolment: str = "open"
     max_hosts_per_address: int = 16
     credit_tokens: int = 100_000
@@ -73,9 +83,14 @@ class CoordinatorConfig:
     cors_origins: list[str] = field(default_factory=list)
     cors_max_age: int = 600
     metrics_access: str = "public"
+    metrics_max_hosts: int = 100
+    leaderboard_size: int = 10
+    leaderboard_refresh: float = 30.0
     hello_timeout: float = 5.0
     max_connecting: int = 256
     max_connecting_per_address: int = 8
+    admission_queue: int = 4096
+    admission_wait: float = 15.0
     http_idle_timeout: float = 15.0
     body_timeout: float = 30.0
     max_answer_chars: int = 4 * 1024 * 1024
@@ -126,7 +141,7 @@ class BackendConfig:
 
 @dataclass(slots=True)
 class AgentConfig:
-    coordinator: str = "http://127.0.0.1:8080"
+    coordinator: list[str] = field(default_factory=list)  # tried in turn; join requires one
     name: str = ""
     token: str = ""
     max_concurrency: int = 2
@@ -136,6 +151,7 @@ class AgentConfig:
     connect_timeout: float = 10.0
     drain_timeout: float = 30.0
     state_dir: str = ""
+    ca_file: str = ""
 
     def effective_name(self) -> str:
         return self.name or socket.gethostname()
@@ -278,14 +294,22 @@ def validate(config: Config) -> None:
         )
     if config.agent.max_concurrency < 1:
         raise ConfigError("agent.max_concurrency must be at least 1")
-    if not config.agent.coordinator.startswith(("http://", "https://", "ws://", "wss://")):
-        raise ConfigError(
-            f"agent.coordinator must be a URL such as http://pool.example:8080, not {config.agent.coordinator!r}"
-        )
+    for url in config.agent.coordinator:
+        if not url.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ConfigError(f"agent.coordinator must be URLs such as http://pool.example:8080, not {url!r}")
+    if config.agent.ca_file:
+        from andy_host.agent.tls import client_context
+
+        client_context(config.agent.ca_file)  # a missing or unreadable file is a ConfigError now
     if config.coordinator.metrics_access not in ("public", "admin", "off"):
         raise ConfigError("coordinator.metrics_access must be public, admin or off")
+    if config.coordinator.metrics_max_hosts < 0:
+        raise ConfigError("coordinator.metrics_max_hosts must be 0 or more")
     if config.coordinator.enrolment not in ("open", "token"):
         raise ConfigError("coordinator.enrolment must be 'open' or 'token'")
+    if config.coordinator.redis_url and len(config.coordinator.replica_secret) < 16:
+        raise ConfigError("coordinator.redis_url (replicated mode) needs coordinator.replica_secret: "
+                          "at least 16 characters, the same on every replica")
     _validate_bounds(config.coordinator)
     for proxy in config.coordinator.trusted_proxies:
         try:
@@ -310,10 +334,14 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
         raise ConfigError("coordinator.address_group_v4 must be 0-32 and address_group_v6 0-128")
     positive = ("hello_timeout", "http_idle_timeout", "body_timeout", "busy_host_timeout", "max_connecting",
                 "max_connecting_per_address", "max_job_buffer_chars", "max_models_per_host", "max_known_models",
-                "answer_chars_per_token", "max_choices", "max_logprobs")
+                "answer_chars_per_token", "max_choices", "max_logprobs", "admission_wait", "directory_interval",
+                "directory_ttl", "replica_connect_timeout", "redis_timeout", "database_pool_size", "kick_seconds",
+                "leaderboard_size", "leaderboard_refresh")
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"coordinator.{name} must be positive")
+    if c.leaderboard_size > 100:
+        raise ConfigError("coordinator.leaderboard_size must be at most 100")
 
 
 def save_agent_config(config: Config, path: str | Path) -> Path:

@@ -33,19 +33,31 @@ def _say(message: str) -> None:
 FIRST_QUESTION = "What is the capital of France? Answer in one word."
 
 
-async def _first_answer(api: str, model: str) -> str:
-    """Ask until the host has registered the model (404/503 until then)."""
+async def _model_served(session: aiohttp.ClientSession, url: str, model: str) -> None:
+    """Wait until a host serves ``model`` (the public model list costs no chat request)."""
+    names = (model, f"{model}:latest")
+    while True:
+        async with session.get(f"{url}/api/andy/models") as resp:
+            served = (await resp.json()).get("models", []) if resp.status == 200 else []
+        if any(m.get("name") in names and m.get("hosts", 0) > 0 for m in served):
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _first_answer(url: str, model: str) -> str:
+    """Ask once a host serves the model; anonymous chat is rate-limited, so polling it would not do."""
     body = {"model": model, "messages": [{"role": "user", "content": FIRST_QUESTION}], "max_tokens": 24,
             "temperature": 0}
     async with aiohttp.ClientSession() as session:
         while True:
-            async with session.post(f"{api}/chat/completions", json=body) as resp:
+            await _model_served(session, url, model)
+            async with session.post(f"{url}/api/andy/v1/chat/completions", json=body) as resp:
                 data = await resp.json()
                 if resp.status == 200:
                     return str(data["choices"][0]["message"]["content"])
                 if resp.status not in (404, 503):
                     raise RuntimeError(f"the pool did not answer: {json.dumps(data)}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the host went away between the list and the question
 
 
 async def _main(config: Config) -> int:
@@ -64,12 +76,12 @@ async def _main(config: Config) -> int:
             coordinator.result()
             return 1
         url = ready.result()
-        config.agent.coordinator = url
+        config.agent.coordinator = [url]
         agent = asyncio.create_task(run_agent(config, agent_stop))
         api = f"{url}/api/andy/v1"
         _say(f"coordinator listening on {url}; starting llama-server with {DEFAULT_MODEL} ...")
         answer_task = asyncio.create_task(
-            asyncio.wait_for(_first_answer(api, DEFAULT_MODEL), config.backend.startup_timeout)
+            asyncio.wait_for(_first_answer(url, DEFAULT_MODEL), config.backend.startup_timeout)
         )
         second: list[asyncio.Future[Any]] = [answer_task, agent]
         done, _ = await asyncio.wait(second, return_when=asyncio.FIRST_COMPLETED)

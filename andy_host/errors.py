@@ -10,6 +10,7 @@
     │   └── BackendUnavailable  ...or could not be reached at all
     ├── FrameTooLarge       a frame over the coordinator's limit: its job fails instead
     ├── Refused             the coordinator refused this host for good (the agent exits 78)
+    ├── ListenError         the coordinator cannot listen where it was told (exit code 2)
     ├── ManagedError        a managed llama-server could not be started
     ├── ModelError          a model file could not be found or fetched
     ├── BuildError          llama-server could not be built
@@ -95,6 +96,10 @@ class Refused(AndyError):
         super().__init__(f"the coordinator refused this host ({code}): {reason}")
         self.code = code
         self.reason = reason
+
+
+class ListenError(AndyError):
+    """The coordinator cannot open its listening socket; the message names the fix."""
 
 
 class ManagedError(AndyError):

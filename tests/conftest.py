@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Processes
+from tests.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

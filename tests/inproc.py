@@ -125,7 +125,7 @@ class Running:
 async def agent(pool: Pool, kind: str, backend_url: str, name: str, *, wait: bool = True,
                 controls: ControlsConfig | None = None, **overrides: Any) -> AsyncIterator[Running]:
     """A host agent joined to ``pool`` as a task of this loop."""
-    agent_config = AgentConfig(coordinator=pool.url, name=name, state_dir=str(pool.tmp / "state"),
+    agent_config = AgentConfig(coordinator=[pool.url], name=name, state_dir=str(pool.tmp / "state"),
                                heartbeat_interval=1, reconnect_min=0.05, reconnect_max=0.3)
     for key, value in overrides.items():
         setattr(agent_config, key, value)

@@ -23,7 +23,7 @@ def test_precedence(tmp_path: Path) -> None:
     config = load_config(path, env=env, flags={"agent": {"name": "from-flag", "coordinator": None}})
     assert config.agent.name == "from-flag"  # flag beats env and file
     assert config.agent.max_concurrency == 5  # env beats file
-    assert config.agent.coordinator == "http://file:1"  # file beats default; None flag ignored
+    assert config.agent.coordinator == ["http://file:1"]  # file beats default; None flag ignored
     assert config.backend.kind == "llamacpp"
     assert config.coordinator.port == 8080  # default
 
@@ -37,6 +37,8 @@ def test_precedence(tmp_path: Path) -> None:
         ("", {"ANDY_HOST_AGENT_MAX_CONCURRENCY": "lots"}, "not a valid int"),
         ("[backend]\nkind = 'vllm'\n", {}, "backend.kind"),
         ("[agent]\ncoordinator = 'pool.example'\n", {}, "agent.coordinator"),
+        ("[agent]\ncoordinator = ['http://a:1', 'b:2']\n", {}, "not 'b:2'"),
+        ("[coordinator]\nredis_url = 'redis://r:6379/0'\n", {}, "replica_secret"),
     ],
 )
 def test_invalid_config_names_the_setting(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
@@ -67,3 +69,12 @@ def test_every_option_is_documented_in_the_example() -> None:
             comment = re.search(rf"((?:^#.*\n)+)(?:^\w+ = .*\n)*^{f.name} = ", text, flags=re.M)
             assert comment, f"{section}.{f.name} has no comment in config.example.toml"
     load_config(ROOT / "config.example.toml", env={})  # the example itself is valid
+
+
+def test_several_coordinators(tmp_path: Path) -> None:
+    """agent.coordinator: a TOML list, or URLs separated by commas in the environment."""
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\ncoordinator = ["http://a:1", "https://b:2"]\n')
+    assert load_config(path, env={}).agent.coordinator == ["http://a:1", "https://b:2"]
+    env = {"ANDY_HOST_AGENT_COORDINATOR": "http://a:1,http://c:3"}
+    assert load_config(path, env=env).agent.coordinator == ["http://a:1", "http://c:3"]

@@ -1,9 +1,9 @@
 """Seeing the pool: pool status and Prometheus metrics counted against real traffic,
-the dashboard in headless Chromium, and `andy-host status` on a contributor's machine."""
+and `andy-host status` on a contributor's machine. (The dashboard in headless Chromium
+is tests/coordinator/test_dashboard.py; ``chromium`` here serves the hostile-host tests.)"""
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -62,7 +62,7 @@ def test_pool_status_and_metrics_count_what_was_sent(procs: Processes) -> None:
     assert metric(text, "andy_requests_total", endpoint="embeddings", model="other:latest", status="200") == 1
     assert metric(text, "andy_time_to_first_token_seconds_count", model=MODEL) == 8
     assert metric(text, "andy_request_duration_seconds_count", endpoint="chat", model=MODEL) == 8
-    assert metric(text, "andy_tokens_generated_total", model=MODEL) == 8 * 4  # "ollama heard: q 0"
+    assert metric(text, "andy_completion_tokens_total", model=MODEL) == 8 * 4  # "ollama heard: q 0"
     assert metric(text, "andy_hosts", status="active") == 2
     assert metric(text, "andy_queue_depth") == 0
 
@@ -85,31 +85,6 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
              f"--user-data-dir={ARTIFACTS / 'chromium-profile'}", "--virtual-time-budget=4000"]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def test_dashboard_in_headless_chromium(procs: Processes) -> None:
-    backend = procs.fake("ollama", "--models", MODEL)
-    coordinator = procs.coordinator()
-    procs.agent(coordinator.url, "ollama", backend.url, "gpu-box-1")
-    procs.agent(coordinator.url, "ollama", backend.url, "gpu-box-2", "--max-concurrency", "4")
-    wait_models(coordinator.url, {MODEL: 2})
-    for i in range(3):
-        assert chat_stream(coordinator.url, MODEL, f"hello {i}").outcome == "complete"
-    ARTIFACTS.mkdir(exist_ok=True)
-    result = chromium("--dump-dom", coordinator.url + "/")
-    assert 'data-loaded="1"' in result.stdout, result.stderr[-2000:]
-    dom = result.stdout.split("<script>")[0]  # the rendered page, not the script's templates
-    rows = dict(re.findall(r'<tr data-host="([^"]+)">.*?data-load="([^"]+)"', dom, flags=re.S))
-    assert rows == {"gpu-box-1": "0/2", "gpu-box-2": "0/4"}
-    served = [int(x) for x in re.findall(r'data-served="(\d+)"', dom)]
-    assert sum(served) == 3
-    assert re.search(r'data-total="hosts"><b>2/2</b>', dom)
-    assert re.search(r'data-model="m:latest">\s*<td>m:latest</td><td>2</td><td>6</td><td>0</td>', dom)
-    assert "127.0.0.1" not in dom and coordinator.key not in dom  # names only, no addresses or secrets
-    for width, name in ((1280, "dashboard.png"), (390, "dashboard-phone.png")):
-        shot = ARTIFACTS / name
-        chromium(f"--window-size={width},900", f"--screenshot={shot}", coordinator.url + "/")
-        assert shot.exists() and shot.stat().st_size > 5000
 
 
 def test_status_command_against_running_and_stopped_daemon(procs: Processes) -> None:

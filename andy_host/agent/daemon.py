@@ -31,7 +31,7 @@ from andy_host.agent.identity import host_id, host_secret, save_host_id, save_ho
 from andy_host.agent.jobs import JobRunner
 from andy_host.agent.link import Link
 from andy_host.agent.managed import ManagedLlamaServer
-from andy_host.agent.status import socket_path, status_server
+from andy_host.agent.status import shown_status, socket_path, status_server
 from andy_host.aio import run_loop
 from andy_host.config import Config
 from andy_host.errors import Refused
@@ -106,14 +106,16 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         beat = self.heartbeat()
+        models = [m.name for m in self.catalog.models]
+        shown, reason = shown_status(beat.status, beat.reason, models, self.catalog.withheld, self.catalog.reachable)
         return {
             "name": self.name, "host_id": self.host_id, "pid": os.getpid(),
-            "coordinator": self.config.agent.coordinator,
+            "coordinator": self.link.coordinator, "coordinators": self.config.agent.coordinator,
             "connected": self.link.connected.is_set(), "last_error": self.link.last_error,
-            "status": beat.status, "reason": beat.reason, "pause_reasons": [p.text for p in self.runner.paused],
+            "status": shown, "reason": reason, "pause_reasons": [p.text for p in self.runner.paused],
             "jobs_in_flight": self.runner.active, "served": self.runner.served, "tokens": self.runner.tokens,
             "backend": {"kind": self.backend.kind, "url": self.url, "reachable": self.catalog.reachable,
-                        "error": self.catalog.error, "models": [m.name for m in self.catalog.models],
+                        "error": self.catalog.error, "models": models,
                         "continuation": None if self.continuation is None else {
                             "supported": self.continuation.supported, "echoes": self.continuation.echoes}},
             "hardware": self.readings, "uptime": time.time() - self.started,

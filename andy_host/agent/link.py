@@ -3,7 +3,13 @@
 Each failure is classified once (:func:`classify`): a refusal that retrying cannot mend
 (an unknown or revoked token, a host id that belongs to someone else, a ban, a
 protocol the coordinator does not speak) raises :class:`Refused`, which ends the agent
-with one clear line and ``EXIT_REFUSED``; anything else is retried with backoff.
+with one clear line and ``EXIT_REFUSED``; anything else is retried with backoff. A
+failed connect is told in words (``connect_hint.describe``), and the first one of each
+outage logs what to check (``link.down``'s ``hint``), never aiohttp's raw text.
+
+Several coordinators (replicas of one pool) are tried in turn: after any failure or
+lost connection the next one, with the same backoff, so a host whose replica died is
+connected to a live one within a second or two.
 
 While it holds jobs, the host heartbeats every ``BUSY_HEARTBEAT`` second, so the
 coordinator can tell a frozen host from a slow one. Frames this side sends are kept
@@ -25,7 +31,9 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType
 
+from andy_host.agent.connect_hint import Failure, checklist, describe
 from andy_host.agent.jobs import JobRunner
+from andy_host.agent.tls import client_context
 from andy_host.config import AgentConfig
 from andy_host.errors import FrameTooLarge, ProtocolError, Refused
 from andy_host.protocol import (
@@ -94,7 +102,10 @@ class Link:
         on_state: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.config = config
-        self.url = ws_url(config.coordinator)
+        self.coordinators = config.coordinator or ["http://127.0.0.1:8080"]
+        self.urls = [ws_url(c) for c in self.coordinators]  # every one checked now, not at its turn
+        self.turn = 0
+        self.url = self.urls[0]
         self.hello = hello
         self.heartbeat = heartbeat
         self.runner = runner
@@ -125,26 +136,31 @@ class Link:
         """Keep connected until ``stop``; raises :class:`Refused` on a fatal refusal."""
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
         ping = max(self.config.heartbeat_interval, 1.0)
-        failures = 0
-        async with aiohttp.ClientSession() as session:
+        hinted = False  # the checklist was logged in this outage
+        connector = aiohttp.TCPConnector(ssl=client_context(self.config.ca_file),
+                                     use_dns_cache=False)  # a name behind a balancer: resolved at each connect
+        async with aiohttp.ClientSession(connector=connector) as session:
             while not stop.is_set():
+                failure: Failure | None = None
                 try:
                     reason = await self._connection(session, stop, backoff, ping)
-                except aiohttp.WSServerHandshakeError as exc:
-                    reason = f"coordinator refused the connection: HTTP {exc.status}"
                 except (OSError, TimeoutError, aiohttp.ClientError, ProtocolError) as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
+                    failure = describe(exc, self.config.connect_timeout)
+                    reason = failure.reason
                 finally:
+                    hinted = hinted and not self.connected.is_set()  # a new outage begins
                     self.ws = None
                     self.connected.clear()
                     await self.runner.cancel_all()
                 self.last_error = reason
                 if stop.is_set():
                     break
-                failures += 1
                 delay = backoff.next()
-                hint = self._hint(reason) if failures == 1 else None
-                log.warning("link.down", url=self.url, reason=reason, retry_in=round(delay, 2), hint=hint)
+                # what to check, once per outage, for a connect that failed (not a closed session)
+                hint = {"hint": checklist(failure, self.coordinator)} if failure is not None and not hinted else {}
+                hinted = hinted or bool(hint)
+                log.warning("link.down", url=self.url, reason=reason, retry_in=round(delay, 2), **hint)
+                self._rotate()
                 self.on_state(f"not connected ({reason}); retrying in {delay:.0f}s")
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
@@ -152,11 +168,16 @@ class Link:
                     pass
         log.info("link.stopped")
 
-    def _hint(self, reason: str) -> str:
-        if "Connect" in reason or "refused" in reason.lower() or "Errno" in reason or "resolve" in reason.lower():
-            return (f"is the coordinator running and reachable at {self.config.coordinator}? "
-                    "Check --coordinator (or agent.coordinator) and the network")
-        return "the agent keeps retrying with backoff"
+    @property
+    def coordinator(self) -> str:
+        """The coordinator this link connects to now (or tries next)."""
+        return self.coordinators[self.turn]
+
+    def _rotate(self) -> None:
+        """After any failure or lost connection, the next coordinator in the list: a
+        replica that died is not tried again before the others."""
+        self.turn = (self.turn + 1) % len(self.urls)
+        self.url = self.urls[self.turn]
 
     async def _connection(
         self, session: aiohttp.ClientSession, stop: asyncio.Event, backoff: Backoff, ping: float
@@ -191,7 +212,7 @@ class Link:
             backoff.reset()
             self.connected.set()
             log.info("link.connected", url=self.url, host_id=welcome.host_id, protocol=welcome.protocol)
-            self.on_state(f"connected to {self.config.coordinator} as {welcome.host_id}")
+            self.on_state(f"connected to {self.coordinator} as {welcome.host_id}")
             return await self._session(ws, stop, welcome.heartbeat_interval)
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse, stop: asyncio.Event, interval: float) -> str:

@@ -1,8 +1,15 @@
 """The daemon's local-only status endpoint (a unix socket in the state directory),
-read by ``andy-host status``."""
+read by ``andy-host status``, and what that command shows.
+
+A daemon that is connected but shares no model (the owner's ``share_models`` /
+``deny_models`` withhold them all, or the backend serves none) shows ``idle`` with the
+reason, never ``active``: it will get no jobs. The coordinator shows such a host as
+``idle`` too (``Host.shown_status``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -13,6 +20,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from andy_host.agent.identity import state_dir
+from andy_host.config import AgentConfig
 
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -50,6 +60,47 @@ async def status_server(path: Path, status: StatusFn) -> AsyncIterator[None]:
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def shown_status(status: str, reason: str | None, models: list[str], withheld: list[str],
+                 reachable: bool) -> tuple[str, str | None]:
+    """The status a person should believe: ``idle`` when nothing is shared."""
+    if status != "active" or not reachable or models:
+        return status, reason
+    why = (f"{len(withheld)} withheld by share_models/deny_models ({', '.join(withheld[:5])})" if withheld
+           else "the backend serves none")
+    return "idle", f"no models shared: {why}"
+
+
+def daemon_sockets(agent: AgentConfig, explicit: bool) -> list[Path]:
+    """The sockets to ask: the named daemon's, or every one in the state directory."""
+    directory = state_dir(agent.state_dir)
+    mine = socket_path(directory, agent.effective_name())
+    if explicit:
+        return [mine]
+    return sorted(directory.glob("status-*.sock")) or [mine]
+
+
+def query_daemons(agent: AgentConfig, explicit: bool) -> list[dict[str, Any]]:
+    """Each daemon's status with ``running: true``, or ``running: false`` and why."""
+    return asyncio.run(_query(daemon_sockets(agent, explicit)))
+
+
+async def _query(paths: list[Path]) -> list[dict[str, Any]]:
+    async def one(path: Path) -> dict[str, Any]:
+        try:
+            return {"running": True, **await read_status(path)}
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            name = path.name.removeprefix("status-").removesuffix(".sock")
+            return {"running": False, "name": name, "socket": str(path),
+                    "error": f"no daemon answers ({type(exc).__name__})"}
+
+    return list(await asyncio.gather(*(one(p) for p in paths)))
+
+
+def render_absent(status: dict[str, Any]) -> str:
+    return (f"andy-host is not running: no daemon answers at {status.get('socket')}.\n"
+            "Start it with `andy-host join --coordinator URL ...` or `systemctl start andy-host`.")
 
 
 async def read_status(path: Path, limit: float = 3.0) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from andy_host.cli.common import app
+from andy_host.errors import ListenError
 
 
 @app.command()
@@ -18,5 +19,10 @@ def demo(
     """Install what is missing, start a coordinator and a host with the small model, and serve."""
     from andy_host.demo import run_demo
 
-    raise typer.Exit(run_demo(host, port, threads))
+    try:
+        code = run_demo(host, port, threads)
+    except ListenError as exc:  # a port in use: one line, as for coordinator serve
+        typer.echo(f"andy-host demo: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 

@@ -1,4 +1,8 @@
-"""``andy-host coordinator hosts``: the ledger, each host's standing, release and ban."""
+"""``andy-host coordinator hosts``: the ledger, each host's standing; release, ban or kick one.
+
+These write the database; every running coordinator applies the action within
+``flush_interval`` (the admin HTTP API applies it at once). An unknown host is a
+one-line error with exit code 2."""
 
 from __future__ import annotations
 
@@ -6,15 +10,26 @@ from typing import Annotated, Any
 
 import typer
 
-from andy_host.cli.common import ConfigOpt, DbOpt, _table, _when, _with_store, coordinator_app
+from andy_host.cli.common import (
+    ConfigOpt,
+    DbOpt,
+    JsonOpt,
+    _fail,
+    _print_json,
+    _table,
+    _when,
+    _with_store,
+    coordinator_app,
+)
 from andy_host.coordinator.store import Store
 
-hosts_app = typer.Typer(help="Hosts: the ledger and each host's standing; release or ban one.")
+hosts_app = typer.Typer(help="Hosts: the ledger and each host's standing; release, ban or kick one.")
 coordinator_app.add_typer(hosts_app, name="hosts")
 
 
 @hosts_app.callback(invoke_without_command=True)
-def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = None) -> None:
+def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = None,
+                      as_json: JsonOpt = False) -> None:
     """The contribution ledger with each host's standing: requests, measured tokens,
     failures, time connected, checks passed and failed, strikes, quarantine or ban."""
     if ctx.invoked_subcommand is not None:
@@ -23,6 +38,9 @@ def coordinator_hosts(ctx: typer.Context, config: ConfigOpt = None, db: DbOpt = 
         return await store.standings(), await store.ledger()
 
     standings, rows = _with_store(config, db, read)
+    if as_json:
+        _print_json([{**row, **standings.get(row["host_id"], {})} for row in rows])
+        return
     for row in rows:
         standing = standings.get(row["host_id"], {})
         row["hours"] = f"{row['connected_seconds'] / 3600:.2f}"
@@ -42,8 +60,7 @@ def hosts_release(host_id: Annotated[str, typer.Argument(help="The host's id (as
                   config: ConfigOpt = None, db: DbOpt = None) -> None:
     """End a host's quarantine; a running coordinator applies it within a second."""
     if not _with_store(config, db, lambda store: store.release_host(host_id)):
-        typer.echo(f"andy-host: no host {host_id!r}", err=True)
-        raise typer.Exit(1)
+        _fail(f"no host {host_id!r} (coordinator hosts lists them)")
     typer.echo(f"released {host_id}")
 
 
@@ -57,7 +74,27 @@ def hosts_ban(
     and secret. It survives reconnects; running coordinators disconnect it within a second."""
     banned = _with_store(config, db, lambda store: store.ban_host(host_id, reason))
     if banned is None:
-        typer.echo(f"andy-host: no host {host_id!r}", err=True)
-        raise typer.Exit(1)
+        _fail(f"no host {host_id!r} (coordinator hosts lists them)")
     typer.echo(f"banned {banned}")
+
+
+@hosts_app.command("kick")
+def hosts_kick(
+    host_id: Annotated[str, typer.Argument(help="The host's id (as listed).")],
+    seconds: Annotated[float | None, typer.Option(
+        min=1, help="How long its credential is refused (default: coordinator.kick_seconds).")] = None,
+    config: ConfigOpt = None, db: DbOpt = None,
+) -> None:
+    """Disconnect a host and refuse it for a while (a token host: that host id; an
+    open-enrolment host: its id and secret); then it may come back. Running
+    coordinators apply it within a second."""
+    async def kick(store: Store) -> bool:
+        if await store.host_credential(host_id) is None:
+            return False
+        await store.add_event("kick", host_id, None if seconds is None else str(float(seconds)))
+        return True
+
+    if not _with_store(config, db, kick):
+        _fail(f"no host {host_id!r} (coordinator hosts lists them)")
+    typer.echo(f"kicked {host_id}")
 

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from andy_host.cli.common import ConfigOpt, LogFormatOpt, _load, app
+from andy_host.cli.common import ConfigOpt, LogFormatOpt, _load, _sections, app
 from andy_host.config import default_config_path, load_config, save_agent_config
 from andy_host.errors import ManagedError, ModelError
 
 # Where each join flag goes in the config: section -> {config option: flag name}.
 JOIN_FLAGS = {
     "agent": {"coordinator": "coordinator", "name": "name", "max_concurrency": "max_concurrency",
-              "token": "token", "state_dir": "state_dir"},
+              "token": "token", "state_dir": "state_dir", "ca_file": "ca_file"},
     "backend": {"kind": "backend", "url": "backend_url", "managed": "managed", "model": "model",
                 "model_name": "model_name"},
     "controls": {k: k for k in ("share_models", "deny_models", "min_free_vram_mib", "max_foreign_vram_mib",
                                 "max_temperature", "active_hours")},
     "log": {"format": "log_format"},
 }
+PROBE_FLAGS = {"backend": {"kind": "backend", "url": "backend_url"}}
+STATUS_FLAGS = {"agent": {"state_dir": "state_dir", "name": "name"}}
 
 
-def _sections(values: dict[str, Any], layout: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
-    """Flag values placed in their config sections (``layout``: section -> option -> flag)."""
-    return {section: {option: values[flag] for option, flag in options.items()} for section, options in layout.items()}
+def _no_coordinator(config: Path | None) -> str:
+    return ("andy-host join: no coordinator given: pass --coordinator URL (e.g. http://pool.example:8080), "
+            f"or set agent.coordinator in {config or default_config_path()}, or ANDY_HOST_AGENT_COORDINATOR.")
 
 
 @app.command()
 def join(
-    coordinator: Annotated[str | None, typer.Option(help="Coordinator base URL, e.g. http://pool:8080.")] = None,
+    coordinator: Annotated[
+        list[str] | None,
+        typer.Option(metavar="URL", help="Coordinator base URL, e.g. http://pool:8080; repeat it for several replicas. "
+                          "Required: this flag, agent.coordinator or the environment."),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="ollama or llamacpp.")] = None,
     backend_url: Annotated[str | None, typer.Option(help="URL of the local inference server.")] = None,
     name: Annotated[str | None, typer.Option(help="Name shown in the pool (default: hostname).")] = None,
@@ -44,6 +51,9 @@ def join(
     ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name the pool uses for that model.")] = None,
     state_dir: Annotated[str | None, typer.Option(help="Where the host id is kept.")] = None,
+    ca_file: Annotated[
+        str | None, typer.Option(help="PEM CA certificate(s) to trust for an https:// coordinator (docs/tls.md).")
+    ] = None,
     share_models: Annotated[str | None, typer.Option(help="Models to share: patterns, comma-separated.")] = None,
     deny_models: Annotated[str | None, typer.Option(help="Models never shared: patterns, comma-separated.")] = None,
     min_free_vram_mib: Annotated[int | None, typer.Option(help="Pause below this much free VRAM (MiB).")] = None,
@@ -61,8 +71,12 @@ def join(
     """Join a pool: share this machine's local Ollama or llama.cpp server."""
     from andy_host.agent.daemon import run_agent_forever
 
+    coordinator = coordinator or None  # no --coordinator at all: the config's
     flags = _sections(locals(), JOIN_FLAGS)
     loaded = _load(config, flags)
+    if not loaded.agent.coordinator:
+        typer.echo(_no_coordinator(config), err=True)
+        raise typer.Exit(2)
     if save:
         target = save_agent_config(loaded, config or default_config_path())
         typer.echo(f"saved the effective config to {target}", err=True)
@@ -90,7 +104,7 @@ def probe(
 
     from andy_host.agent.probe import print_report, run_probe
 
-    loaded = _load(config, {"backend": {"kind": backend, "url": backend_url}})
+    loaded = _load(config, _sections(locals(), PROBE_FLAGS))
     report = asyncio.run(run_probe(loaded))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -107,31 +121,19 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Is the local daemon connected, what is it doing, how are its GPUs."""
-    import asyncio
+    """Is the local daemon connected, what is it doing, how are its GPUs.
+
+    With --json: one JSON object ({"running": false, ...} when no daemon answers; exit 1),
+    or a list of them when several daemons have a socket in the state directory."""
     import json
 
-    import aiohttp
+    from andy_host.agent.status import query_daemons, render, render_absent
 
-    from andy_host.agent.identity import state_dir as resolve_state_dir
-    from andy_host.agent.status import read_status, render, socket_path
-
-    loaded = _load(config, {"agent": {"state_dir": state_dir, "name": name}})
-    directory = resolve_state_dir(loaded.agent.state_dir)
-    if name or loaded.agent.name:
-        sockets = [socket_path(directory, loaded.agent.effective_name())]
+    loaded = _load(config, _sections(locals(), STATUS_FLAGS))
+    found = query_daemons(loaded.agent, explicit=bool(name or loaded.agent.name))
+    if as_json:
+        typer.echo(json.dumps(found[0] if len(found) == 1 else found, indent=2))
     else:
-        sockets = sorted(directory.glob("status-*.sock")) or [socket_path(directory, loaded.agent.effective_name())]
-    found = 0
-    for path in sockets:
-        try:
-            data = asyncio.run(read_status(path))
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            typer.echo(f"andy-host is not running: no daemon answers at {path}.\n"
-                       "Start it with `andy-host join --coordinator URL ...` or `systemctl start andy-host`.")
-            continue
-        found += 1
-        typer.echo(json.dumps(data, indent=2) if as_json else render(data))
-    if not found:
+        typer.echo("\n".join(render(d) if d["running"] else render_absent(d) for d in found))
+    if not any(d["running"] for d in found):
         raise typer.Exit(1)
-

@@ -1,5 +1,8 @@
-"""The admin HTTP API under /api/andy/admin/ (keys, host tokens, hosts and their
-standing, the ledger), guarded by the config's ``admin_token``; off when that is empty."""
+"""The admin HTTP API under /api/andy/admin/ (keys: create, list, update, revoke; host
+tokens; hosts and their standing, the ledger, release, ban, kick, checks; the live
+status), guarded by the config's ``admin_token``; off when that is empty. Every CLI
+admin command has its route here; the CLI's write the store, these the store and then
+apply the action at once."""
 
 from __future__ import annotations
 
@@ -7,10 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
+from andy_host.coordinator import replicated
 from andy_host.coordinator.hosts import Host
 from andy_host.coordinator.httputil import read_json
-from andy_host.coordinator.secrets import same
+from andy_host.coordinator.keyscope import NEVER, ScopeError, parse_expires, parse_models
+from andy_host.coordinator.livestatus import live_status
+from andy_host.coordinator.secrets import DISPLAY_LEN, same
 from andy_host.coordinator.state import CHECKER, CONFIG, MODERATION, REGISTRY, STORE
+from andy_host.coordinator.store import KeyChanges
 from andy_host.errors import APIError, bad_request
 
 PREFIX = "/api/andy/admin"
@@ -58,6 +65,42 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def _expires(body: dict[str, Any]) -> float | None:
+    """``expires``: a duration (``30d``), an ISO date, seconds since the epoch, or
+    ``never``/null (no expiry). Absent: None."""
+    if "expires" not in body:
+        return None
+    value = body["expires"]
+    if value is None:
+        return NEVER
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            return NEVER
+        return float(value)
+    if not isinstance(value, str) or len(value) > 64:
+        raise bad_request("`expires` must be a duration (30d), an ISO date, a time in seconds or null",
+                          param="expires")
+    try:
+        return parse_expires(value)
+    except ScopeError as exc:
+        raise bad_request(str(exc), param="expires") from None
+
+
+def _models(body: dict[str, Any]) -> tuple[str, ...] | None:
+    """``models``: a list of model patterns ([] or null: every model). Absent: None."""
+    if "models" not in body:
+        return None
+    value = body["models"]
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise bad_request("`models` must be a list of model names or patterns", param="models")
+    try:
+        return parse_models(value)
+    except ScopeError as exc:
+        raise bad_request(str(exc), param="models") from None
+
+
 async def list_keys(request: web.Request) -> web.Response:
     _guard(request)
     return web.json_response({"keys": await request.app[STORE].list_keys()})
@@ -74,10 +117,35 @@ async def create_key(request: web.Request) -> web.Response:
             _positive(body, "per_minute", config.default_per_minute),
             _optional_text(body, "host_token"),
             trusted_only=_flag(body, "trusted_only"),
+            expires=_expires(body) or None,
+            models=_models(body) or (),
         )
     except KeyError as exc:
         raise bad_request(str(exc), param="host_token") from None
     return web.json_response({"id": key_id, "key": secret, "note": "shown once; store it now"}, status=201)
+
+
+async def update_key(request: web.Request) -> web.Response:
+    """Change a key's name, limits, expiry, models or trusted-only (absent fields stay)."""
+    _guard(request)
+    body = await _body(request)
+    known = {"name", "daily_limit", "per_minute", "expires", "models", "trusted_only"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise bad_request(f"unknown field `{unknown[0]}`; a key has {', '.join(sorted(known))}", param=unknown[0])
+    changes = KeyChanges(
+        name=_name(body) if "name" in body else None,
+        daily_limit=_positive(body, "daily_limit", 1) if "daily_limit" in body else None,
+        per_minute=_positive(body, "per_minute", 1) if "per_minute" in body else None,
+        expires=_expires(body), models=_models(body),
+        trusted_only=_flag(body, "trusted_only") if "trusted_only" in body else None,
+    )
+    ident = request.match_info["ident"]
+    if not await request.app[STORE].update_key(ident, changes):
+        raise APIError(404, f"No live key {ident!r}.", code="not_found")
+    listed = [k for k in await request.app[STORE].list_keys()
+              if k["revoked"] is None and (k["prefix"] == ident[:DISPLAY_LEN] or str(k["id"]) == ident)]
+    return web.json_response({"updated": True, "key": listed[0] if listed else None})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -148,6 +216,7 @@ async def release_host(request: web.Request) -> web.Response:
     host_id = await _known_host(request)
     await request.app[STORE].release_host(host_id)
     await request.app[MODERATION].poll()
+    await replicated.announce(request.app)  # the other replicas apply it at once
     return web.json_response({"released": host_id})
 
 
@@ -158,7 +227,30 @@ async def ban_host(request: web.Request) -> web.Response:
     reason = _optional_text(body, "reason") or "banned by the admin"
     banned = await request.app[STORE].ban_host(host_id, reason)
     await request.app[MODERATION].poll()
+    await replicated.announce(request.app)  # the other replicas apply it at once
     return web.json_response({"banned": banned})
+
+
+async def kick_host(request: web.Request) -> web.Response:
+    """End a host's connection and refuse its credential for ``seconds`` (default
+    ``kick_seconds``); a kick reaches every coordinator through the store."""
+    _guard(request)
+    host_id = await _known_host(request)
+    body = await _body(request) if request.can_read_body else {}
+    seconds = body.get("seconds", request.app[CONFIG].kick_seconds)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 366 * 86400:
+        raise bad_request("`seconds` must be a number of seconds, at most a year", param="seconds")
+    connected = host_id in request.app[REGISTRY].hosts
+    await request.app[STORE].add_event("kick", host_id, str(float(seconds)))
+    await request.app[MODERATION].poll()
+    await replicated.announce(request.app)  # the other replicas apply it at once
+    return web.json_response({"kicked": host_id, "seconds": seconds, "was_connected": connected})
+
+
+async def status(request: web.Request) -> web.Response:
+    """The live totals: hosts by status, models and capacity, queue, rates."""
+    _guard(request)
+    return web.json_response(live_status(request.app))
 
 
 async def check_host(request: web.Request) -> web.Response:
@@ -179,6 +271,7 @@ async def check_host(request: web.Request) -> web.Response:
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/keys", list_keys)
     app.router.add_post(f"{PREFIX}/keys", create_key)
+    app.router.add_patch(f"{PREFIX}/keys/{{ident}}", update_key)
     app.router.add_delete(f"{PREFIX}/keys/{{ident}}", revoke_key)
     app.router.add_get(f"{PREFIX}/tokens", list_tokens)
     app.router.add_post(f"{PREFIX}/tokens", create_token)
@@ -187,3 +280,5 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/release", release_host)
     app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/ban", ban_host)
     app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/check", check_host)
+    app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/kick", kick_host)
+    app.router.add_get(f"{PREFIX}/status", status)

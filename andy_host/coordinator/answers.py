@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY
+from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY, check_model
+from andy_host.coordinator.federation import FEDERATION
 from andy_host.coordinator.limits import MODEL, POOL_FAILED
 from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.relay import Restart
@@ -37,6 +38,7 @@ def resolve_model(request: web.Request, requested: str) -> str:
     model = request.app[REGISTRY].resolve(requested)
     if model is None:
         raise model_not_found(requested)
+    check_model(request, model)  # 403 for a key scoped to other models
     request[MODEL] = model
     return model
 
@@ -57,8 +59,11 @@ def check_supported(request: web.Request, work: Work) -> None:
 
 
 def submit(request: web.Request, work: Work, stream: bool) -> Items:
-    """The work on the pool: its items (chunks, then Done)."""
-    return request.app[RELAY].run(
+    """The work on the pool: its items (chunks, then Done); in replicated mode on any
+    replica's hosts."""
+    federation = request.app.get(FEDERATION)
+    run = request.app[RELAY].run if federation is None else federation.run
+    return run(
         work, request.get(CLIENT, ""), stream=stream, on_stall=lambda: _drop_client(request, work.model),
         trusted_only=request.get(TRUSTED_ONLY, False), trace=request.get(REQUEST_ID),
     )
@@ -86,6 +91,7 @@ class Seen:
             self.first = False
         elif isinstance(item, Done):
             self.metrics.observe_tokens(self.model, item.usage.get("completion_tokens", 0))
+            self.metrics.observe_prompt_tokens(self.model, item.usage.get("prompt_tokens", 0))
 
 
 @dataclass(slots=True)

@@ -12,13 +12,15 @@ from aiohttp import WSCloseCode, web
 
 from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator import ollama_api, openai_api
+from andy_host.coordinator import ollama_api, openai_api, replicated, startup
 from andy_host.coordinator.admin import add_admin_routes
+from andy_host.coordinator.admission import Gate
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.checks import Checker
 from andy_host.coordinator.cors import add_cors_headers, cors
 from andy_host.coordinator.dashboard import add_dashboard_routes
-from andy_host.coordinator.enrolment import Gate, Kicks
+from andy_host.coordinator.enrolment import Kicks
+from andy_host.coordinator.federation import FEDERATION, advertise, start_federation
 from andy_host.coordinator.hostlink import drop_frozen, host_websocket
 from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.httputil import errors_middleware
@@ -29,6 +31,7 @@ from andy_host.coordinator.openapi import openapi_spec
 from andy_host.coordinator.periodic import Periodic, Tick
 from andy_host.coordinator.ratelimit import SlidingWindow
 from andy_host.coordinator.relay import Relay
+from andy_host.coordinator.replica_api import add_replica_routes
 from andy_host.coordinator.requestids import add_request_id, request_ids
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import (
@@ -50,6 +53,7 @@ from andy_host.coordinator.state import (
 )
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.store import open_store
+from andy_host.errors import ListenError
 from andy_host.notify import Notifier
 from andy_host.protocol import CLOSE_TOKEN_REFUSED, HOSTS_WS_PATH
 
@@ -70,6 +74,7 @@ async def health(request: web.Request) -> web.Response:
             "queued": request.app[SCHEDULER].queued(),
             "in_flight": registry.in_flight(),
             "stats": request.app[STATS].as_dict(),
+            **({"replica": request.app[FEDERATION].summary()} if FEDERATION in request.app else {}),
         }
     )
 
@@ -113,7 +118,7 @@ def _forget_models(app: web.Application) -> Tick:
 
 async def _services(app: web.Application, config: CoordinatorConfig) -> None:
     """The coordinator's parts, each with the parts it needs."""
-    app[STORE] = store = await open_store(config.db, config.database_url)
+    app[STORE] = store = await open_store(config.db, config.database_url, pool_size=config.database_pool_size)
     app[REGISTRY] = registry = Registry(await store.known_models(), config.max_models_per_host,
                                         config.max_known_models, config.max_job_buffer_chars)
     app[SCHEDULER] = scheduler = Scheduler(registry, config)
@@ -121,17 +126,23 @@ async def _services(app: web.Application, config: CoordinatorConfig) -> None:
     app[RELAY] = relay = Relay(scheduler, config, stats)
     app[ACCESS] = Access(store, config)
     app[LEDGER] = ledger = Ledger(store)
-    app[METRICS] = Metrics(registry, scheduler, stats)
+    app[METRICS] = metrics = Metrics(registry, scheduler, stats, config.metrics_max_hosts)
     app[CHECKER] = checker = Checker(registry, scheduler, relay, config, store, stats)
     relay.observer = checker
-    app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS])
+    app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS], config.kick_seconds)
     await moderation.start()
+    await replicated.start(app, config)  # only with redis_url: shared limits and changes
 
     def left(host: Host) -> None:
         ledger.host_left(host)
+        metrics.host_left(host)
         checker.left(host)
 
     registry.on_removed = left
+    if config.redis_url:  # replicated mode: the host directory, and jobs across replicas
+        federation = await start_federation(app, config, relay, registry)
+        app[PERIODIC].every("directory-publish", config.directory_interval, federation.publish)
+        app[PERIODIC].every("directory-read", config.directory_interval, federation.refresh)
 
 
 def _schedule(app: web.Application, config: CoordinatorConfig) -> None:
@@ -139,7 +150,7 @@ def _schedule(app: web.Application, config: CoordinatorConfig) -> None:
     periodic, registry, metrics = app[PERIODIC], app[REGISTRY], app[METRICS]
 
     async def sample() -> None:
-        metrics.sample()
+        metrics.history.sample()
 
     async def sweep() -> None:
         await drop_frozen(registry, config.busy_host_timeout)
@@ -155,7 +166,7 @@ def _schedule(app: web.Application, config: CoordinatorConfig) -> None:
 def build_app(config: CoordinatorConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_ids, cors, errors_middleware])
     app[CONFIG] = config
-    app[GATE] = Gate(config.max_connecting, config.max_connecting_per_address)
+    app[GATE] = Gate(config.max_connecting, config.max_connecting_per_address, config.admission_queue)
     app[KICKS] = Kicks()
     app[NEW_HOSTS] = SlidingWindow(3600.0)
     app[PERIODIC] = periodic = Periodic()
@@ -168,7 +179,10 @@ def build_app(config: CoordinatorConfig) -> web.Application:
         await periodic.stop()
         await app[CHECKER].close()
         await app[RELAY].close()
+        if FEDERATION in app:
+            await app[FEDERATION].close()
         await _flush(app)
+        await replicated.stop(app)
         await app[STORE].close()
 
     async def close_hosts(app: web.Application) -> None:
@@ -184,6 +198,7 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     app.on_response_prepare.extend([add_request_id, add_cors_headers])
     add_admin_routes(app)
     add_dashboard_routes(app)
+    add_replica_routes(app)
     app.router.add_get("/openapi.json", openapi_document)
     return app
 
@@ -197,7 +212,11 @@ async def serve(
                            keepalive_timeout=config.http_idle_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # a port in use, a port that needs root, not our address
+        await runner.cleanup()
+        raise ListenError(startup.listen_problem(config.host, config.port, exc)) from None
     host, port = runner.addresses[0][:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     log.info("coordinator.listening", url=url, api=f"{url}/api/andy/v1")
@@ -205,6 +224,7 @@ async def serve(
     notifier.ready(f"listening on {url}")
     watchdog = asyncio.create_task(notifier.watchdog())
     status = asyncio.create_task(_status_lines(app, notifier, url))
+    advertise(app, url)
     if ready is not None:
         ready.set_result(url)
     failed = app[PERIODIC].failed
@@ -244,11 +264,26 @@ async def _status_lines(app: web.Application, notifier: Notifier, url: str) -> N
 
 
 def run_coordinator(config: CoordinatorConfig) -> None:
+    """Serve until SIGINT or SIGTERM; once listening, print the start-up summary (stdout)
+    and log it (``coordinator.summary``). Raises :class:`ListenError` when it cannot listen."""
+
+    def announce(ready: asyncio.Future[str]) -> None:
+        if ready.cancelled() or ready.exception() is not None:
+            return
+        facts = startup.facts(config, ready.result())
+        print(startup.render(facts), flush=True)
+        log.info("coordinator.summary", **facts)
+        if facts["database_in_memory"]:
+            log.warning("coordinator.database_in_memory",
+                        hint="keys, tokens and the ledger are lost at exit; pass --db FILE (coordinator.db)")
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        ready: asyncio.Future[str] = loop.create_future()
+        ready.add_done_callback(announce)
+        await serve(config, stop, ready)
 
     run_loop(main())

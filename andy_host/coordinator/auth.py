@@ -10,22 +10,28 @@ a proxy listed in ``trusted_proxies``; limits count per address group (IPv6 /64)
 429s carry ``Retry-After`` and every limited answer carries ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset``. A request that fails on the pool's
 side is refunded.
+
+A key may expire (401 saying so) and may be scoped to model patterns
+(keyscope.py): another model is a 403 ``model_not_allowed`` naming it, and model
+listings show only the key's models. Changes from ``keys update`` reach a running
+coordinator as revocations do (within ``key_recheck``).
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.addresses import address_group, client_address, parse_networks
-from andy_host.coordinator.ratelimit import Decision, SlidingWindow
+from andy_host.coordinator.keyscope import allows, expired, when_text
+from andy_host.coordinator.meter import Ask, LocalMeter, Meter, Taken
+from andy_host.coordinator.ratelimit import Decision
 from andy_host.coordinator.secrets import API_KEY_PREFIX, well_formed
 from andy_host.coordinator.store import ApiKey, Store, utc_day
-from andy_host.coordinator.usage import Usage
 from andy_host.errors import APIError
 
 KEYED_ENDPOINTS = {"models", "embeddings", "pool_status", "ollama_models", "ollama_embed"}
@@ -34,6 +40,7 @@ KEYED_ENDPOINTS = {"models", "embeddings", "pool_status", "ollama_models", "olla
 GENERATING = {"chat", "completions", "ollama_chat", "ollama_generate"}
 CLIENT = web.RequestKey("client", str)  # who the request is from, for fair queueing
 TRUSTED_ONLY = web.RequestKey("trusted_only", bool)  # the key keeps its requests on trusted hosts
+KEY_SCOPE = web.RequestKey("key_scope", tuple)  # the key's model patterns; () or absent: every model
 
 
 def invalid_api_key(message: str) -> APIError:
@@ -41,8 +48,22 @@ def invalid_api_key(message: str) -> APIError:
                     headers={"WWW-Authenticate": 'Bearer realm="andy-host"'})
 
 
-def _seconds_to_utc_midnight(now: float) -> int:
-    return max(1, math.ceil(86400 - now % 86400))
+def model_not_allowed(model: str) -> APIError:
+    return APIError(403, f"This API key may not use the model `{model}`: ask the pool's admin to add it to "
+                         "the key's models. GET /api/andy/v1/models lists the models it may use.",
+                    code="model_not_allowed", param="model")
+
+
+def check_model(request: web.Request, model: str) -> None:
+    """403 when the request's key is scoped to models that exclude ``model``."""
+    if not allows(request.get(KEY_SCOPE, ()), model):
+        raise model_not_allowed(model)
+
+
+def visible_models(request: web.Request, names: Iterable[str]) -> list[str]:
+    """The served names the request's key may use (all of them without a scope)."""
+    scope = request.get(KEY_SCOPE, ())
+    return [n for n in names if allows(scope, n)]
 
 
 @dataclass(slots=True)
@@ -50,18 +71,15 @@ class Permit:
     """An admitted request: its rate-limit headers and how to give its place back."""
 
     headers: dict[str, str] = field(default_factory=dict)
-    window_who: str | None = None
-    stamp: float = 0.0
-    key_id: int | None = None
-    day: str = ""
+    ask: Ask = field(default_factory=Ask)
+    taken: Taken = field(default_factory=lambda: Taken(""))
 
 
 class Access:
-    def __init__(self, store: Store, config: CoordinatorConfig) -> None:
+    def __init__(self, store: Store, config: CoordinatorConfig, meter: Meter | None = None) -> None:
         self.store = store
         self.config = config
-        self.minute = SlidingWindow(config.rate_window)
-        self.usage = Usage(store)
+        self.meter = meter or LocalMeter(store, config.rate_window)  # redis_limits.RedisMeter for replicas
         self.trusted = parse_networks(config.trusted_proxies)
         self._credits: dict[int, tuple[int, float]] = {}  # key id -> (credit, when read)
 
@@ -89,6 +107,9 @@ class Access:
             raise invalid_api_key(
                 "Incorrect API key provided. Keys look like andy_sk_…; ask the pool's admin for one."
             )
+        if expired(key.expires):
+            raise invalid_api_key(f"This API key expired on {when_text(key.expires)}; ask the pool's admin "
+                                  "to extend it (keys update --expires) or for a new one.")
         return key
 
     # limits ------------------------------------------------------------------------
@@ -114,49 +135,46 @@ class Access:
             )
         request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
         request[TRUSTED_ONLY] = key is not None and key.trusted_only
+        request[KEY_SCOPE] = key.models if key is not None else ()
         if key is None:
-            return self._admit_anonymous(request[CLIENT], time.time())
+            return await self._admit_anonymous(request[CLIENT], time.time())
         return await self._admit_key(key, endpoint, time.time())
 
-    def _admit_anonymous(self, who: str, now: float) -> Permit:
-        minute = self.minute.check(who, self.config.anon_per_minute, now)
-        self._raise_if_limited(minute, "per minute for clients without an API key")
-        return Permit(headers=_headers(minute), window_who=who, stamp=minute.stamp)
+    async def _admit_anonymous(self, who: str, now: float) -> Permit:
+        ask = Ask(who=who, per_minute=self.config.anon_per_minute)
+        taken = await self.meter.take(ask, now)
+        assert taken.minute is not None
+        self._raise_if_limited(taken.minute, "per minute for clients without an API key")
+        return Permit(headers=_headers(taken.minute), ask=ask, taken=taken)
 
     async def _admit_key(self, key: ApiKey, endpoint: str, now: float) -> Permit:
         credit = await self._credit(key, now)
         daily_limit = key.daily_limit + credit * self.config.credit_daily
-        day = utc_day(now)
-        used = await self.usage.used(key.id, day)
-        if used >= daily_limit:
-            raise _limited(Decision(False, daily_limit, 0, _seconds_to_utc_midnight(now)), "per day for this API key")
-        permit = Permit(key_id=key.id, day=day)
-        tighter = Decision(True, daily_limit, daily_limit - used - 1, _seconds_to_utc_midnight(now))
+        ask = Ask(key_id=key.id, day=utc_day(now), daily_limit=daily_limit)
         if endpoint in GENERATING:  # generation also has the key's per-minute limit
-            who = f"key:{key.id}"
-            minute = self.minute.check(who, key.per_minute + credit * self.config.credit_per_minute, now)
-            self._raise_if_limited(minute, "per minute for this API key")
-            permit.window_who, permit.stamp = who, minute.stamp
-            if minute.remaining < tighter.remaining:
-                tighter = minute
-        self.usage.count(key.id, day, now)
-        permit.headers = _headers(tighter)
-        return permit
+            ask.who, ask.per_minute = f"key:{key.id}", key.per_minute + credit * self.config.credit_per_minute
+        taken = await self.meter.take(ask, now)
+        assert taken.day is not None
+        self._raise_if_limited(taken.day, "per day for this API key")
+        tighter = taken.day
+        if taken.minute is not None:
+            self._raise_if_limited(taken.minute, "per minute for this API key")
+            if taken.minute.remaining < tighter.remaining:
+                tighter = taken.minute
+        return Permit(headers=_headers(tighter), ask=ask, taken=taken)
 
     @staticmethod
     def _raise_if_limited(decision: Decision, what: str) -> None:
         if not decision.allowed:
             raise _limited(decision, what)
 
-    def refund(self, permit: Permit) -> None:
+    async def refund(self, permit: Permit) -> None:
         """The pool failed this request: it does not count against the client."""
-        if permit.window_who is not None:
-            self.minute.refund(permit.window_who, permit.stamp)
-        if permit.key_id is not None:
-            self.usage.refund(permit.key_id, permit.day)
+        if permit.taken.allowed and (permit.ask.who is not None or permit.ask.key_id is not None):
+            await self.meter.refund(permit.ask, permit.taken)
 
     async def flush(self) -> None:
-        await self.usage.flush()
+        await self.meter.flush()
 
 
 def _headers(decision: Decision) -> dict[str, str]:

@@ -2,9 +2,11 @@
 and ``/metrics`` for Prometheus.
 
 The public feed carries only what the page shows: aggregates, host names, models and
-typed readings. No host ids, addresses, backend URLs, keys or tokens, and no text a
-host wrote other than its name and model names (pause reasons travel as codes and are
-shown in the coordinator's words). The page renders every value as text.
+typed readings, the recent history (requests, errors, tokens, time to first token;
+see history.py), capacity as capacity.py counts it, and the contributor leaderboard.
+No host ids, addresses, backend URLs, keys or tokens, and no text a host wrote other
+than its name and model names (pause reasons travel as codes and are shown in the
+coordinator's words). The page renders every value as text.
 Who may read ``/metrics`` is ``coordinator.metrics_access``: public, admin (the admin
 token) or off.
 """
@@ -21,8 +23,10 @@ from typing import Any
 from aiohttp import web
 
 from andy_host.coordinator.admin import has_admin_token
+from andy_host.coordinator.capacity import model_rows, pool_totals, resting, serving
 from andy_host.coordinator.hosts import Host
-from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS
+from andy_host.coordinator.leaderboard import Leaderboard
+from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS, STORE
 from andy_host.errors import APIError
 from andy_host.protocol import GpuReading
 
@@ -34,7 +38,10 @@ PAUSE_WORDS = {
     "gpu_error": "GPU error",
     "draining": "shutting down",
     "backend_down": "backend unreachable",
+    "resting": "resting after failures",
 }
+RATE_POINTS = 300  # the chart's seconds of history
+LEADERBOARD = web.AppKey("leaderboard", Leaderboard)
 
 
 def _gpu(gpu: GpuReading) -> dict[str, Any]:
@@ -42,20 +49,25 @@ def _gpu(gpu: GpuReading) -> dict[str, Any]:
             "utilization": gpu.utilization_gpu, "temperature": gpu.temperature, "error": gpu.error is not None}
 
 
-def pause_words(host: Host) -> list[str]:
+def pause_words(host: Host, now: float | None = None) -> list[str]:
+    """Why a host takes no jobs, in the coordinator's words (``now``, monotonic: also
+    say when it rests after failures). A quarantine is its status, not a reason shown."""
     words = [PAUSE_WORDS[code] for code in host.pause if code in PAUSE_WORDS]
     if not words and host.status == "backend_down":
         words = [PAUSE_WORDS["backend_down"]]
     if not words and host.status == "draining":
         words = [PAUSE_WORDS["draining"]]
+    if now is not None and resting(host, now):
+        words.append(PAUSE_WORDS["resting"])
     return words
 
 
-def public_host(host: Host, now: float) -> dict[str, Any]:
+def public_host(host: Host, now: float, monotonic: float) -> dict[str, Any]:
     return {
         "name": host.name,
         "status": host.shown_status,
-        "pause": pause_words(host),
+        "serving": serving(host, monotonic),
+        "pause": pause_words(host, monotonic),
         "models": sorted(host.models),
         "load": len(host.jobs),
         "capacity": host.capacity,
@@ -85,30 +97,20 @@ async def dashboard_page(request: web.Request) -> web.Response:
 
 
 async def dashboard_data(request: web.Request) -> web.Response:
-    registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
+    app = request.app
+    registry, scheduler, history = app[REGISTRY], app[SCHEDULER], app[METRICS].history
     hosts = sorted(registry.hosts.values(), key=lambda h: h.name)
-    now = time.time()
-    serving = [h for h in hosts if h.status == "active"]
+    now, monotonic = time.time(), time.monotonic()
+    totals = pool_totals(registry, scheduler)
     return web.json_response({
         "time": now,
-        "totals": {
-            "hosts": len(hosts),
-            "active_hosts": len(serving),
-            "models": len(registry.by_model),
-            "in_flight": registry.in_flight(),
-            "queued": scheduler.queued(),
-            "capacity": sum(h.capacity for h in serving),
-            "completed": request.app[STATS].completed,
-            "rescued": request.app[STATS].rescued,
-        },
-        "hosts": [public_host(h, now) for h in hosts],
-        "models": [
-            {"name": name, "hosts": len(members),
-             "capacity": sum(h.capacity for h in members if h.status == "active"),
-             "queue": scheduler.queued(name)}
-            for name, members in sorted(registry.by_model.items())
-        ],
-        "rates": request.app[METRICS].rates()[-120:],
+        "totals": {**totals, "active_hosts": totals["serving_hosts"],
+                   "completed": app[STATS].completed, "rescued": app[STATS].rescued},
+        "quality": history.summary(),
+        "hosts": [public_host(h, now, monotonic) for h in hosts],
+        "models": model_rows(registry, scheduler),
+        "rates": history.rates(RATE_POINTS),
+        "leaderboard": await app[LEADERBOARD].boards(app[STORE]),
     })
 
 
@@ -123,6 +125,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def add_dashboard_routes(app: web.Application) -> None:
+    config = app[CONFIG]
+    app[LEADERBOARD] = Leaderboard(config.leaderboard_size, config.leaderboard_refresh)
     app.router.add_get("/", dashboard_page)
     app.router.add_get("/api/andy/dashboard", dashboard_data)
     app.router.add_get("/metrics", metrics_endpoint)

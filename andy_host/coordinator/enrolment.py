@@ -126,31 +126,6 @@ def admit_host(
 
 
 @dataclass(slots=True)
-class Gate:
-    """Connections still waiting for their hello, counted in all and per address group."""
-
-    total_limit: int
-    group_limit: int
-    total: int = 0
-    groups: dict[str, int] = field(default_factory=dict)
-
-    def enter(self, group: str) -> bool:
-        if self.total >= self.total_limit or self.groups.get(group, 0) >= self.group_limit:
-            return False
-        self.total += 1
-        self.groups[group] = self.groups.get(group, 0) + 1
-        return True
-
-    def leave(self, group: str) -> None:
-        self.total -= 1
-        left = self.groups[group] - 1
-        if left:
-            self.groups[group] = left
-        else:
-            del self.groups[group]
-
-
-@dataclass(slots=True)
 class Kicks:
     """Credentials the admin kicked, refused until a time (monotonic)."""
 
@@ -170,7 +145,8 @@ class Kicks:
 
 
 def credential_key(token_id: int | None, secret_hash: str | None, host_id: str) -> str:
-    """What a kick or ban sticks to: the token, else the host's secret, else its id."""
+    """What a kick sticks to: a token host's id on that token (the token's other hosts
+    stay; ``ban`` is for the token), else the host's secret, else its id."""
     if token_id is not None:
-        return f"token:{token_id}"
+        return f"token:{token_id}:{host_id}"
     return f"secret:{secret_hash}" if secret_hash else f"id:{host_id}"

@@ -90,8 +90,8 @@ async def host_websocket(request: web.Request) -> web.StreamResponse:
                              request.app[ACCESS].trusted)
     group = address_group(address, config.address_group_v4, config.address_group_v6)
     gate = request.app[GATE]
-    if not gate.enter(group):
-        log.warning("host.too_many_connecting", group=group)
+    if not await gate.enter(group, config.admission_wait):
+        log.warning("host.too_many_connecting", group=group, waiting=len(gate.line))
         raise web.HTTPServiceUnavailable(text="too many hosts are connecting; retry shortly",
                                          headers={"Retry-After": "5"})
     try:

@@ -91,9 +91,12 @@ class Host:
 
     @property
     def shown_status(self) -> str:
-        """The status people see: ``quarantined``; ``busy`` when active with every slot taken."""
+        """The status people see: ``quarantined``; ``idle`` when active but sharing no
+        model (its owner withheld them all); ``busy`` when active with every slot taken."""
         if self.trust.quarantined is not None:
             return "quarantined"
+        if self.status == "active" and not self.models:
+            return "idle"
         return "busy" if self.status == "active" and self.free <= 0 else self.status
 
     def silent_for(self, now: float) -> float:
@@ -115,6 +118,7 @@ class Registry:
         self.hosts: dict[str, Host] = {}
         self.by_model: dict[str, set[Host]] = {}
         self.known: dict[str, float] = dict(known_models)  # name -> when last served (wall clock)
+        self.remote: set[str] = set()  # models other replicas serve now (replicated mode)
         self.max_models_per_host = max_models_per_host
         self.max_known_models = max_known_models
         self.job_buffer_chars = job_buffer_chars
@@ -214,10 +218,10 @@ class Registry:
         return self._established
 
     def resolve(self, requested: str) -> str | None:
-        """The served model meant (names of established hosts first); else a known
-        (recently served) one; else None."""
+        """The served model meant (names of established hosts first); else one another
+        replica serves; else a known (recently served) one; else None."""
         return (modelnames.resolve(requested, self.established()) or modelnames.resolve(requested, self.by_model)
-                or modelnames.resolve(requested, self.known))
+                or modelnames.resolve(requested, self.remote) or modelnames.resolve(requested, self.known))
 
     def notify(self) -> None:
         """Hosts, models or standing changed: forget derived views, and let the scheduler

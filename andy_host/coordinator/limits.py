@@ -33,12 +33,12 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
                     response = await handler(request)
                 except APIError as exc:
                     if exc.status >= 500:
-                        access.refund(permit)
+                        await access.refund(permit)
                     exc.headers = {**permit.headers, **exc.headers}
                     raise
                 status = response.status
                 if status >= 500 or request.get(POOL_FAILED):
-                    access.refund(permit)
+                    await access.refund(permit)
                     status = 502 if status < 500 else status  # a stream that ended in an error event
                 return response
             except APIError as exc:

@@ -8,7 +8,10 @@ action to the store's ``admin_events``; each coordinator reads the new ones ever
   disconnected with a fatal close code; the ban itself lives in the store and refuses
   the credential at every later hello;
 - release: the host's quarantine ends;
-- kick: the host is disconnected and its credential refused for the given seconds.
+- kick: the host is disconnected (when connected here) and its credential refused for
+  the event's seconds (``kick_seconds`` unless the admin said otherwise): a token
+  host's id on that token, an open-enrolment host's secret. Kicks are kept in memory:
+  a restarted coordinator forgets them (a ban is kept).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ log = structlog.get_logger("andy_host.moderation")
 
 
 class Moderation:
-    def __init__(self, store: Store, registry: Registry, checker: Checker, kicks: Kicks) -> None:
+    def __init__(self, store: Store, registry: Registry, checker: Checker, kicks: Kicks,
+                 kick_seconds: float = 600.0) -> None:
         self.store, self.registry, self.checker, self.kicks = store, registry, checker, kicks
+        self.kick_seconds = kick_seconds
         self.last = -1  # set by start(): actions before this process started are in the store already
 
     async def start(self) -> None:
@@ -43,9 +48,24 @@ class Moderation:
             self.checker.release(event.target)
         elif event.kind == "ban":
             await self._ban(event, host)
-        elif event.kind == "kick" and host is not None:
-            seconds = float(event.reason or 600)
-            self.kicks.kick(credential_key(host.token_id, host.secret_hash, host.id), seconds)
+        elif event.kind == "kick":
+            await self._kick(event, host)
+
+    async def _kick(self, event: AdminEvent, host: Host | None) -> None:
+        try:
+            seconds = float(event.reason) if event.reason else self.kick_seconds
+        except ValueError:
+            seconds = self.kick_seconds
+        credential = await self.store.host_credential(event.target)
+        if credential is not None:
+            token_id, secret_hash = credential
+        elif host is not None:
+            token_id, secret_hash = host.token_id, host.secret_hash
+        else:
+            return
+        self.kicks.kick(credential_key(token_id, secret_hash, event.target), seconds)
+        log.warning("host.kicked", host_id=event.target, seconds=seconds, connected=host is not None)
+        if host is not None:
             await self._drop(host, CLOSE_KICKED, f"kicked by the admin for {seconds:.0f}s")
 
     async def _ban(self, event: AdminEvent, host: Host | None) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from andy_host.coordinator import ollama_bodies
 from andy_host.coordinator.answers import check_supported, resolve_model, streamed, whole
+from andy_host.coordinator.auth import visible_models
 from andy_host.coordinator.httputil import json_response, read_json
 from andy_host.coordinator.limits import limited
 from andy_host.coordinator.openai_api import embed
@@ -135,7 +136,9 @@ def _model(request: web.Request, body: dict[str, Any]) -> str:
         raise bad_request("`model` is required", param="model")
     try:
         return resolve_model(request, requested)
-    except APIError:
+    except APIError as exc:
+        if exc.status != 404:  # a key scoped to other models: its 403
+            raise
         raise APIError(404, f"model '{requested}' not found", code="model_not_found") from None
 
 
@@ -205,14 +208,15 @@ def _listing(info: ModelInfo) -> dict[str, Any]:
 
 @limited("ollama_models")
 async def tags(request: web.Request) -> web.Response:
-    names = request.app[REGISTRY].served_models()
+    names = visible_models(request, request.app[REGISTRY].served_models())
     return json_response({"models": [_listing(_info(request, n)) for n in names]})
 
 
 @limited("ollama_models")
 async def ps(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    loaded = [n for n in registry.served_models() if any(n in h.loaded for h in registry.by_model[n])]
+    loaded = [n for n in visible_models(request, registry.served_models())
+              if any(n in h.loaded for h in registry.by_model[n])]
     models = []
     for name in loaded:
         info = _info(request, name)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from andy_host.coordinator import bodies
 from andy_host.coordinator.answers import Whole, check_supported, resolve_model, streamed, submit, whole
+from andy_host.coordinator.auth import check_model, visible_models
 from andy_host.coordinator.httputil import json_response, read_json
 from andy_host.coordinator.limits import MODEL, add_permit_headers, limited
 from andy_host.coordinator.poolstatus import pool_status
@@ -26,7 +27,7 @@ from andy_host.coordinator.sse import (
     tool_calls_json,
     usage_of,
 )
-from andy_host.coordinator.state import CONFIG, REGISTRY
+from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY
 from andy_host.coordinator.work import Work, chat_work, completion_work
 from andy_host.errors import APIError, bad_request, model_not_found
 from andy_host.protocol import Done
@@ -119,6 +120,7 @@ async def embed(request: web.Request, model: str, inputs: list[str]) -> Done:
                 done = item
     if done is None or done.embeddings is None or len(done.embeddings) != len(inputs):
         raise APIError(502, "The host returned no embeddings for this input.", type="server_error")
+    request.app[METRICS].observe_prompt_tokens(model, done.usage.get("prompt_tokens", 0))
     return done
 
 
@@ -145,7 +147,7 @@ def _model_object(name: str) -> dict[str, Any]:
 
 @limited("models")
 async def list_models(request: web.Request) -> web.Response:
-    names = request.app[REGISTRY].served_models()
+    names = visible_models(request, request.app[REGISTRY].served_models())
     return json_response({"object": "list", "data": [_model_object(n) for n in names]})
 
 
@@ -155,6 +157,7 @@ async def get_model(request: web.Request) -> web.Response:
     model = request.app[REGISTRY].resolve(requested)
     if model is None:
         raise model_not_found(requested)
+    check_model(request, model)
     return json_response(_model_object(model))
 
 

@@ -139,7 +139,12 @@ def _admin_credentials() -> dict[str, Any]:
     admin_key = {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string"}, "daily_limit": {"type": "integer", "minimum": 1},
         "per_minute": {"type": "integer", "minimum": 1}, "host_token": {"type": "string"},
-        "trusted_only": {"type": "boolean"}}}
+        "trusted_only": {"type": "boolean"},
+        "expires": {"oneOf": [{"type": "string"}, {"type": "number"}], "nullable": True,
+                    "description": "a duration (30d, 12h), an ISO date, seconds since the epoch, or null: never"},
+        "models": {"type": "array", "items": {"type": "string"}, "nullable": True,
+                   "description": "model names or patterns the key may use; [] or null: every model"}}}
+    key_changes = {**admin_key, "required": [], "additionalProperties": False}
     ident = [{"name": "ident", "in": "path", "required": True, "schema": {"type": "string"}}]
     token = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
                                                                      "trusted": {"type": "boolean"}}}
@@ -149,9 +154,12 @@ def _admin_credentials() -> dict[str, Any]:
             "post": {**_op("Create an API key (shown once)", _json(OBJECT, "The key"), (400, 401, 404), admin_key,
                            admin=True), "responses": {"201": _json(OBJECT, "The key"), **_errors(400, 401, 404)}},
         },
-        "/api/andy/admin/keys/{ident}": {"delete": {
-            **_op("Revoke a key (prefix or id)", _json(OBJECT, "Revoked"), (401, 404), admin=True),
-            "parameters": ident}},
+        "/api/andy/admin/keys/{ident}": {
+            "delete": {**_op("Revoke a key (prefix or id)", _json(OBJECT, "Revoked"), (401, 404), admin=True),
+                       "parameters": ident},
+            "patch": {**_op("Change a key's name, limits, expiry, models or trusted_only (absent fields stay)",
+                            _json(OBJECT, "The key as listed"), (400, 401, 404), key_changes, admin=True),
+                      "parameters": ident}},
         "/api/andy/admin/tokens": {
             "get": _op("List host tokens", _json(OBJECT, "Tokens"), (401, 404), admin=True),
             "post": {**_op("Create a host token (shown once)", _json(OBJECT, "The token"), (400, 401, 404), token,
@@ -172,6 +180,8 @@ def _admin_hosts() -> dict[str, Any]:
         ("release", "End a host's quarantine", None),
         ("ban", "Ban a host's credential (its token, else its id)",
          {"type": "object", "properties": {"reason": {"type": "string"}}}),
+        ("kick", "Disconnect a host and refuse it for `seconds` (default kick_seconds)",
+         {"type": "object", "properties": {"seconds": {"type": "number", "exclusiveMinimum": True, "minimum": 0}}}),
         ("check", "Run answer checks of a connected host now",
          {"type": "object", "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 1000}}}),
     ):
@@ -179,6 +189,9 @@ def _admin_hosts() -> dict[str, Any]:
         if body is not None:
             op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
         paths[f"/api/andy/admin/hosts/{{host_id}}/{action}"] = {"post": {**op, "parameters": host_id}}
+    paths["/api/andy/admin/status"] = {"get": _op(
+        "Live totals: hosts by status, models and capacity, queue, request and token rates over the last minute",
+        _json(OBJECT, "Status"), (401, 404), admin=True)}
     return paths
 
 

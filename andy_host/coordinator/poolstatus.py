@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from andy_host.coordinator.capacity import model_rows, pool_totals, serving
 from andy_host.coordinator.dashboard import pause_words
 from andy_host.coordinator.httputil import json_response
 from andy_host.coordinator.limits import limited
@@ -16,25 +17,28 @@ from andy_host.coordinator.state import REGISTRY, SCHEDULER, STATS
 async def pool_status(request: web.Request) -> web.Response:
     """Totals, hosts and models; host names only, never ids, addresses or tokens, and no
     text a host wrote other than names (pause reasons in the coordinator's words). The
-    admin API lists ids."""
+    admin API lists ids. Capacity counts the hosts able to serve, as the dashboard does
+    (capacity.py)."""
     registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
-    now = time.time()
+    now, monotonic = time.time(), time.monotonic()
     hosts = list(registry.hosts.values())
-    in_flight = registry.in_flight()
+    totals = pool_totals(registry, scheduler)
     return json_response(
         {
-            "total_hosts": len(hosts),
-            "active_hosts": sum(1 for h in hosts if h.status == "active"),
-            "total_models": len(registry.by_model),
-            "in_flight": in_flight,
-            "queued": scheduler.queued(),
+            "total_hosts": totals["hosts"],
+            "active_hosts": totals["serving_hosts"],
+            "capacity": totals["capacity"],
+            "total_models": totals["models"],
+            "in_flight": totals["in_flight"],
+            "queued": totals["queued"],
             "tokens_per_second": round(sum((h.health.tps or 0.0) * len(h.jobs) for h in hosts), 1),
             "stats": request.app[STATS].as_dict(),
             "hosts": [
                 {
                     "name": h.name,
                     "status": h.shown_status,
-                    "pause": pause_words(h),
+                    "serving": serving(h, monotonic),
+                    "pause": pause_words(h, monotonic),
                     "backend": h.backend,
                     "models": sorted(h.models),
                     "loaded": sorted(h.loaded),
@@ -55,14 +59,6 @@ async def pool_status(request: web.Request) -> web.Response:
                 }
                 for h in hosts
             ],
-            "models": [
-                {
-                    "name": name,
-                    "hosts": len(members),
-                    "capacity": sum(h.capacity for h in members if h.status == "active"),
-                    "queue": scheduler.queued(name),
-                }
-                for name, members in sorted(registry.by_model.items())
-            ],
+            "models": model_rows(registry, scheduler),
         }
     )

@@ -14,6 +14,7 @@ empty it at once). Usage counters are kept in memory by the caller and flushed e
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +24,19 @@ from typing import Any, ParamSpec, TypeVar
 
 from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.enrolment import Identity
-from andy_host.coordinator.store import KEY_CACHE_SIZE, KEY_RECHECK, AdminEvent, ApiKey, HostToken, LedgerRow, utc_day
+from andy_host.coordinator.keyscope import NEVER
+from andy_host.coordinator.store import (
+    KEY_CACHE_SIZE,
+    KEY_RECHECK,
+    LEDGER_HOURS_KEPT,
+    AdminEvent,
+    ApiKey,
+    HostToken,
+    KeyChanges,
+    LedgerRow,
+    ledger_hour,
+    utc_day,
+)
 from andy_host.coordinator.trust import HostTrust
 
 P = ParamSpec("P")
@@ -72,7 +85,25 @@ MIGRATIONS: list[list[str]] = [
             id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT,
             at REAL NOT NULL)""",
     ],
+    [  # 5: key expiry and model scope (a JSON list of patterns; NULL: every model)
+        "ALTER TABLE api_keys ADD COLUMN expires REAL",
+        "ALTER TABLE api_keys ADD COLUMN models TEXT",
+    ],
+    [  # 6: the ledger by hour (tokens and requests per host and hour; kept LEDGER_HOURS_KEPT)
+        """CREATE TABLE IF NOT EXISTS host_ledger_hours (
+            hour INTEGER NOT NULL, host_id TEXT NOT NULL, name TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, host_id))""",
+    ],
 ]
+
+
+def _models_column(models: tuple[str, ...]) -> str | None:
+    return json.dumps(list(models)) if models else None
+
+
+def _models_of(column: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(column)) if column else ()
 
 
 class SQLiteDatabase:
@@ -249,43 +280,74 @@ class SQLiteDatabase:
 
     def create_key(
         self, name: str, daily_limit: int, per_minute: int, host_token: str | None = None,
-        trusted_only: bool = False,
+        trusted_only: bool = False, expires: float | None = None, models: tuple[str, ...] = (),
     ) -> tuple[str, int]:
         token_id = None
         if host_token:
             token_id = self._token_id_by_display(host_token)
         secret = sec.new_secret(sec.API_KEY_PREFIX)
         cur = self.db.execute(
-            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id, trusted_only)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (display, name, hash, created, daily_limit, per_minute, host_token_id, trusted_only,"
+            " expires, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id,
-             int(trusted_only)),
+             int(trusted_only), expires or None, _models_column(models)),
         )
         return secret, int(cur.lastrowid or 0)
 
     def find_key(self, digest: str) -> ApiKey | None:
-        """The live key with this digest, or None (unknown or revoked)."""
+        """The unrevoked key with this digest (expired ones too: the caller says so), or None."""
         row = self.db.execute(
-            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked"
-            " FROM api_keys WHERE hash = ?",
+            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked, expires,"
+            " models FROM api_keys WHERE hash = ?",
             (digest,),
         ).fetchone()
         if row is None or row[8] is not None or not sec.same(row[7], digest):
             return None
-        return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]))
+        return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]), expires=row[9],
+                      models=_models_of(row[10]))
 
     def list_keys(self) -> list[dict[str, Any]]:
         day = utc_day()
         rows = self.db.execute(
             "SELECT k.id, k.display, k.name, k.created, k.last_used, k.revoked, k.daily_limit, k.per_minute,"
-            " COALESCE(u.count, 0), t.display FROM api_keys k"
+            " COALESCE(u.count, 0), t.display, k.trusted_only, k.expires, k.models FROM api_keys k"
             " LEFT JOIN key_usage u ON u.key_id = k.id AND u.day = ?"
             " LEFT JOIN host_tokens t ON t.id = k.host_token_id ORDER BY k.id",
             (day,),
         ).fetchall()
         names = ("id", "prefix", "name", "created", "last_used", "revoked", "daily_limit", "per_minute",
-                 "used_today", "host_token")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+                 "used_today", "host_token", "trusted_only", "expires", "models")
+        keys = [dict(zip(names, row, strict=True)) for row in rows]
+        for key in keys:
+            key["trusted_only"], key["models"] = bool(key["trusted_only"]), list(_models_of(key["models"]))
+        return keys
+
+    def update_key(self, ident: str, changes: KeyChanges) -> bool:
+        """Change a live key's name, limits, expiry, models or trusted-only; False when no
+        unrevoked key has that prefix or id."""
+        sets: list[str] = []
+        values: list[Any] = []
+        for column, value in (("name", changes.name), ("daily_limit", changes.daily_limit),
+                              ("per_minute", changes.per_minute)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                values.append(value)
+        if changes.expires is not None:
+            sets.append("expires = ?")
+            values.append(None if changes.expires == NEVER else changes.expires)
+        if changes.models is not None:
+            sets.append("models = ?")
+            values.append(_models_column(changes.models))
+        if changes.trusted_only is not None:
+            sets.append("trusted_only = ?")
+            values.append(int(changes.trusted_only))
+        where = " WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)"
+        if not sets:  # nothing to change: say whether the key exists
+            return self.db.execute("SELECT 1 FROM api_keys" + where, (ident[: sec.DISPLAY_LEN], ident)).fetchone() \
+                is not None
+        cur = self.db.execute(f"UPDATE api_keys SET {', '.join(sets)}" + where,  # the columns are fixed names
+                              (*values, ident[: sec.DISPLAY_LEN], ident))
+        return cur.rowcount > 0
 
     def revoke_key(self, ident: str) -> bool:
         cur = self.db.execute(
@@ -383,6 +445,30 @@ class SQLiteDatabase:
                 " connected_seconds = connected_seconds + excluded.connected_seconds, last_seen = excluded.last_seen",
                 [(*row, now) for row in rows],
             )
+            hour = ledger_hour(now)
+            self.db.executemany(
+                "INSERT INTO host_ledger_hours (hour, host_id, name, requests, tokens) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (hour, host_id) DO UPDATE SET name = excluded.name,"
+                " requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
+                [(hour, r[0], r[1], r[3], r[4]) for r in rows if r[3] or r[4]],
+            )
+            self.db.execute("DELETE FROM host_ledger_hours WHERE hour < ?", (hour - LEDGER_HOURS_KEPT * 3600,))
+
+    def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
+        """Tokens and requests served per host name since ``since`` (to the hour; None:
+        all time), the ``limit`` largest, banned hosts left out."""
+        banned = "SELECT host_id FROM host_identities WHERE banned IS NOT NULL"
+        if since is None:
+            query = ("SELECT name, SUM(tokens), SUM(requests) FROM host_ledger"
+                     f" WHERE host_id NOT IN ({banned}) GROUP BY name HAVING SUM(tokens) > 0"
+                     " ORDER BY 2 DESC, name LIMIT ?")
+            rows = self.db.execute(query, (limit,)).fetchall()
+        else:
+            query = ("SELECT name, SUM(tokens), SUM(requests) FROM host_ledger_hours"
+                     f" WHERE hour >= ? AND host_id NOT IN ({banned}) GROUP BY name HAVING SUM(tokens) > 0"
+                     " ORDER BY 2 DESC, name LIMIT ?")
+            rows = self.db.execute(query, (ledger_hour(since), limit)).fetchall()
+        return [{"name": r[0], "tokens": int(r[1]), "requests": int(r[2])} for r in rows]
 
     def ledger(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -465,11 +551,19 @@ class SQLiteStore:
         return key
 
     async def create_key(self, name: str, daily_limit: int, per_minute: int,
-                         host_token: str | None = None, trusted_only: bool = False) -> tuple[str, int]:
-        return await self._call(self._db.create_key, name, daily_limit, per_minute, host_token, trusted_only)
+                         host_token: str | None = None, trusted_only: bool = False,
+                         expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]:
+        return await self._call(self._db.create_key, name, daily_limit, per_minute, host_token, trusted_only,
+                                expires, tuple(models))
 
     async def list_keys(self) -> list[dict[str, Any]]:
         return await self._call(self._db.list_keys)
+
+    async def update_key(self, ident: str, changes: KeyChanges) -> bool:
+        self._keys.clear()  # its own writes do not change data_version
+        found = await self._call(self._db.update_key, ident, changes)
+        self._keys.clear()  # nor a lookup that ran while it was written
+        return found
 
     async def revoke_key(self, ident: str) -> bool:
         self._keys.clear()
@@ -544,3 +638,6 @@ class SQLiteStore:
 
     async def ledger(self) -> list[dict[str, Any]]:
         return await self._call(self._db.ledger)
+
+    async def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
+        return await self._call(self._db.leaderboard, since, limit)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
+from andy_host.coordinator.admission import Gate
 from andy_host.coordinator.auth import Access
 from andy_host.coordinator.checks import Checker
-from andy_host.coordinator.enrolment import Gate, Kicks
+from andy_host.coordinator.enrolment import Kicks
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.ledger import Ledger
 from andy_host.coordinator.metrics import Metrics

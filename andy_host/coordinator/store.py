@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from andy_host.coordinator.enrolment import Identity
@@ -27,6 +27,12 @@ KEY_RECHECK = 0.05  # seconds: how stale the cache of live keys may be, at most
 
 # (host id, name, token id, requests, tokens, failures, seconds connected)
 LedgerRow = tuple[str, str, int | None, int, int, int, float]
+LEDGER_HOURS_KEPT = 8 * 24  # hourly ledger rows kept: enough for the last week's leaderboard
+
+
+def ledger_hour(at: float) -> int:
+    """The start of the UTC hour holding ``at`` (epoch seconds): the ledger's time dimension."""
+    return int(at // 3600) * 3600
 
 
 def utc_day(now: float | None = None) -> str:
@@ -43,6 +49,24 @@ class ApiKey:
     per_minute: int
     host_token_id: int | None
     trusted_only: bool = False
+    expires: float | None = None  # seconds since the epoch; None: never (see keyscope.py)
+    models: tuple[str, ...] = ()  # model patterns the key may use; (): every model
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """What ``update_key`` changes; None leaves a field as it is. ``expires`` of
+    ``keyscope.NEVER`` (0) removes the expiry; ``models`` of () allows every model."""
+
+    name: str | None = None
+    daily_limit: int | None = None
+    per_minute: int | None = None
+    expires: float | None = None
+    models: tuple[str, ...] | None = None
+    trusted_only: bool | None = None
+
+    def empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +102,11 @@ class Store(Protocol):
 
     # API keys and usage
     async def create_key(self, name: str, daily_limit: int, per_minute: int,
-                         host_token: str | None = None, trusted_only: bool = False) -> tuple[str, int]: ...
-    async def find_key(self, secret: str) -> ApiKey | None: ...
+                         host_token: str | None = None, trusted_only: bool = False,
+                         expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]: ...
+    async def find_key(self, secret: str) -> ApiKey | None: ...  # expired keys too: the caller says so
     async def list_keys(self) -> list[dict[str, Any]]: ...
+    async def update_key(self, ident: str, changes: KeyChanges) -> bool: ...  # False: no live key
     async def revoke_key(self, ident: str) -> bool: ...
     async def usage_today(self, key_id: int) -> int: ...
     async def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None: ...
@@ -112,15 +138,23 @@ class Store(Protocol):
     # the contribution ledger
     async def add_ledger(self, rows: Iterable[LedgerRow]) -> None: ...
     async def ledger(self) -> list[dict[str, Any]]: ...
+    async def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
+        """``[{"name", "tokens", "requests"}]`` per host name, most tokens first, at most
+        ``limit``: since ``since`` (epoch seconds, counted from the start of its hour,
+        from the hourly rows ``add_ledger`` also writes and prunes after
+        ``LEDGER_HOURS_KEPT``), or all time when None. Names with no tokens and banned
+        hosts are left out."""
+        ...
 
 
-async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_RECHECK) -> Store:
+async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_RECHECK,
+                     pool_size: int = 10) -> Store:
     """The store the configuration names: PostgreSQL when ``database_url`` is set,
     else SQLite at ``db`` ("" or ":memory:" keeps it in memory)."""
     if database_url:
         from andy_host.coordinator.postgres_store import PostgresStore
 
-        store: Store = await PostgresStore.open(database_url, key_recheck)
+        store: Store = await PostgresStore.open(database_url, key_recheck, pool_size)
         return store
     from andy_host.coordinator.sqlite_store import SQLiteStore
 

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from andy_host.coordinator.addresses import address_group, client_address, parse_networks
-from andy_host.coordinator.enrolment import Admitted, Credential, Gate, Identity, Policy, Refusal, admit_host
+from andy_host.coordinator.admission import Gate
+from andy_host.coordinator.enrolment import Admitted, Credential, Identity, Policy, Refusal, admit_host
 from andy_host.coordinator.events import JobEvents, Overflow
 from andy_host.coordinator.hosts import HostLost, Registry
 from andy_host.coordinator.periodic import Periodic
@@ -78,11 +79,37 @@ def test_tokens_bans_kicks_and_caps() -> None:
 
 def test_gate_counts_per_group_and_in_total() -> None:
     gate = Gate(total_limit=3, group_limit=2)
-    assert gate.enter("a") and gate.enter("a") and not gate.enter("a")
-    assert gate.enter("b") and not gate.enter("c")
+    assert gate.try_enter("a") and gate.try_enter("a") and not gate.try_enter("a")
+    assert gate.try_enter("b") and not gate.try_enter("c")
     gate.leave("a")
-    assert gate.enter("c")
+    assert gate.try_enter("c")
     for group in ("a", "b", "c"):
+        gate.leave(group)
+    assert gate.total == 0 and gate.groups == {}
+
+
+async def test_gate_paces_a_storm_through_a_bounded_line() -> None:
+    """A full gate lines connections up (first come, first in) instead of refusing them;
+    the line is bounded, counts against each group, and a wait that ends gives up its turn."""
+    gate = Gate(total_limit=2, group_limit=2, queue_limit=2)
+    assert gate.try_enter("a") and gate.try_enter("b")
+    first = asyncio.create_task(gate.enter("c", 5))
+    second = asyncio.create_task(gate.enter("d", 5))
+    await asyncio.sleep(0)
+    assert len(gate.line) == 2 and not await gate.enter("e", 5)  # the line is full: refused at once
+    gate.leave("a")
+    assert await first and not second.done()  # the freed place went to the first in line
+    gate.leave("b")
+    assert await second
+    assert not await gate.enter("f", 0.05) and gate.groups.get("f") is None  # waited too long: gave up
+    gate.try_enter("x")  # gate full again; a waiter cancelled (its client left) frees its place in line
+    waiter = asyncio.create_task(gate.enter("g", 5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not gate.line and "g" not in gate.groups
+    for group in ("c", "d"):
         gate.leave(group)
     assert gate.total == 0 and gate.groups == {}
 

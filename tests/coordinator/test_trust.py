@@ -159,7 +159,7 @@ def test_inflated_token_counts_add_nothing_beyond_what_was_relayed(procs: Proces
     assert view["tokens"] < 100 and view["strikes"] >= 5
     metrics = httpx.get(coordinator.url + "/metrics").text
     generated = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                    if line.startswith("andy_tokens_generated_total{"))
+                    if line.startswith("andy_completion_tokens_total{"))
     assert generated < 100
     time.sleep(1.5)  # the ledger flushes every second
     tokens = sqlite3.connect(procs.tmp / "coordinator.db").execute(

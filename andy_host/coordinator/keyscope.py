@@ -1,0 +1,96 @@
+"""What one API key may do beyond its limits: until when (expiry) and which models (scope).
+
+Pure parsing and decisions, no I/O. An expiry is given as a duration from now
+(``30d``, ``12h``, ``90m``, ``3600s``) or an ISO date or time (``2026-01-31``, UTC unless
+it names a zone); ``never`` removes one. A scope is a list of shell-style model
+patterns, matched as the host's ``share_models`` are: ``llama3*`` matches
+``llama3.2:latest``, and a pattern without a namespace also matches the name after it
+(``andy-4*`` matches ``sweaterdog/andy-4:latest``). An empty scope allows every model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import re
+import time
+from collections.abc import Iterable, Sequence
+
+MAX_PATTERNS = 64
+MAX_PATTERN_CHARS = 200
+NEVER = 0.0  # an update's expiry that removes the key's expiry
+_PATTERN = re.compile(r"^[A-Za-z0-9._:/*?\[\]!-]+$")
+_DURATION = re.compile(r"^(\d{1,7})([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class ScopeError(ValueError):
+    """A malformed expiry or model pattern; the message says what is wrong."""
+
+
+def parse_expires(text: str, now: float | None = None) -> float:
+    """A time (seconds since the epoch) from a duration or an ISO date/time; ``never`` is
+    :data:`NEVER`. Raises :class:`ScopeError` for anything else or a time in the past."""
+    text = text.strip().lower()
+    now = time.time() if now is None else now
+    if text in ("never", "none", ""):
+        return NEVER
+    duration = _DURATION.match(text)
+    if duration:
+        return now + int(duration.group(1)) * _UNIT[duration.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.upper() if "t" in text else text)
+    except ValueError:
+        raise ScopeError(f"expires must be a duration (30d, 12h, 90m) or an ISO date (2026-01-31), "
+                         f"not {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    at = when.timestamp()
+    if at <= now:
+        raise ScopeError(f"expires {text!r} is in the past")
+    return at
+
+
+def parse_models(patterns: Iterable[str] | str) -> tuple[str, ...]:
+    """Validated patterns from a list or a comma-separated string ("" or "*" = all models)."""
+    items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+    cleaned: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ScopeError("models must be strings (model names or patterns)")
+        pattern = item.strip().lower()
+        if not pattern:
+            continue
+        if len(pattern) > MAX_PATTERN_CHARS or not _PATTERN.match(pattern):
+            raise ScopeError(f"model pattern {item[:50]!r} is not a model name or shell pattern")
+        if pattern not in cleaned:
+            cleaned.append(pattern)
+    if len(cleaned) > MAX_PATTERNS:
+        raise ScopeError(f"at most {MAX_PATTERNS} model patterns")
+    return () if "*" in cleaned else tuple(cleaned)
+
+
+def allows(scope: Sequence[str], model: str) -> bool:
+    """May a key with this scope use ``model`` (a canonical served name)?"""
+    if not scope:
+        return True
+    short = model.removesuffix(":latest")
+    bare = model.rsplit("/", 1)[-1]
+    names = {model, short, bare, bare.removesuffix(":latest")}
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in scope for name in names)
+
+
+def visible(scope: Sequence[str], names: Iterable[str]) -> list[str]:
+    """The names a key with this scope may see, in their order."""
+    return [n for n in names if allows(scope, n)]
+
+
+def expired(expires: float | None, now: float | None = None) -> bool:
+    return expires is not None and expires != NEVER and expires <= (time.time() if now is None else now)
+
+
+def when_text(at: float | None) -> str:
+    """An expiry for people: ``never`` or a UTC time."""
+    if at is None or at == NEVER:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))

@@ -1,0 +1,102 @@
+"""The host directory's pure parts: what a replica offers, how others are ranked, and
+what crosses between replicas (round trips and rejections)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from andy_host.coordinator.directory import Offer, Peer, offers, parse_peer, rank
+from andy_host.coordinator.hosts import Host
+from andy_host.coordinator.relay import RESTART
+from andy_host.coordinator.replica_wire import CrossJob, Lines, failure_line, item_line, job_body, read_job, read_line
+from andy_host.coordinator.work import Work
+from andy_host.errors import APIError, ProtocolError, StreamBroken
+from andy_host.protocol import Chunk, Done, ModelInfo
+
+
+async def _nothing(*_: object) -> None:
+    return None
+
+
+def host(name: str, models: list[ModelInfo], capacity: int = 2, jobs: int = 0, **extra: object) -> Host:
+    h = Host(id=name, name=name, backend="llamacpp", capacity=capacity, send=_nothing, close=_nothing, conn=1,
+             **extra)  # type: ignore[arg-type]
+    h.models = {m.name: m for m in models}
+    h.jobs = {f"j{i}": None for i in range(jobs)}  # type: ignore[misc]
+    return h
+
+
+def test_offers_count_only_hosts_that_may_take_client_jobs() -> None:
+    m = ModelInfo("m:latest", loaded=True, tools=True)
+    busy = host("busy", [m], capacity=2, jobs=2)
+    free = host("free", [m, ModelInfo("e:latest", embed=True)], capacity=3, jobs=1, features={"continue"})
+    paused = host("paused", [m], status="paused")
+    out = offers([busy, free, paused], now=0.0)
+    assert out["m:latest"]["hosts"] == 2 and out["m:latest"]["capacity"] == 5 and out["m:latest"]["free"] == 2
+    assert out["m:latest"]["features"] == ["continue", "tools"]
+    assert out["e:latest"]["features"] == ["continue", "embed"]
+
+
+def peer(name: str, free: int, features: frozenset[str] = frozenset(), trusted: bool = False,
+         loaded: bool = False, tps: float = 10.0) -> Peer:
+    return Peer(name, f"http://{name}", {"m": Offer(1, 4, free, tps, loaded, trusted, features)})
+
+
+def test_rank_prefers_free_slots_then_loaded_then_speed() -> None:
+    peers = [peer("busy", 0), peer("slow", 2, tps=5), peer("fast", 2, tps=50), peer("loaded", 1, loaded=True)]
+    order = [p.id for p in rank(peers, "m", "chat", frozenset(), False, set())]
+    assert order == ["loaded", "fast", "slow", "busy"]
+    assert [p.id for p in rank(peers, "m", "chat", frozenset(), False, {"loaded", "fast"})] == ["slow", "busy"]
+    assert rank(peers, "other", "chat", frozenset(), False, set()) == []
+
+
+def test_rank_honours_needs_embeddings_and_trust() -> None:
+    peers = [peer("plain", 2), peer("able", 1, frozenset({"continue", "embed"}), trusted=True)]
+    assert [p.id for p in rank(peers, "m", "chat", frozenset({"continue"}), False, set())] == ["able"]
+    assert [p.id for p in rank(peers, "m", "embed", frozenset(), False, set())] == ["able"]
+    assert [p.id for p in rank(peers, "m", "chat", frozenset(), True, set())] == ["able"]
+
+
+def test_a_replica_entry_is_read_or_ignored() -> None:
+    entry = {"id": "b", "url": "http://b", "models": {"m": {"hosts": 1, "capacity": 2, "free": 1, "tps": 3.5,
+                                                              "loaded": True, "trusted": False, "features": ["x"]}}}
+    parsed = parse_peer(orjson.dumps(entry))
+    assert parsed is not None and parsed.models["m"].features == frozenset({"x"})
+    assert parse_peer(None) is None
+    assert parse_peer(b"[1]") is None
+    assert parse_peer(orjson.dumps({**entry, "models": {"m": {"hosts": "many"}}})) is None
+
+
+def test_job_round_trip_and_rejections() -> None:
+    work = Work("chat", "m", {"messages": [{"role": "user", "content": "hi"}]}, frozenset({"continue"}))
+    job = CrossJob(work, "client-1", True, False, "req-1", 30.0)
+    assert read_job(job_body(job)) == job
+    for bad in ({"kind": "shell"}, {"request": {"messages": "x"}}, {"needs": "all"}, {"budget": -1},
+                {"budget": True}, {"client": "c" * 1000}):
+        raw = orjson.loads(job_body(job))
+        with pytest.raises(ProtocolError):
+            read_job(orjson.dumps({**raw, **bad}))
+
+
+def test_items_round_trip() -> None:
+    chunk = read_line(item_line(Chunk(id="j1", content="Hello")).rstrip())
+    assert isinstance(chunk, Chunk) and chunk.content == "Hello"
+    done = read_line(item_line(Done(id="j1", finish_reason="length", usage={"completion_tokens": 3})).rstrip())
+    assert isinstance(done, Done) and done.finish_reason == "length" and done.usage == {"completion_tokens": 3}
+    assert read_line(item_line(RESTART).rstrip()) is RESTART
+    busy = read_line(failure_line(APIError(503, "No available hosts", type="server_error", code="no_available_hosts",
+                                           headers={"Retry-After": "2", "Set-Cookie": "x"})).rstrip())
+    assert isinstance(busy, APIError) and busy.code == "no_available_hosts" and busy.headers == {"Retry-After": "2"}
+    assert isinstance(read_line(failure_line(StreamBroken("cut")).rstrip()), StreamBroken)
+    for bad in (b'{"type":"welcome"}', b'{"type":"fail","status":200,"message":"x"}', b"[]", b'{"type":"chunk"}'):
+        with pytest.raises(ProtocolError):
+            read_line(bad)
+
+
+def test_lines_are_split_and_bounded() -> None:
+    lines = Lines(limit=10)
+    assert lines.feed(b'{"a":1}\n{"b"') == [b'{"a":1}']
+    assert lines.feed(b":2}\n\n") == [b'{"b":2}']
+    with pytest.raises(ProtocolError):
+        lines.feed(b"x" * 11)
