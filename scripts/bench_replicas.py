@@ -133,6 +133,7 @@ async def _pubsub_transport(url: str, n: int) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
         await replies.aclose()
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     await jobs.aclose()
     await server.aclose()
     await client.aclose()
@@ -170,6 +171,7 @@ async def _streams_transport(url: str, n: int) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
         await client.delete(reply)
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     await server.aclose()
     await client.aclose()
     return out[20:]

@@ -5,11 +5,12 @@ clients are the official `openai` and `ollama` packages."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import ollama
@@ -23,8 +24,6 @@ ADMIN = "s3cret-admin"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run([sys.executable, "-m", "andy_host.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env={**os.environ, **(env or {})})
 
@@ -43,7 +42,7 @@ def pool(procs: Processes, env: dict[str, str] | None = None) -> Proc:
     return coordinator
 
 
-def within(seconds: float, check: Any) -> float:
+def within(seconds: float, check: Callable[[], bool]) -> float:
     """Poll ``check()`` until it is true; the seconds it took (fails after ``seconds``)."""
     start = time.monotonic()
     while not check():

@@ -159,3 +159,18 @@ def test_agent_rotates_coordinators(procs: Processes, tmp_path: Path) -> None:
     agent = procs.agent("http://127.0.0.1:9", "llamacpp", backend.url, "rotor", "--coordinator", live.url)
     assert agent.wait_event("link.connected")["url"].startswith(live.url.replace("http://", "ws://"))
     assert any(e.get("event") == "link.down" and ":9/" in e.get("url", "") for e in agent.events())
+
+
+def test_replica_killed_and_nobody_can_continue(procs: Processes, redis_url: str) -> None:
+    """B's host knows only B: when B dies mid-stream no host can continue the answer,
+    and A ends the stream with the explicit error event, no [DONE]."""
+    backend = procs.fake("llamacpp", "--model", MODEL, "--token-delay", "0.1")
+    a, b = replica(procs, redis_url, "replica-a"), replica(procs, redis_url, "replica-b")
+    procs.agent(b.url, "llamacpp", backend.url, "stays-with-b")
+    wait_hosts(b.url, 1, 10)
+    wait_peer_model(a.url, "replica-b", MODEL)
+    result, killed_at = _stream_killing(a.url, " ".join(f"w{i}" for i in range(30)), b)
+    assert killed_at, "the stream ended before B could be killed"
+    assert result.outcome == "error_event", result
+    assert result.error is not None and result.error["code"] == "stream_interrupted"
+    assert result.text and not result.done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,14 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from andy_host.service import render_unit
-from tests.procs import ROOT, Processes, wait_models
+from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
+from andy_host.service import render_unit, unit_name
+from andy_host.tools.llama_build import cached_binary
+from tests.procs import ROOT, Proc, Processes, wait_models
 from tests.sse import chat_stream
 
 MODEL = "m:latest"
@@ -119,31 +123,113 @@ def test_coordinator_sigterm_finishes_streams_and_tells_hosts_1012(procs: Proces
     assert "1012" in first_down["reason"]  # told "service restart", then it retries
 
 
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "andy_host.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_service_install_dry_run_and_temporary_root(tmp_path: Path) -> None:
-    llama = shutil.which("llama-server") or str(Path.home() / ".cache/andy-host/llama-server/11434.0.0/bin/llama-server")
-    base = [sys.executable, "-m", "andy_host.cli", "service", "install", "--coordinator", "http://pool:8080",
-            "--backend", "llamacpp", "--managed", "--model", "gemma3-270m", "--name", "box", "--llama-server", llama]
-    dry = subprocess.run([*base, "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    llama = shutil.which("llama-server") or str(cached_binary())
+    base = ["service", "install", "--coordinator", "http://pool:8080", "--backend", "llamacpp", "--managed",
+            "--model", "gemma3-270m", "--name", "box", "--llama-server", llama]
+    dry = cli(*base, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "would write /etc/andy-host/config.toml" in dry.stdout
+    assert "--- would write /etc/andy-host/host.toml (mode 0600) ---" in dry.stdout
     assert "would write /etc/systemd/system/andy-host.service" in dry.stdout
     assert "would run: systemctl enable --now andy-host.service" in dry.stdout
     assert not Path("/etc/systemd/system/andy-host.service").exists()
-    installed = subprocess.run([*base, "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    installed = cli(*base, "--root", str(tmp_path))
     assert installed.returncode == 0, installed.stderr
-    config = (tmp_path / "etc/andy-host/config.toml").read_text()
-    assert 'coordinator = "http://pool:8080"' in config and 'name = "box"' in config
+    config = tmp_path / "etc/andy-host/host.toml"
+    assert config.stat().st_mode & 0o777 == 0o600  # it may hold the host token
     from andy_host.config import load_config
 
-    loaded = load_config(tmp_path / "etc/andy-host/config.toml", env={})
-    assert loaded.backend.managed and loaded.agent.name == "box"
+    loaded = load_config(config, env={})
+    assert loaded.backend.managed and loaded.agent.name == "box" and "http://pool:8080" in loaded.agent.coordinator
     unit = (tmp_path / "etc/systemd/system/andy-host.service").read_text()
-    assert unit == render_unit("host")
-    assert "useradd --system" in installed.stdout  # printed, not run, under a temporary root
-    ollama = subprocess.run([sys.executable, "-m", "andy_host.cli", "service", "install", "--coordinator", "http://p",
-                             "--backend", "ollama", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    if shutil.which("ollama") is None:
-        assert ollama.returncode == 1 and "Ollama was not found" in ollama.stderr
+    assert unit == render_unit("host") and "--config /etc/andy-host/host.toml" in unit
+    assert "would run: useradd --system" in installed.stdout  # printed, not run, under a temporary root
+    assert f"would run: chown andy-host:andy-host {config}" in installed.stdout
+    assert (tmp_path / "etc/systemd/system/multi-user.target.wants/andy-host.service").is_symlink()  # systemctl --root
+
+
+@pytest.mark.skipif(shutil.which("ollama") is not None, reason="the refusal needs a machine without ollama")
+def test_service_install_needs_the_backend_binary_only_when_the_backend_is_local() -> None:
+    host = ["service", "install", "--coordinator", "http://p:8080", "--dry-run"]
+    refused = cli(*host, "--backend", "ollama")
+    assert refused.returncode == 1 and "Ollama was not found" in refused.stderr and "--backend-url" in refused.stderr
+    for backend_url in ("http://ollama-box:11434", "http://172.17.0.2:11434", "http://127.0.0.1:11434"):
+        remote = cli(*host, "--backend", "ollama", "--backend-url", backend_url)
+        assert remote.returncode == 0, remote.stderr  # in Docker, elsewhere, or started by someone else
+        assert f'url = "{backend_url}"' in remote.stdout
+    missing = ["--backend", "llamacpp", "--llama-server", "/nonexistent/llama-server"]
+    assert cli(*host, *missing, "--backend-url", "http://[fd00::5]:8081", "--managed").returncode == 0
+    local_managed = cli(*host, *missing, "--backend-url", "http://localhost:8081", "--managed")
+    assert local_managed.returncode == 1 and "llama-server was not found" in local_managed.stderr
+
+
+def test_both_roles_on_one_machine_with_their_own_config_and_an_admin_token(procs: Processes, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    coordinator = cli("service", "install", "--role", "coordinator", "--root", str(root), "--port", "9000")
+    assert coordinator.returncode == 0, coordinator.stderr
+    host = cli("service", "install", "--coordinator", "http://127.0.0.1:9000", "--backend", "ollama",
+               "--backend-url", "http://gpu:11434", "--root", str(root))
+    assert host.returncode == 0, host.stderr
+    config = root / "etc/andy-host/coordinator.toml"
+    assert config.stat().st_mode & 0o777 == 0o600
+    token = tomllib.loads(config.read_text())["coordinator"]["admin_token"]
+    assert token.startswith("andy_at_") and coordinator.stdout.count(token) == 1 and token not in host.stdout
+    assert sorted(p.name for p in (root / "etc/andy-host").iterdir()) == ["coordinator.toml", "host.toml"]
+    for role in ("host", "coordinator"):
+        assert (root / "etc/systemd/system" / unit_name(role)).read_text() == render_unit(role)
+    again = cli("service", "install", "--role", "coordinator", "--root", str(root), "--port", "9000")
+    assert again.returncode == 0 and token not in again.stdout and "kept the admin token" in again.stdout
+    assert tomllib.loads(config.read_text())["coordinator"]["admin_token"] == token
+    # the coordinator reads that config, and its admin API takes that token
+    db = tmp_path / "pool.db"
+    Store(str(db)).close()
+    serve = Proc("installed", [sys.executable, "-m", "andy_host.cli", "coordinator", "serve", "--config", str(config),
+                               "--host", "127.0.0.1", "--port", "0", "--db", str(db), "--log-format", "json"],
+                 tmp_path / "installed.log").start()
+    procs.all.append(serve)
+    url = serve.wait_event("coordinator.listening")["url"]
+    assert httpx.get(f"{url}/api/andy/admin/keys", timeout=5).status_code == 401
+    assert httpx.get(f"{url}/api/andy/admin/keys", headers={"Authorization": f"Bearer {token}"},
+                     timeout=5).status_code == 200
+
+
+def test_service_status_and_uninstall_keep_or_purge(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    state = root / "var/lib/andy-host"
+    for args in (("--role", "coordinator"), ("--coordinator", "http://p:8080", "--backend-url", "http://gpu:11434")):
+        assert cli("service", "install", *args, "--root", str(root)).returncode == 0
+    state.mkdir(parents=True)
+    (state / "pool.db").write_text("db")
+    (state / "host-box.id").write_text("0123456789abcdef\n")
+    status = cli("service", "status", "--root", str(root), "--json")
+    assert status.returncode == 0, status.stderr
+    assert {(s["role"], s["installed"], s["enabled"], s["active"]) for s in json.loads(status.stdout)} == {
+        ("host", True, "enabled", "unknown"), ("coordinator", True, "enabled", "unknown")}
+    before = sorted(str(p) for p in root.rglob("*"))
+    dry = cli("service", "uninstall", "--role", "coordinator", "--purge", "--root", str(root), "--dry-run")
+    assert dry.returncode == 0 and f"would remove {state / 'pool.db'}" in dry.stdout
+    assert sorted(str(p) for p in root.rglob("*")) == before  # --dry-run changed nothing
+    kept = cli("service", "uninstall", "--role", "coordinator", "--root", str(root))
+    assert kept.returncode == 0 and "kept /etc/andy-host/coordinator.toml" in kept.stdout
+    assert not (root / "etc/systemd/system/andy-coordinator.service").exists()
+    assert (root / "etc/andy-host/coordinator.toml").exists() and (state / "pool.db").exists()
+    text = cli("service", "status", "--root", str(root)).stdout
+    assert "andy-coordinator.service (coordinator): not installed (its config" in text
+    assert "andy-host.service (host): installed, enabled" in text
+    purged = cli("service", "uninstall", "--role", "coordinator", "--purge", "--root", str(root))
+    assert purged.returncode == 0, purged.stderr
+    assert not (root / "etc/andy-host/coordinator.toml").exists() and not (state / "pool.db").exists()
+    assert (state / "host-box.id").exists() and (root / "etc/andy-host/host.toml").exists()  # the host's stay
+    last = cli("service", "uninstall", "--purge", "--root", str(root))
+    assert last.returncode == 0 and "would run: userdel andy-host" in last.stdout
+    assert not state.exists() and not (root / "etc/andy-host").exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/andy-host.service").exists()
+    assert not any(s["installed"] for s in json.loads(cli("service", "status", "--root", str(root), "--json").stdout))
 
 
 def test_unit_files_are_the_rendered_units_and_pass_systemd_analyze(tmp_path: Path) -> None:

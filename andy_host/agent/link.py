@@ -68,6 +68,21 @@ def ws_url(coordinator: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+def retry_after(exc: BaseException, maximum: float, rng: Callable[[], float] = random.random) -> float | None:
+    """The delay a busy coordinator asked for (503 or 429 with Retry-After seconds, as
+    its admission pacing answers during a reconnect storm), jittered over [r/2, 3r/2]
+    so the hosts it turned away do not come back together; None when it asked none."""
+    if not isinstance(exc, aiohttp.WSServerHandshakeError) or exc.status not in (429, 503) or exc.headers is None:
+        return None
+    try:
+        seconds = float(exc.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    if not 0 < seconds < 3600:
+        return None
+    return min(seconds * (0.5 + rng()), maximum)
+
+
 class Backoff:
     """Exponential delays with jitter: each in [d/2, d], d doubling up to ``maximum``."""
 
@@ -142,11 +157,13 @@ class Link:
         async with aiohttp.ClientSession(connector=connector) as session:
             while not stop.is_set():
                 failure: Failure | None = None
+                paced: float | None = None
                 try:
                     reason = await self._connection(session, stop, backoff, ping)
                 except (OSError, TimeoutError, aiohttp.ClientError, ProtocolError) as exc:
                     failure = describe(exc, self.config.connect_timeout)
                     reason = failure.reason
+                    paced = retry_after(exc, self.config.reconnect_max)
                 finally:
                     hinted = hinted and not self.connected.is_set()  # a new outage begins
                     self.ws = None
@@ -155,7 +172,7 @@ class Link:
                 self.last_error = reason
                 if stop.is_set():
                     break
-                delay = backoff.next()
+                delay = backoff.next() if paced is None else paced
                 # what to check, once per outage, for a connect that failed (not a closed session)
                 hint = {"hint": checklist(failure, self.coordinator)} if failure is not None and not hinted else {}
                 hinted = hinted or bool(hint)

@@ -164,6 +164,9 @@ class Federation:
                 self.counts["routes_lost"] += 1
                 await self._settle(work, trusted_only, job.tried, deadline)
             except APIError as error:
+                if job.sent.parts and not isinstance(error, StreamBroken):  # after content: the stream's error
+                    job.last = error
+                    raise job.failure() from None
                 if job.sent.parts or error.code != "no_available_hosts":
                     raise
                 job.last = error  # busy or gone there: another route may have room

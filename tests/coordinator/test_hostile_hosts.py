@@ -342,6 +342,41 @@ def test_connections_before_hello_are_capped_and_timed_out(procs: Processes) -> 
     honest_answer(coordinator.url)
 
 
+def test_a_full_gate_lines_hosts_up_instead_of_refusing_them(procs: Processes) -> None:
+    """Admission pacing: with every connecting place taken, the next connection waits in a
+    bounded line and is let in when a place frees; only one past the line gets a 503."""
+    env = {"ANDY_HOST_COORDINATOR_MAX_CONNECTING": "2", "ANDY_HOST_COORDINATOR_MAX_CONNECTING_PER_ADDRESS": "16",
+           "ANDY_HOST_COORDINATOR_ADMISSION_QUEUE": "1", "ANDY_HOST_COORDINATOR_HELLO_TIMEOUT": "1"}
+    coordinator, _ = honest_pool(procs, env)
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import InvalidStatus
+
+    from tests.evil import ws_url
+
+    async def storm() -> tuple[int, float]:
+        idle = [await connect(ws_url(coordinator.url)) for _ in range(2)]  # silent: hold both places
+        started = time.monotonic()
+        async def opening() -> ClientConnection:
+            return await connect(ws_url(coordinator.url))
+
+        waiting = asyncio.create_task(opening())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # in line, not refused
+        with pytest.raises(InvalidStatus) as err:
+            await connect(ws_url(coordinator.url))  # the line (1) is full
+        admitted = await asyncio.wait_for(waiting, 5)  # let in when a silent one is cut at 1 s
+        waited = time.monotonic() - started
+        await admitted.send(json.dumps(hello(name="paced")))
+        assert json.loads(await asyncio.wait_for(admitted.recv(), 5))["type"] == "welcome"
+        for ws in (*idle, admitted):
+            await ws.close()
+        return err.value.response.status_code, waited
+
+    status, waited = asyncio.run(storm())
+    assert status == 503 and 0.5 < waited < 4
+    honest_answer(coordinator.url)
+
+
 def test_slow_headers_and_slow_bodies_are_cut(procs: Processes) -> None:
     env = {"ANDY_HOST_COORDINATOR_HTTP_IDLE_TIMEOUT": "1", "ANDY_HOST_COORDINATOR_BODY_TIMEOUT": "1"}
     coordinator, _ = honest_pool(procs, env)
