@@ -177,9 +177,14 @@ def test_admin_http_api_lifecycle_and_coordinator_status(procs: Processes) -> No
         assert api.get(base + "/status").json()["totals"]["hosts"] == 0  # applied before the answer
 
     env = {"ANDY_HOST_COORDINATOR_ADMIN_TOKEN": ADMIN}
-    shown = run("coordinator", "status", "--url", coordinator.url, "--json", env=env)
-    assert shown.returncode == 0, shown.stderr
-    live = json.loads(shown.stdout)
+    deadline = time.monotonic() + 10
+    while True:  # the rates need two of the once-a-second samples: a fresh coordinator may have one
+        shown = run("coordinator", "status", "--url", coordinator.url, "--json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        live = json.loads(shown.stdout)
+        if live["rates"]["window_seconds"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert live["totals"]["hosts"] == 0 and live["rates"]["window_seconds"] > 0
     text = run("coordinator", "status", "--url", coordinator.url, "--admin-token", ADMIN)
     assert text.returncode == 0 and "hosts: 0 connected" in text.stdout and "requests/s" in text.stdout

@@ -188,6 +188,16 @@ def _wait_leaderboard(base: str, key: str) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def _wait_quality(base: str, requests: int) -> None:
+    """Until the once-a-second history has sampled all ``requests`` (a loaded machine
+    may read the page between the last request and the next sample)."""
+    deadline = time.monotonic() + 10
+    while httpx.get(base + "/api/andy/dashboard").json()["quality"]["requests"] < requests:
+        if time.monotonic() > deadline:
+            raise AssertionError("the history never counted every request")
+        time.sleep(0.2)
+
+
 def test_dashboard_in_headless_chromium(procs: Processes) -> None:
     coordinator, key = _pool(procs)
     status = httpx.get(coordinator.url + "/api/andy/pool_status", headers={"Authorization": f"Bearer {key}"}).json()
@@ -198,6 +208,7 @@ def test_dashboard_in_headless_chromium(procs: Processes) -> None:
     _serve_some(coordinator.url)
     measured = _wait_leaderboard(coordinator.url, key)
     assert len(measured) >= 2
+    _wait_quality(coordinator.url, requests=9)
     ARTIFACTS.mkdir(exist_ok=True)
 
     async def look() -> tuple[dict[str, Any], dict[str, Any]]:
