@@ -35,6 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from websockets.asyncio.client import connect
 
+try:
+    import uvloop
+except ImportError:  # Windows
+    uvloop = None  # type: ignore[assignment]
+
 from andy_host.agent.link import Backoff, ws_url
 from andy_host.config import AgentConfig
 from andy_host.protocol import Heartbeat, Hello, ModelInfo, Welcome, decode_coordinator, encode
@@ -156,7 +161,8 @@ def main() -> None:
         path = Path(args.secrets) if args.secrets else None
         known = {int(k): v for k, v in json.loads(path.read_text()).items()} if path and path.exists() else {}
         try:
-            asyncio.run(worker(ws_url(args.url), range(w, args.n, of), args.interval, known))
+            run = uvloop.run if uvloop is not None else asyncio.run  # the simulator must not be the bottleneck
+            run(worker(ws_url(args.url), range(w, args.n, of), args.interval, known))
         except BrokenPipeError:  # the parent is gone
             pass
     else:

@@ -178,8 +178,8 @@ class Checker:
 
     def _checkable_model(self, host: Host) -> str | None:
         """A chat model of the host that a trusted host serves too."""
-        models = [name for name, info in host.models.items()
-                  if any(h.trusted and h is not host for h in self.registry.by_model.get(name, ()))]
+        counts, own = self.registry.trusted_by_model, 1 if host.trusted else 0
+        models = [name for name in host.models if counts.get(name, 0) > own]
         return self.rng.choice(sorted(models)) if models else None
 
     async def _canary(self, host: Host) -> bool | None:

@@ -149,7 +149,7 @@ async def _admit(app: web.Application, hello: Hello, group: str) -> tuple[Admitt
     )
     identity = await store.identity(hello.host_id) if hello.host_id else None
     holder = registry.hosts.get(hello.host_id) if hello.host_id else None
-    in_group = sum(1 for h in registry.hosts.values() if h.group == group and h is not holder)
+    in_group = registry.groups.get(group, 0) - (1 if holder is not None and holder.group == group else 0)
     kicked = app[KICKS].left(credential_key(credential.token_id, credential.secret_hash, hello.host_id or ""))
     legacy = identity is None and hello.host_id is not None and await store.host_in_ledger(hello.host_id)
     decision = admit_host(

@@ -117,6 +117,8 @@ class Registry:
     ) -> None:
         self.hosts: dict[str, Host] = {}
         self.by_model: dict[str, set[Host]] = {}
+        self.groups: dict[str, int] = {}  # hosts in the registry per address group
+        self.trusted_by_model: dict[str, int] = {}  # hosts on trusted tokens per model
         self.known: dict[str, float] = dict(known_models)  # name -> when last served (wall clock)
         self.remote: set[str] = set()  # models other replicas serve now (replicated mode)
         self.max_models_per_host = max_models_per_host
@@ -137,12 +139,25 @@ class Registry:
         return JobEvents(self.job_buffer_chars)
 
     def add(self, host: Host) -> None:
+        replaced = self.hosts.get(host.id)
+        if replaced is not None and replaced is not host:
+            self._count_group(replaced.group, -1)
+        if replaced is not host:
+            self._count_group(host.group, 1)
         self.hosts[host.id] = host
         self._index(host)
+
+    def _count_group(self, group: str, delta: int) -> None:
+        left = self.groups.get(group, 0) + delta
+        if left > 0:
+            self.groups[group] = left
+        else:
+            self.groups.pop(group, None)
 
     def remove(self, host: Host, reason: str) -> None:
         if self.hosts.get(host.id) is host:
             del self.hosts[host.id]
+            self._count_group(host.group, -1)
             if self.on_removed is not None:
                 self.on_removed(host)
         self._unindex(host)
@@ -165,7 +180,10 @@ class Registry:
         now = time.time()
         new = {name for name in host.models if name not in self.known}
         for name in host.models:
-            self.by_model.setdefault(name, set()).add(host)
+            hosts = self.by_model.setdefault(name, set())
+            if host.trusted and host not in hosts:
+                self.trusted_by_model[name] = self.trusted_by_model.get(name, 0) + 1
+            hosts.add(host)
             self.known[name] = now
         if new:
             self.new_names |= new
@@ -176,6 +194,12 @@ class Registry:
         for name in host.models:
             hosts = self.by_model.get(name)
             if hosts is not None:
+                if host.trusted and host in hosts:
+                    left = self.trusted_by_model.get(name, 0) - 1
+                    if left > 0:
+                        self.trusted_by_model[name] = left
+                    else:
+                        self.trusted_by_model.pop(name, None)
                 hosts.discard(host)
                 self.known[name] = now
                 if not hosts:

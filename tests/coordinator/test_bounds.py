@@ -179,7 +179,7 @@ def test_known_models_are_bounded_and_forgotten() -> None:
     registry = Registry(max_models_per_host=3, max_known_models=5)
 
     class FakeHost:
-        id, models, loaded = "h", {}, set()
+        id, models, loaded, trusted = "h", {}, set(), False
 
     host = FakeHost()
     for batch in range(4):
@@ -246,3 +246,31 @@ async def test_a_send_to_a_host_that_does_not_read_is_bounded() -> None:
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(send("job"), 1)
     assert aborted == [True]
+
+
+def test_registry_counts_hosts_per_group_and_trusted_hosts_per_model() -> None:
+    """The counts admission and answer checks read instead of scanning every host (a
+    reconnect storm of 10,000 hosts made those scans quadratic)."""
+    from andy_host.coordinator.hosts import Host
+    from andy_host.protocol import ModelInfo
+
+    def make(ident: str, group: str, trusted: bool = False) -> Host:
+        return Host(id=ident, name=ident, backend="x", capacity=1, send=None, close=None, conn=1,  # type: ignore[arg-type]
+                    group=group, trusted=trusted)
+
+    registry = Registry()
+    a, b, c = make("a", "g1"), make("b", "g1", trusted=True), make("c", "g2", trusted=True)
+    for host in (a, b, c):
+        registry.add(host)
+        registry.set_models(host, [ModelInfo(name="m:latest"), ModelInfo(name="n:latest")])
+    assert registry.groups == {"g1": 2, "g2": 1}
+    assert registry.trusted_by_model == {"m:latest": 2, "n:latest": 2}
+    registry.set_models(b, [ModelInfo(name="m:latest")])  # withdrew n
+    assert registry.trusted_by_model == {"m:latest": 2, "n:latest": 1}
+    again = make("a", "g3")  # the same host id reconnected from elsewhere, replacing the old link
+    registry.add(again)
+    registry.remove(a, "replaced")  # the old link ends: nothing counted twice
+    assert registry.groups == {"g1": 1, "g2": 1, "g3": 1}
+    for host in (again, b, c):
+        registry.remove(host, "gone")
+    assert registry.groups == {} and registry.trusted_by_model == {}
