@@ -64,10 +64,36 @@ def pool_section(tmp: Path, n: int) -> dict[str, Any]:
                                for k, t in zip(names, times, strict=True)}
         out["rps_c32_single"] = round(asyncio.run(bench.throughput(urls[1], 32, 5)), 1)
         out["rps_c32_crossed"] = round(asyncio.run(bench.throughput(urls[3], 32, 5)), 1)
+        procs.agent(a.url, "llamacpp", stub.url, "h-a", "--max-concurrency", "64")  # now each replica has a host
+        out["rps_c32_one_replica"] = round(asyncio.run(throughput_split(urls[2:3], 32, 5)), 1)
+        out["rps_c32_two_replicas"] = round(asyncio.run(throughput_split(urls[2:], 32, 5)), 1)
         return out
     finally:
         procs.stop_all()
         redis.stop()
+
+
+async def throughput_split(urls: list[str], concurrency: int, seconds: float) -> float:
+    """Requests/s with ``concurrency`` clients spread evenly over ``urls`` (a load
+    balancer's round robin over replicas)."""
+    import aiohttp
+
+    body = {"model": bench.MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    count = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        for i in range(concurrency):
+            await bench._post(session, urls[i % len(urls)], body)
+        deadline = time.perf_counter() + seconds
+
+        async def worker(url: str) -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                await bench._post(session, url, body)
+                count += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(urls[i % len(urls)]) for i in range(concurrency)))
+        return count / (time.perf_counter() - t0)
 
 
 async def _http_transport(n: int) -> list[float]:
@@ -205,8 +231,9 @@ def main() -> None:
     for name, v in result["transports"].items():
         lines.append(f"| job + {CHUNKS} chunks over {name} | {v['p50_ms']} | {v['p90_ms']} |")
     print("\n".join(lines))
-    print(f"\nrequests/s at c=32: single {result['pool']['rps_c32_single']}, "
-          f"crossed {result['pool']['rps_c32_crossed']}")
+    pool = result["pool"]
+    print(f"\nrequests/s at c=32: single process {pool['rps_c32_single']}, crossed {pool['rps_c32_crossed']}, "
+          f"one replica {pool['rps_c32_one_replica']}, two replicas {pool['rps_c32_two_replicas']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
