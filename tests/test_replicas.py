@@ -81,6 +81,8 @@ def test_stream_at_a_served_by_a_host_on_b(procs: Processes, redis_url: str, red
     whole = client.chat.completions.create(model="cross", messages=[{"role": "user", "content": "hi"}])
     assert whole.choices[0].message.content == expected("hi")  # short names resolve across replicas too
     assert whole.usage is not None and whole.usage.completion_tokens > 0
+    keyed = openai.OpenAI(base_url=a.url + "/api/andy/v1", api_key=a.key, max_retries=0, timeout=20)
+    assert [m.id for m in keyed.models.list()] == [MODEL]  # A lists the pool's models, not only its own hosts'
     crossed = [e for e in a.events() if e.get("event") == "job.crossed"]
     assert len(crossed) == 2 and all(e["replica"] == "replica-b" for e in crossed)
     counts = get_json(b.url + "/health")["replica"]["counts"]

@@ -68,7 +68,7 @@ class ManagedLlamaServer:
         if binary is None:
             where = self.config.llama_server or "PATH or the andy-host cache"
             raise ManagedError(
-                f"llama-server not found in {where}: run scripts/install-llama-server "
+                f"llama-server not found in {where}: run python -m andy_host.tools.llama_build "
                 "(builds it from source, about 10 minutes) or set backend.llama_server"
             )
         model = ensure_model(self.config.model)

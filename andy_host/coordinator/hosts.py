@@ -229,6 +229,11 @@ class Registry:
     def served_models(self) -> list[str]:
         return sorted(self.by_model)
 
+    def pool_models(self) -> list[str]:
+        """Models served here or, in replicated mode, by another replica's hosts: the
+        pool's models, whichever replica a client asks."""
+        return sorted(self.by_model.keys() | self.remote)
+
     def in_flight(self) -> int:
         return sum(len(h.jobs) for h in self.hosts.values())
 

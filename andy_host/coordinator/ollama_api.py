@@ -208,7 +208,7 @@ def _listing(info: ModelInfo) -> dict[str, Any]:
 
 @limited("ollama_models")
 async def tags(request: web.Request) -> web.Response:
-    names = visible_models(request, request.app[REGISTRY].served_models())
+    names = visible_models(request, request.app[REGISTRY].pool_models())
     return json_response({"models": [_listing(_info(request, n)) for n in names]})
 
 

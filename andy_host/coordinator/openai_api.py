@@ -147,7 +147,7 @@ def _model_object(name: str) -> dict[str, Any]:
 
 @limited("models")
 async def list_models(request: web.Request) -> web.Response:
-    names = visible_models(request, request.app[REGISTRY].served_models())
+    names = visible_models(request, request.app[REGISTRY].pool_models())
     return json_response({"object": "list", "data": [_model_object(n) for n in names]})
 
 
