@@ -84,6 +84,9 @@ class CoordinatorConfig:
     cors_max_age: int = 600
     metrics_access: str = "public"
     metrics_max_hosts: int = 100
+    metrics_max_models: int = 100
+    dashboard_max_rows: int = 200
+    dashboard_cache_seconds: float = 1.0
     leaderboard_size: int = 10
     leaderboard_refresh: float = 30.0
     hello_timeout: float = 5.0
@@ -340,6 +343,9 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"coordinator.{name} must be positive")
+    for name in ("metrics_max_hosts", "metrics_max_models", "dashboard_max_rows", "dashboard_cache_seconds"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"coordinator.{name} must not be negative")
     if c.leaderboard_size > 100:
         raise ConfigError("coordinator.leaderboard_size must be at most 100")
 

@@ -21,6 +21,7 @@ from andy_host.cli.common import (
     _with_store,
     coordinator_app,
 )
+from andy_host.coordinator.moderation import MAX_KICK_SECONDS
 from andy_host.coordinator.store import Store
 
 hosts_app = typer.Typer(help="Hosts: the ledger and each host's standing; release, ban or kick one.")
@@ -82,7 +83,8 @@ def hosts_ban(
 def hosts_kick(
     host_id: Annotated[str, typer.Argument(help="The host's id (as listed).")],
     seconds: Annotated[float | None, typer.Option(
-        min=1, help="How long its credential is refused (default: coordinator.kick_seconds).")] = None,
+        min=1, max=MAX_KICK_SECONDS,
+        help="How long its credential is refused, at most a year (default: coordinator.kick_seconds).")] = None,
     config: ConfigOpt = None, db: DbOpt = None,
 ) -> None:
     """Disconnect a host and refuse it for a while (a token host: that host id; an

@@ -7,6 +7,8 @@ An unknown key or token is a one-line error with exit code 2.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +27,7 @@ from andy_host.cli.common import (
     coordinator_app,
 )
 from andy_host.coordinator.keyscope import ScopeError, expired, parse_expires, parse_models, when_text
-from andy_host.coordinator.store import KeyChanges
+from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, Store
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; shown once).")
 tokens_app = typer.Typer(no_args_is_help=True, help="Host tokens for pools with enrolment = 'token'.")
@@ -43,6 +45,15 @@ def _scope(expires: str | None, models: str | None) -> tuple[float | None, tuple
         return (None if expires is None else parse_expires(expires),
                 None if models is None else parse_models(models))
     except ScopeError as exc:
+        _fail(str(exc))
+
+
+def _by_ident(config: Path | None, db: str | None, change: Callable[[Store], Awaitable[bool]]) -> bool:
+    """A change to the key or token an id or listed prefix names; exit 2 when the prefix
+    is shared by several (the message lists their ids)."""
+    try:
+        return _with_store(config, db, change)
+    except AmbiguousIdent as exc:
         _fail(str(exc))
 
 
@@ -122,7 +133,7 @@ def keys_update(
                          trusted_only=trusted_only)
     if changes.empty():
         _fail("nothing to change: give --name, --daily-limit, --per-minute, --expires, --models or --trusted-only")
-    if not _with_store(config, db, lambda store: store.update_key(ident, changes)):
+    if not _by_ident(config, db, lambda store: store.update_key(ident, changes)):
         _fail(f"no live key {ident!r} (keys list shows them)")
     typer.echo(f"updated {ident}")
 
@@ -131,7 +142,7 @@ def keys_update(
 def keys_revoke(ident: Annotated[str, typer.Argument(help="The key's prefix (as listed) or id.")],
                 config: ConfigOpt = None, db: DbOpt = None) -> None:
     """Revoke a key; it stops working at once."""
-    if not _with_store(config, db, lambda store: store.revoke_key(ident)):
+    if not _by_ident(config, db, lambda store: store.revoke_key(ident)):
         _fail(f"no live key {ident!r} (keys list shows them)")
     typer.echo(f"revoked {ident}")
 
@@ -171,7 +182,7 @@ def tokens_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = F
 def tokens_revoke(ident: Annotated[str, typer.Argument(help="The token's prefix (as listed) or id.")],
                   config: ConfigOpt = None, db: DbOpt = None) -> None:
     """Revoke a host token; its hosts are disconnected within a second."""
-    if not _with_store(config, db, lambda store: store.revoke_token(ident)):
+    if not _by_ident(config, db, lambda store: store.revoke_token(ident)):
         _fail(f"no live host token {ident!r} (tokens list shows them)")
     typer.echo(f"revoked {ident}")
 

@@ -6,6 +6,7 @@ apply the action at once."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -13,11 +14,12 @@ from aiohttp import web
 from andy_host.coordinator import replicated
 from andy_host.coordinator.hosts import Host
 from andy_host.coordinator.httputil import read_json
-from andy_host.coordinator.keyscope import NEVER, ScopeError, parse_expires, parse_models
+from andy_host.coordinator.keyscope import NEVER, ScopeError, check_expires, parse_expires, parse_models
 from andy_host.coordinator.livestatus import live_status
+from andy_host.coordinator.moderation import MAX_KICK_SECONDS
 from andy_host.coordinator.secrets import DISPLAY_LEN, same
 from andy_host.coordinator.state import CHECKER, CONFIG, MODERATION, REGISTRY, STORE
-from andy_host.coordinator.store import KeyChanges
+from andy_host.coordinator.store import AmbiguousIdent, KeyChanges
 from andy_host.errors import APIError, bad_request
 
 PREFIX = "/api/andy/admin"
@@ -74,9 +76,13 @@ def _expires(body: dict[str, Any]) -> float | None:
     if value is None:
         return NEVER
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
+        if value == 0:
             return NEVER
-        return float(value)
+        try:  # seconds since the epoch: in the future, before the year 10000 (not milliseconds)
+            return check_expires(float(value))
+        except (ScopeError, OverflowError) as exc:
+            raise bad_request(str(exc) if isinstance(exc, ScopeError) else "`expires` is out of range",
+                              param="expires") from None
     if not isinstance(value, str) or len(value) > 64:
         raise bad_request("`expires` must be a duration (30d), an ISO date, a time in seconds or null",
                           param="expires")
@@ -101,6 +107,14 @@ def _models(body: dict[str, Any]) -> tuple[str, ...] | None:
         raise bad_request(str(exc), param="models") from None
 
 
+async def _one(change: Awaitable[bool]) -> bool:
+    """A store change by id or listed prefix; 400 naming the ids when a prefix is shared."""
+    try:
+        return await change
+    except AmbiguousIdent as exc:
+        raise bad_request(str(exc), param="ident", code="ambiguous_prefix") from None
+
+
 async def list_keys(request: web.Request) -> web.Response:
     _guard(request)
     return web.json_response({"keys": await request.app[STORE].list_keys()})
@@ -120,8 +134,8 @@ async def create_key(request: web.Request) -> web.Response:
             expires=_expires(body) or None,
             models=_models(body) or (),
         )
-    except KeyError as exc:
-        raise bad_request(str(exc), param="host_token") from None
+    except KeyError as exc:  # no such host token, or a prefix several share
+        raise bad_request(str(exc.args[0]), param="host_token") from None
     return web.json_response({"id": key_id, "key": secret, "note": "shown once; store it now"}, status=201)
 
 
@@ -141,7 +155,7 @@ async def update_key(request: web.Request) -> web.Response:
         trusted_only=_flag(body, "trusted_only") if "trusted_only" in body else None,
     )
     ident = request.match_info["ident"]
-    if not await request.app[STORE].update_key(ident, changes):
+    if not await _one(request.app[STORE].update_key(ident, changes)):
         raise APIError(404, f"No live key {ident!r}.", code="not_found")
     listed = [k for k in await request.app[STORE].list_keys()
               if k["revoked"] is None and (k["prefix"] == ident[:DISPLAY_LEN] or str(k["id"]) == ident)]
@@ -150,7 +164,7 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     _guard(request)
-    if not await request.app[STORE].revoke_key(request.match_info["ident"]):
+    if not await _one(request.app[STORE].revoke_key(request.match_info["ident"])):
         raise APIError(404, "No such live key.", code="not_found")
     return web.json_response({"revoked": True})
 
@@ -169,7 +183,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     _guard(request)
-    if not await request.app[STORE].revoke_token(request.match_info["ident"]):
+    if not await _one(request.app[STORE].revoke_token(request.match_info["ident"])):
         raise APIError(404, "No such live host token.", code="not_found")
     return web.json_response({"revoked": True})
 
@@ -238,7 +252,7 @@ async def kick_host(request: web.Request) -> web.Response:
     host_id = await _known_host(request)
     body = await _body(request) if request.can_read_body else {}
     seconds = body.get("seconds", request.app[CONFIG].kick_seconds)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 366 * 86400:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_KICK_SECONDS:
         raise bad_request("`seconds` must be a number of seconds, at most a year", param="seconds")
     connected = host_id in request.app[REGISTRY].hosts
     await request.app[STORE].add_event("kick", host_id, str(float(seconds)))

@@ -119,6 +119,10 @@ def _forget_models(app: web.Application) -> Tick:
 async def _services(app: web.Application, config: CoordinatorConfig) -> None:
     """The coordinator's parts, each with the parts it needs."""
     app[STORE] = store = await open_store(config.db, config.database_url, pool_size=config.database_pool_size)
+    if config.database_url:  # PostgreSQL restarting must not stop the replica's periodic work
+        from andy_host.coordinator.postgres_store import UNAVAILABLE
+
+        app[PERIODIC].tolerate(*UNAVAILABLE)
     app[REGISTRY] = registry = Registry(await store.known_models(), config.max_models_per_host,
                                         config.max_known_models, config.max_job_buffer_chars)
     app[SCHEDULER] = scheduler = Scheduler(registry, config)
@@ -126,7 +130,8 @@ async def _services(app: web.Application, config: CoordinatorConfig) -> None:
     app[RELAY] = relay = Relay(scheduler, config, stats)
     app[ACCESS] = Access(store, config)
     app[LEDGER] = ledger = Ledger(store)
-    app[METRICS] = metrics = Metrics(registry, scheduler, stats, config.metrics_max_hosts)
+    app[METRICS] = metrics = Metrics(registry, scheduler, stats, config.metrics_max_hosts,
+                                     config.metrics_max_models)
     app[CHECKER] = checker = Checker(registry, scheduler, relay, config, store, stats)
     relay.observer = checker
     app[MODERATION] = moderation = Moderation(store, registry, checker, app[KICKS], config.kick_seconds)

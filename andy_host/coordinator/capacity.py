@@ -47,11 +47,13 @@ def pool_totals(registry: Registry, scheduler: Scheduler) -> dict[str, int]:
     }
 
 
-def model_rows(registry: Registry, scheduler: Scheduler) -> list[dict[str, Any]]:
-    """Each model served now: its hosts, the slots of those serving, its queue."""
+def model_rows(registry: Registry, scheduler: Scheduler, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each model served now (or those of ``names``): its hosts, the slots of those
+    serving, its queue."""
     now = time.monotonic()
-    return [
-        {"name": name, "hosts": len(members), "serving_hosts": sum(1 for h in members if serving(h, now)),
-         "capacity": slots(members, now), "queue": scheduler.queued(name)}
-        for name, members in sorted(registry.by_model.items())
-    ]
+    rows = []
+    for name in sorted(registry.by_model) if names is None else names:
+        members = registry.by_model[name]
+        rows.append({"name": name, "hosts": len(members), "serving_hosts": sum(1 for h in members if serving(h, now)),
+                     "capacity": slots(members, now), "queue": scheduler.queued(name)})
+    return rows

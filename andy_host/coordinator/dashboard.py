@@ -7,25 +7,36 @@ see history.py), capacity as capacity.py counts it, and the contributor leaderbo
 No host ids, addresses, backend URLs, keys or tokens, and no text a host wrote other
 than its name and model names (pause reasons travel as codes and are shown in the
 coordinator's words). The page renders every value as text.
+
+The feed is public and every open page polls it, so its cost does not grow with the
+viewers or the pool: it is built at most once every ``dashboard_cache_seconds`` and
+shared, and its host and model tables hold at most ``dashboard_max_rows`` rows each
+(the serving hosts that served most, the models with most hosts; the totals count
+them all).
 Who may read ``/metrics`` is ``coordinator.metrics_access``: public, admin (the admin
 token) or off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
+import heapq
 import time
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from andy_host.coordinator.admin import has_admin_token
 from andy_host.coordinator.capacity import model_rows, pool_totals, resting, serving
-from andy_host.coordinator.hosts import Host
+from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.leaderboard import Leaderboard
+from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS, STORE
 from andy_host.errors import APIError
 from andy_host.protocol import GpuReading
@@ -42,6 +53,22 @@ PAUSE_WORDS = {
 }
 RATE_POINTS = 300  # the chart's seconds of history
 LEADERBOARD = web.AppKey("leaderboard", Leaderboard)
+
+
+class FeedCache:
+    """The last feed built, shared by every viewer for ``seconds``; one build at a time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.body = b""
+        self.built_at = -float("inf")
+        self.lock = asyncio.Lock()
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.built_at < self.seconds
+
+
+FEED = web.AppKey("dashboard_feed", FeedCache)
 
 
 def _gpu(gpu: GpuReading) -> dict[str, Any]:
@@ -96,22 +123,42 @@ async def dashboard_page(request: web.Request) -> web.Response:
     })
 
 
+def shown_hosts(hosts: Iterable[Host], rows: int, now: float) -> list[Host]:
+    """At most ``rows`` hosts, by name: the serving ones that served most first."""
+    top = heapq.nsmallest(rows, hosts, key=lambda h: (not serving(h, now), -h.served, h.name))
+    return sorted(top, key=lambda h: h.name)
+
+
+def shown_models(registry: Registry, scheduler: Scheduler, rows: int) -> list[dict[str, Any]]:
+    """At most ``rows`` model rows, by name: the models with most hosts first."""
+    names = heapq.nsmallest(rows, registry.by_model, key=lambda name: (-len(registry.by_model[name]), name))
+    return model_rows(registry, scheduler, sorted(names))
+
+
 async def dashboard_data(request: web.Request) -> web.Response:
-    app = request.app
+    cache = request.app[FEED]
+    if not cache.fresh():
+        async with cache.lock:
+            if not cache.fresh():  # another viewer built it while this one waited
+                cache.body, cache.built_at = orjson.dumps(await _feed(request.app)), time.monotonic()
+    return web.Response(body=cache.body, content_type="application/json", charset="utf-8")
+
+
+async def _feed(app: web.Application) -> dict[str, Any]:
     registry, scheduler, history = app[REGISTRY], app[SCHEDULER], app[METRICS].history
-    hosts = sorted(registry.hosts.values(), key=lambda h: h.name)
+    rows = app[CONFIG].dashboard_max_rows
     now, monotonic = time.time(), time.monotonic()
     totals = pool_totals(registry, scheduler)
-    return web.json_response({
+    return {
         "time": now,
         "totals": {**totals, "active_hosts": totals["serving_hosts"],
                    "completed": app[STATS].completed, "rescued": app[STATS].rescued},
         "quality": history.summary(),
-        "hosts": [public_host(h, now, monotonic) for h in hosts],
-        "models": model_rows(registry, scheduler),
+        "hosts": [public_host(h, now, monotonic) for h in shown_hosts(registry.hosts.values(), rows, monotonic)],
+        "models": shown_models(registry, scheduler, rows),
         "rates": history.rates(RATE_POINTS),
         "leaderboard": await app[LEADERBOARD].boards(app[STORE]),
-    })
+    }
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -127,6 +174,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def add_dashboard_routes(app: web.Application) -> None:
     config = app[CONFIG]
     app[LEADERBOARD] = Leaderboard(config.leaderboard_size, config.leaderboard_refresh)
+    app[FEED] = FeedCache(config.dashboard_cache_seconds)
     app.router.add_get("/", dashboard_page)
     app.router.add_get("/api/andy/dashboard", dashboard_data)
     app.router.add_get("/metrics", metrics_endpoint)

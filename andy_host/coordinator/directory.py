@@ -127,6 +127,11 @@ def rank(peers: Iterable[Peer], model: str, kind: str, needs: frozenset[str], tr
     return [p for p, _ in able]
 
 
+def _text(member: bytes | str) -> str:
+    """A member of the replicas' set as text (bytes that are not UTF-8 cannot stop a reader)."""
+    return member.decode(errors="replace") if isinstance(member, bytes) else str(member)
+
+
 class Directory:
     """This replica's entries in Redis, and its view of the other replicas."""
 
@@ -161,15 +166,15 @@ class Directory:
 
     async def refresh(self) -> dict[str, Peer]:
         """Read the other replicas' entries; forget replicas whose entry expired."""
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await self.redis.zrange(REPLICAS, 0, -1)]
-        others = [i for i in ids if i != self.replica]
-        raws = await self.redis.mget([replica_key(i) for i in others]) if others else []
+        members = await self.redis.zrange(REPLICAS, 0, -1)  # anything may be in the set: read, not trusted
+        others = [(m, _text(m)) for m in members if _text(m) != self.replica]
+        raws = await self.redis.mget([replica_key(i) for _, i in others]) if others else []
         peers: dict[str, Peer] = {}
         expired = []
-        for replica, raw in zip(others, raws, strict=True):
+        for (member, replica), raw in zip(others, raws, strict=True):
             peer = parse_peer(raw)
             if peer is None:
-                expired.append(replica)
+                expired.append(member)  # removed as stored, even when it is not text
             elif peer.id == replica:
                 peers[replica] = peer
         if expired:

@@ -40,13 +40,13 @@ from aiohttp import web
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.directory import Directory, Peer, rank
 from andy_host.coordinator.hosts import Registry
-from andy_host.coordinator.relay import RESTART, Answer, Relay, Restart, answer_limit
+from andy_host.coordinator.relay import PROMPT_SLACK, RESTART, Answer, Relay, Restart, answer_limit
 from andy_host.coordinator.replica_wire import INTERNAL_JOBS_PATH, REPLICA_HEADER, CrossJob, Lines, job_body, read_line
 from andy_host.coordinator.scheduler import Scheduler
-from andy_host.coordinator.trust import measured_tokens
-from andy_host.coordinator.work import Work
+from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
+from andy_host.coordinator.work import Work, prompt_chars
 from andy_host.errors import APIError, ProtocolError, StreamBroken, timeout_error
-from andy_host.protocol import Chunk, Done
+from andy_host.protocol import Chunk, Done, TokenLogprob
 
 log = structlog.get_logger("andy_host.federation")
 
@@ -206,11 +206,14 @@ class Federation:
         config, session = self.config, self.session
         assert session is not None
         wait = config.queue_timeout + (config.ttft_timeout if job.stream else config.answer_timeout)
-        timeout = aiohttp.ClientTimeout(total=None, connect=config.replica_connect_timeout,
+        # the whole hop within the request's budget (the peer ends its answer by then), so a
+        # peer that keeps the connection open with empty lines cannot hold this one longer
+        timeout = aiohttp.ClientTimeout(total=job.budget + config.replica_connect_timeout,
+                                        connect=config.replica_connect_timeout,
                                         sock_read=wait + config.replica_connect_timeout)
         headers = {"Authorization": f"Bearer {config.replica_secret}", REPLICA_HEADER: self.replica,
                    "Content-Type": "application/json"}
-        bound = _Bound(job.work, answer_limit(config, job.work.request))
+        bound = _Bound(job.work, answer_limit(config, job.work.request), job.stream, config.max_logprobs)
         self.counts["forwarded"] += 1
         started = time.monotonic()
         try:
@@ -282,19 +285,26 @@ def _continued(work: Work, sent: Answer) -> Work:
 
 
 class _Bound:
-    """What one replica relays, held to this replica's bounds as a host's would be."""
+    """What one replica relays, held to this replica's bounds as a host's would be:
+    content in every chunk (a peer's relay sends no other), no restart in a stream (the
+    client has its first part already), log probabilities only as asked and within
+    ``max_logprobs``, token counts that the relayed text and the prompt support."""
 
-    def __init__(self, work: Work, limit: int) -> None:
-        self.work, self.limit, self.chars, self.chunks = work, limit, 0, 0
+    def __init__(self, work: Work, limit: int, stream: bool, max_logprobs: int) -> None:
+        self.work, self.limit, self.stream, self.max_logprobs = work, limit, stream, max_logprobs
+        self.chars = self.chunks = self.logprobs = 0
 
     def __call__(self, item: Item) -> Item:
         request = self.work.request
         if isinstance(item, Restart):
-            self.chars = self.chunks = 0
+            if self.stream:
+                raise ProtocolError("a replica started a streamed answer over")
+            self.chars = self.chunks = self.logprobs = 0
             return item
-        if item.logprobs is not None and not request.get("logprobs"):
-            item.logprobs = None
+        self._bound_logprobs(item)
         if isinstance(item, Chunk):
+            if not item.content:
+                raise ProtocolError("a replica sent a chunk without content")
             self.chars += len(item.content)
             self.chunks += 1
             if self.chars > self.limit:
@@ -302,9 +312,27 @@ class _Bound:
             return item
         if item.tool_calls and not request.get("tools"):
             item.tool_calls, item.finish_reason = [], "stop"
+        elif item.finish_reason == "tool_calls" and not item.tool_calls:
+            item.finish_reason = "stop"
         reported = item.usage.get("completion_tokens")
         item.usage["completion_tokens"] = measured_tokens(reported, self.chars, self.chunks)[0]
+        prompt, prompt_tokens = prompt_chars(self.work), item.usage.get("prompt_tokens")
+        if prompt_tokens is not None and prompt_tokens > MAX_TOKENS_PER_CHAR * prompt + PROMPT_SLACK:
+            item.usage["prompt_tokens"] = measured_tokens(None, prompt, 1)[0]
         return item
+
+    def _bound_logprobs(self, item: Chunk | Done) -> None:
+        if item.logprobs is None:
+            return
+        request = self.work.request
+        if not request.get("logprobs"):
+            item.logprobs = None
+            return
+        top = request.get("top_logprobs") or 0
+        item.logprobs = [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in item.logprobs]
+        self.logprobs += len(item.logprobs)
+        if self.logprobs > self.max_logprobs:
+            raise StreamBroken(f"the answer's log probabilities exceeded the pool's limit ({self.max_logprobs})")
 
 
 FEDERATION = web.AppKey("federation", Federation)

@@ -18,6 +18,7 @@ leaves, so the request path pays nothing for them. Everything here is pure.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ UNNAMED = "(unnamed)"
 MAX_LABEL_CHARS = 64
 
 
+@functools.lru_cache(maxsize=16384)  # read for every connected host at every scrape
 def host_label(name: str) -> str:
     """``name`` as a label value: control and other unprintable characters dropped,
     whitespace collapsed, at most ``MAX_LABEL_CHARS``; never one of the reserved values."""
@@ -36,6 +38,25 @@ def host_label(name: str) -> str:
     if not text:
         return UNNAMED
     return f"{text}_" if text in (OTHER, UNNAMED) else text
+
+
+class ModelLabels:
+    """Which model names are label values of their own: model names come from hosts, so
+    at most ``cap`` of them (``coordinator.metrics_max_models``), each kept for the
+    coordinator's life (a counter's series must not move); any other is ``OTHER``."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.places: set[str] = set()
+
+    def label(self, model: str) -> str:
+        label = f"{model}_" if model == OTHER else model
+        if label in self.places or not label:
+            return label
+        if len(self.places) >= self.cap:
+            return OTHER
+        self.places.add(label)
+        return label
 
 
 @dataclass(slots=True)
@@ -64,8 +85,16 @@ class HostSeries:
         for host in sorted(hosts, key=lambda h: h.conn):  # the longest connected get places first
             live.setdefault(host_label(host.name), []).append(host)
         shown: dict[str, list[Host]] = {}
+        idle: list[tuple[float, str]] | None = None  # places to free, built once when the cap is reached
         for label, members in live.items():
-            totals = self._place(label, live, now)
+            totals = self.named.get(label)
+            if totals is None and len(self.named) >= self.cap:
+                if idle is None:  # the longest unseen last, popped first
+                    idle = sorted(((t.live_at, name) for name, t in self.named.items() if name not in live),
+                                  reverse=True)
+                if idle:
+                    del self.named[idle.pop()[1]]
+            totals = self._place(label, now)
             if totals is None:
                 totals, label = self.other, OTHER
             for host in members:
@@ -78,15 +107,12 @@ class HostSeries:
         self._count(host, self.named.get(host_label(host.name), self.other))
         self._counted.pop(host.conn, None)
 
-    def _place(self, label: str, live: dict[str, list[Host]], now: float) -> HostTotals | None:
-        """The totals of ``label``, given a place when one is free or can be freed."""
+    def _place(self, label: str, now: float) -> HostTotals | None:
+        """The totals of ``label``, given a place when one is free."""
         totals = self.named.get(label)
         if totals is None:
             if len(self.named) >= self.cap:
-                idle = min(((t.live_at, name) for name, t in self.named.items() if name not in live), default=None)
-                if idle is None:
-                    return None
-                del self.named[idle[1]]
+                return None
             totals = self.named[label] = HostTotals()
         totals.live_at = now
         return totals

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,7 +47,7 @@ def _why_not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
         return "The request body is not valid UTF-8."
     if len(raw) <= 65536:
         try:
-            json.loads(text)
+            json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_finite)
         except RecursionError:
             return "The request body is nested too deeply."
         except ValueError as detail:
@@ -54,6 +55,18 @@ def _why_not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
         else:
             return "The request body holds invalid Unicode (an unpaired surrogate) or is nested too deeply."
     return f"The request body is not valid JSON: {exc}"
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    """A number orjson could read: one that is finite as a double (it refuses the others)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

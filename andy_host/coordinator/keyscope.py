@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 MAX_PATTERNS = 64
 MAX_PATTERN_CHARS = 200
 NEVER = 0.0  # an update's expiry that removes the key's expiry
+LATEST = 253402300799.0  # 9999-12-31 23:59:59 UTC: the latest expiry (a time people and time.gmtime can show)
 _PATTERN = re.compile(r"^[A-Za-z0-9._:/*?\[\]!-]+$")
 _DURATION = re.compile(r"^(\d{1,7})([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -30,14 +32,15 @@ class ScopeError(ValueError):
 
 def parse_expires(text: str, now: float | None = None) -> float:
     """A time (seconds since the epoch) from a duration or an ISO date/time; ``never`` is
-    :data:`NEVER`. Raises :class:`ScopeError` for anything else or a time in the past."""
+    :data:`NEVER`. Raises :class:`ScopeError` for anything else or a time in the past or
+    after the year 9999."""
     text = text.strip().lower()
     now = time.time() if now is None else now
     if text in ("never", "none", ""):
         return NEVER
     duration = _DURATION.match(text)
     if duration:
-        return now + int(duration.group(1)) * _UNIT[duration.group(2)]
+        return check_expires(now + int(duration.group(1)) * _UNIT[duration.group(2)], now, text)
     try:
         when = dt.datetime.fromisoformat(text.upper() if "t" in text else text)
     except ValueError:
@@ -45,9 +48,18 @@ def parse_expires(text: str, now: float | None = None) -> float:
                          f"not {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    at = when.timestamp()
-    if at <= now:
-        raise ScopeError(f"expires {text!r} is in the past")
+    return check_expires(when.timestamp(), now, text)
+
+
+def check_expires(at: float, now: float | None = None, given: object = None) -> float:
+    """``at`` when it is a time after ``now`` and before the year 10000; else
+    :class:`ScopeError` (a number in milliseconds or nanoseconds lands far beyond)."""
+    shown = repr(given if given is not None else at)
+    if not math.isfinite(at) or at > LATEST:
+        raise ScopeError(f"expires {shown} is after the year 9999: give seconds since the epoch "
+                         "(not milliseconds), a duration (30d) or an ISO date")
+    if at <= (time.time() if now is None else now):
+        raise ScopeError(f"expires {shown} is in the past")
     return at
 
 
@@ -93,4 +105,6 @@ def when_text(at: float | None) -> str:
     """An expiry for people: ``never`` or a UTC time."""
     if at is None or at == NEVER:
         return "never"
+    if not math.isfinite(at) or at > LATEST:  # written before expiries were bounded
+        return "after 9999"
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))

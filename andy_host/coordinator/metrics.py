@@ -18,7 +18,7 @@ from prometheus_client.core import Metric
 
 from andy_host.coordinator.history import History
 from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.hostseries import HostSeries
+from andy_host.coordinator.hostseries import HostSeries, ModelLabels
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.scrape import PoolCollector
 from andy_host.coordinator.stats import PoolStats
@@ -43,7 +43,8 @@ class _WithoutCreated:
 
 
 class Metrics:
-    def __init__(self, registry: Registry, scheduler: Scheduler, stats: PoolStats, max_hosts: int = 100) -> None:
+    def __init__(self, registry: Registry, scheduler: Scheduler, stats: PoolStats, max_hosts: int = 100,
+                 max_models: int = 100) -> None:
         self.prom = CollectorRegistry(auto_describe=False)
         self.requests = Counter("andy_requests", "Requests by endpoint, model and status",
                                 ["endpoint", "model", "status"], registry=self.prom)
@@ -57,14 +58,17 @@ class Metrics:
                                      ["model"], registry=self.prom)
         self.rate_limited = Counter("andy_rate_limited", "Requests answered 429", ["endpoint"], registry=self.prom)
         self.hosts = HostSeries(max_hosts)
-        self.prom.register(PoolCollector(registry, scheduler, stats, self.hosts))
+        self.models = ModelLabels(max_models)  # model names come from hosts: a bounded label too
+        self.prom.register(PoolCollector(registry, scheduler, stats, self.hosts, self.models))
         self.history = History()
-        # labelled children, looked up once (``labels()`` takes a lock and builds a key)
+        # labelled children, looked up once (``labels()`` takes a lock and builds a key),
+        # by label value: as bounded as the series
         self._outcomes: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._per_model: dict[str, tuple[Histogram, Counter]] = {}
         self._prompt: dict[str, Counter] = {}
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        model = self.models.label(model)
         children = self._outcomes.get((endpoint, model, status))
         if children is None:
             children = self._outcomes[(endpoint, model, status)] = (
@@ -77,6 +81,7 @@ class Metrics:
             self.rate_limited.labels(endpoint).inc()
 
     def _model(self, model: str) -> tuple[Histogram, Counter]:
+        model = self.models.label(model)
         children = self._per_model.get(model)
         if children is None:
             children = self._per_model[model] = (self.ttft.labels(model), self.tokens.labels(model))
@@ -93,6 +98,7 @@ class Metrics:
 
     def observe_prompt_tokens(self, model: str, tokens: int) -> None:
         if tokens:
+            model = self.models.label(model)
             child = self._prompt.get(model)
             if child is None:
                 child = self._prompt[model] = self.prompt_tokens.labels(model)

@@ -26,6 +26,8 @@ from andy_host.protocol import CLOSE_BANNED, CLOSE_KICKED
 
 log = structlog.get_logger("andy_host.moderation")
 
+MAX_KICK_SECONDS = 366 * 86400.0  # a kick is for a while; a ban is for good
+
 
 class Moderation:
     def __init__(self, store: Store, registry: Registry, checker: Checker, kicks: Kicks,
@@ -56,6 +58,8 @@ class Moderation:
             seconds = float(event.reason) if event.reason else self.kick_seconds
         except ValueError:
             seconds = self.kick_seconds
+        if not 0 < seconds <= MAX_KICK_SECONDS:  # NaN or out of range, from an older CLI or by hand
+            seconds = min(max(self.kick_seconds, 1.0), MAX_KICK_SECONDS)
         credential = await self.store.host_credential(event.target)
         if credential is not None:
             token_id, secret_hash = credential

@@ -1,8 +1,9 @@
 """The coordinator's periodic work, with one owner.
 
 Each job is a coroutine *tick* run every ``interval`` seconds. An expected, passing
-failure (the database busy or locked, a socket error) is logged and the tick runs
-again next time. Anything else is a bug: it is logged with its traceback and
+failure (the database busy or locked, a socket error, and whatever the store adds
+with :meth:`Periodic.tolerate`, such as PostgreSQL restarting) is logged and the tick
+runs again next time. Anything else is a bug: it is logged with its traceback and
 ``failed`` is set, which stops the server with a non-zero exit so that systemd
 restarts it; a loop never dies silently.
 """
@@ -27,6 +28,11 @@ class Periodic:
         self.error: str | None = None
         self._jobs: list[tuple[str, float, Tick]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.passing: tuple[type[BaseException], ...] = PASSING
+
+    def tolerate(self, *errors: type[BaseException]) -> None:
+        """Count ``errors`` as passing too (a store's "the server is away for now")."""
+        self.passing = (*self.passing, *errors)
 
     def every(self, name: str, interval: float, tick: Tick) -> None:
         """Register ``tick`` to run every ``interval`` seconds once started."""
@@ -41,7 +47,7 @@ class Periodic:
             await asyncio.sleep(interval)
             try:
                 await tick()
-            except PASSING as exc:
+            except self.passing as exc:
                 log.warning("periodic.retrying", job=name, error=f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 log.exception("periodic.crashed", job=name)

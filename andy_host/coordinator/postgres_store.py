@@ -33,6 +33,7 @@ from andy_host.coordinator.store import (
     KeyChanges,
     LedgerRow,
     ledger_hour,
+    one_id,
     utc_day,
 )
 from andy_host.coordinator.trust import HostTrust
@@ -40,7 +41,12 @@ from andy_host.coordinator.trust import HostTrust
 log = structlog.get_logger("andy_host.postgres")
 
 DEFAULT_POOL_SIZE = 10
-_BY_IDENT = "(display = $2 OR id::text = $3)"  # a listed prefix or an id
+# PostgreSQL away for now (restarting, failing over, out of connections): the next
+# query opens a new connection, so periodic work retries instead of stopping the replica
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -211,21 +217,29 @@ class PostgresStore:
             columns["expires"] = None if changes.expires == NEVER else changes.expires
         if changes.models is not None:
             columns["models"] = list(changes.models) or None
-        where = "WHERE revoked IS NULL AND (display = $1 OR id::text = $2)"
-        ident_args = (ident[: sec.DISPLAY_LEN], ident)
-        if not columns:  # nothing to change: say whether the key exists
-            return await self.pool.fetchval(f"SELECT 1 FROM api_keys {where}", *ident_args) is not None
-        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=3))  # fixed column names
+        key_id = await self._live_id("api_keys", ident, "key")
+        if key_id is None or not columns:  # nothing to change: say whether the key exists
+            return key_id is not None
+        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=2))  # fixed column names
         self.cache.keys.clear()
-        status = await self.pool.execute(f"UPDATE api_keys SET {sets} {where}", *ident_args, *columns.values())
+        status = await self.pool.execute(f"UPDATE api_keys SET {sets} WHERE revoked IS NULL AND id = $1",
+                                         key_id, *columns.values())
         return _count(status) > 0
 
+    async def _live_id(self, table: str, ident: str, what: str) -> int | None:
+        """The id of the one live row of ``table`` (api_keys or host_tokens) that ``ident``
+        names (see store.one_id: a prefix that several share is refused)."""
+        rows = await self.pool.fetch(f"SELECT id FROM {table} WHERE revoked IS NULL AND"  # a fixed table name
+                                     " (display = $1 OR id::text = $2)", ident[: sec.DISPLAY_LEN], ident)
+        return one_id(ident, (int(r[0]) for r in rows), what)
+
     async def revoke_key(self, ident: str) -> bool:
+        key_id = await self._live_id("api_keys", ident, "key")
+        if key_id is None:
+            return False
         self.cache.keys.clear()
-        status = await self.pool.execute(
-            f"UPDATE api_keys SET revoked = $1 WHERE revoked IS NULL AND {_BY_IDENT}",
-            time.time(), ident[: sec.DISPLAY_LEN], ident,
-        )
+        status = await self.pool.execute("UPDATE api_keys SET revoked = $1 WHERE revoked IS NULL AND id = $2",
+                                         time.time(), key_id)
         return _count(status) > 0
 
     async def usage_today(self, key_id: int) -> int:
@@ -255,12 +269,13 @@ class PostgresStore:
         return secret, int(token_id)
 
     async def _token_id(self, ident: str) -> int:
-        found = await self.pool.fetchval(
+        rows = await self.pool.fetch(
             "SELECT id FROM host_tokens WHERE display = $1 OR id::text = $2", ident[: sec.DISPLAY_LEN], ident
         )
+        found = one_id(ident, (int(r[0]) for r in rows), "host token")
         if found is None:
             raise KeyError(f"no host token {ident!r}")
-        return int(found)
+        return found
 
     async def find_token(self, secret: str) -> HostToken | None:
         """The live token for this secret (banned ones too: the caller refuses them)."""
@@ -289,10 +304,11 @@ class PostgresStore:
         return [dict(zip(names, tuple(row), strict=True)) for row in rows]
 
     async def revoke_token(self, ident: str) -> bool:
-        status = await self.pool.execute(
-            f"UPDATE host_tokens SET revoked = $1 WHERE revoked IS NULL AND {_BY_IDENT}",
-            time.time(), ident[: sec.DISPLAY_LEN], ident,
-        )
+        token_id = await self._live_id("host_tokens", ident, "host token")
+        if token_id is None:
+            return False
+        status = await self.pool.execute("UPDATE host_tokens SET revoked = $1 WHERE revoked IS NULL AND id = $2",
+                                         time.time(), token_id)
         return _count(status) > 0
 
     async def tokens_served_by_token(self, token_id: int) -> int:

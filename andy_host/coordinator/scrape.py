@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from andy_host import __version__
 from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.hostseries import OTHER, HostSeries
+from andy_host.coordinator.hostseries import OTHER, HostSeries, ModelLabels
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 
@@ -56,8 +56,10 @@ def _add(a: float | None, b: float | None) -> float | None:
 
 
 class PoolCollector(Collector):
-    def __init__(self, registry: Registry, scheduler: Scheduler, stats: PoolStats, hosts: HostSeries) -> None:
+    def __init__(self, registry: Registry, scheduler: Scheduler, stats: PoolStats, hosts: HostSeries,
+                 models: ModelLabels) -> None:
         self.registry, self.scheduler, self.stats, self.hosts = registry, scheduler, stats, hosts
+        self.models = models
 
     def collect(self) -> Iterable[Metric]:
         build = GaugeMetricFamily("andy_build_info", "The coordinator's version", labels=["version", "python"])
@@ -74,18 +76,30 @@ class PoolCollector(Collector):
         hosts = GaugeMetricFamily("andy_hosts", "Connected hosts by status", labels=["status"])
         counts: dict[str, int] = {}
         for host in self.registry.hosts.values():
-            counts[host.shown_status] = counts.get(host.shown_status, 0) + 1
+            status = host.shown_status
+            counts[status] = counts.get(status, 0) + 1
         for status in STATUSES:
             hosts.add_metric([status], counts.get(status, 0))
         yield hosts
         queue = GaugeMetricFamily("andy_queue_depth", "Requests waiting for a host, by model (0 for each "
                                   "model served)", labels=["model"])
-        for model in sorted(self.registry.by_model.keys() | self.scheduler.queues.keys()):
-            queue.add_metric([model], self.scheduler.queued(model))
+        for model, depth in sorted(self._queues().items()):
+            queue.add_metric([model], depth)
         yield queue
         in_flight = GaugeMetricFamily("andy_jobs_in_flight", "Jobs running on hosts")
         in_flight.add_metric([], self.registry.in_flight())
         yield in_flight
+
+    def _queues(self) -> dict[str, int]:
+        """Requests waiting, by model label (the models served by most hosts take the
+        places left first; the rest add up under ``OTHER``)."""
+        by_model = self.registry.by_model
+        depths: dict[str, int] = {}
+        for model in sorted(by_model.keys() | self.scheduler.queues.keys(),
+                            key=lambda m: (-len(by_model.get(m, ())), m)):
+            label = self.models.label(model)
+            depths[label] = depths.get(label, 0) + self.scheduler.queued(model)
+        return depths
 
     def _per_host(self, shown: dict[str, list[Host]]) -> Iterator[Metric]:
         jobs = CounterMetricFamily("andy_host_jobs_served", "Client jobs completed, by host name", labels=["host"])

@@ -35,6 +35,7 @@ from andy_host.coordinator.store import (
     KeyChanges,
     LedgerRow,
     ledger_hour,
+    one_id,
     utc_day,
 )
 from andy_host.coordinator.trust import HostTrust
@@ -341,19 +342,25 @@ class SQLiteDatabase:
         if changes.trusted_only is not None:
             sets.append("trusted_only = ?")
             values.append(int(changes.trusted_only))
-        where = " WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)"
-        if not sets:  # nothing to change: say whether the key exists
-            return self.db.execute("SELECT 1 FROM api_keys" + where, (ident[: sec.DISPLAY_LEN], ident)).fetchone() \
-                is not None
-        cur = self.db.execute(f"UPDATE api_keys SET {', '.join(sets)}" + where,  # the columns are fixed names
-                              (*values, ident[: sec.DISPLAY_LEN], ident))
+        key_id = self._live_id("api_keys", ident, "key")
+        if key_id is None or not sets:  # nothing to change: say whether the key exists
+            return key_id is not None
+        cur = self.db.execute(f"UPDATE api_keys SET {', '.join(sets)} WHERE revoked IS NULL AND id = ?",
+                              (*values, key_id))  # the columns are fixed names
         return cur.rowcount > 0
 
+    def _live_id(self, table: str, ident: str, what: str) -> int | None:
+        """The id of the one live row of ``table`` (api_keys or host_tokens) that ``ident``
+        names (see store.one_id: a prefix that several share is refused)."""
+        rows = self.db.execute(f"SELECT id FROM {table} WHERE revoked IS NULL AND"  # a fixed table name
+                               " (display = ? OR CAST(id AS TEXT) = ?)", (ident[: sec.DISPLAY_LEN], ident)).fetchall()
+        return one_id(ident, (int(r[0]) for r in rows), what)
+
     def revoke_key(self, ident: str) -> bool:
-        cur = self.db.execute(
-            "UPDATE api_keys SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
-            (time.time(), ident[: sec.DISPLAY_LEN], ident),
-        )
+        key_id = self._live_id("api_keys", ident, "key")
+        if key_id is None:
+            return False
+        cur = self.db.execute("UPDATE api_keys SET revoked = ? WHERE revoked IS NULL AND id = ?", (time.time(), key_id))
         return cur.rowcount > 0
 
     def usage_today(self, key_id: int) -> int:
@@ -385,13 +392,14 @@ class SQLiteDatabase:
         return secret, int(cur.lastrowid or 0)
 
     def _token_id_by_display(self, ident: str) -> int:
-        row = self.db.execute(
+        rows = self.db.execute(
             "SELECT id FROM host_tokens WHERE display = ? OR CAST(id AS TEXT) = ?",
             (ident[: sec.DISPLAY_LEN], ident),
-        ).fetchone()
-        if row is None:
+        ).fetchall()
+        found = one_id(ident, (int(r[0]) for r in rows), "host token")
+        if found is None:
             raise KeyError(f"no host token {ident!r}")
-        return int(row[0])
+        return found
 
     def find_token(self, secret: str) -> HostToken | None:
         """The live token for this secret (banned ones too: the caller refuses them)."""
@@ -419,10 +427,11 @@ class SQLiteDatabase:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def revoke_token(self, ident: str) -> bool:
-        cur = self.db.execute(
-            "UPDATE host_tokens SET revoked = ? WHERE revoked IS NULL AND (display = ? OR CAST(id AS TEXT) = ?)",
-            (time.time(), ident[: sec.DISPLAY_LEN], ident),
-        )
+        token_id = self._live_id("host_tokens", ident, "host token")
+        if token_id is None:
+            return False
+        cur = self.db.execute("UPDATE host_tokens SET revoked = ? WHERE revoked IS NULL AND id = ?",
+                              (time.time(), token_id))
         return cur.rowcount > 0
 
     def tokens_served_by_token(self, token_id: int) -> int:

@@ -69,6 +69,27 @@ class KeyChanges:
         return all(getattr(self, f.name) is None for f in fields(self))
 
 
+class AmbiguousIdent(KeyError):
+    """A listed prefix that several live keys (or tokens) share: only the id tells them
+    apart (a prefix holds 30 random bits, so a pool of thousands of keys may repeat one)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def one_id(ident: str, ids: Iterable[int], what: str) -> int | None:
+    """The one id that ``ident`` (an id, or a listed prefix) names among ``ids``, the live
+    rows that match it either way; None for none; :class:`AmbiguousIdent` when a prefix
+    names several: an update or revocation must never reach a key the admin did not mean."""
+    found = sorted(set(ids))
+    if any(str(i) == ident for i in found):
+        return int(ident)
+    if len(found) > 1:
+        raise AmbiguousIdent(f"{ident!r} is the prefix of {len(found)} live {what}s (ids "
+                             f"{', '.join(map(str, found))}): give the id instead")
+    return found[0] if found else None
+
+
 @dataclass(frozen=True, slots=True)
 class HostToken:
     """A live host token as the coordinator sees it."""

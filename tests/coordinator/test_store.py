@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from andy_host.coordinator import secrets as sec
 from andy_host.coordinator.keyscope import NEVER
-from andy_host.coordinator.store import KeyChanges, Store, open_store, utc_day
+from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, Store, open_store, utc_day
 from andy_host.coordinator.trust import HostTrust
 
 
@@ -113,6 +114,34 @@ async def test_key_expiry_scope_and_updates(store: Store) -> None:
     assert await store.update_key(str(key_id), KeyChanges()) is True  # exists, nothing to change
     assert await store.revoke_key(str(key_id))
     assert await store.update_key(str(key_id), KeyChanges(name="x")) is False
+
+
+async def test_a_prefix_that_two_keys_share_changes_neither(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed prefix holds 30 random bits: with thousands of keys two share one. An
+    update or revocation by that prefix must reach no key (it named none of them for
+    sure); by id it reaches that key only."""
+    real = sec.new_secret
+
+    def colliding(prefix: str) -> str:
+        body = "same22" + real(prefix)[len(prefix) + 6: len(prefix) + 32]
+        return f"{prefix}{body}{sec._checksum(body)}"
+
+    monkeypatch.setattr(sec, "new_secret", colliding)
+    first, first_id = await store.create_key("alice", 5, 2)
+    second, second_id = await store.create_key("bob", 5, 2)
+    token, _ = await store.create_token("t1")
+    await store.create_token("t2")
+    prefix = first[: sec.DISPLAY_LEN]
+    assert second[: sec.DISPLAY_LEN] == prefix and token[: sec.DISPLAY_LEN] != prefix
+    for change in (store.update_key(prefix, KeyChanges(daily_limit=10**6)), store.revoke_key(prefix),
+                   store.revoke_token(token[: sec.DISPLAY_LEN]), store.create_key("c", 1, 1, token[: sec.DISPLAY_LEN])):
+        with pytest.raises(AmbiguousIdent, match=r"give the id"):
+            await change
+    assert [(k["daily_limit"], k["revoked"]) for k in await store.list_keys()] == [(5, None), (5, None)]
+    assert await store.revoke_key(str(first_id))
+    assert await store.find_key(first) is None and await store.find_key(second) is not None
+    assert await store.update_key(prefix, KeyChanges(name="bob2"))  # now one live key has it
+    assert [k["name"] for k in await store.list_keys() if k["id"] == second_id] == ["bob2"]
 
 
 async def test_leaderboard_by_period(store: Store) -> None:

@@ -1,0 +1,189 @@
+"""Replicated mode against failures and a hostile peer: real coordinator processes, a
+real Redis and a real PostgreSQL (tests/servers.py), and a scripted "replica" that
+answers the internal job route with whatever a test gives it.
+
+- a replica whose answer restarts in the middle of a stream, or that sends more log
+  probabilities than asked, cannot make the asking replica present it as a success;
+- a replica that keeps its connection open with empty lines is held to the request's
+  deadline;
+- garbage in the directory's set of replicas does not stop a replica;
+- PostgreSQL restarting does not stop a replica: its periodic work retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.procs import Proc, Processes, get_json
+from tests.servers import PostgresServer, RedisServer, start_postgres
+from tests.sse import chat_stream
+
+MODEL = "m:latest"
+SECRET = "replica-secret-for-the-fault-tests"
+OFFER = {"hosts": 1, "capacity": 4, "free": 4, "tps": 50.0, "loaded": True, "trusted": True,
+         "features": ["continue", "logprobs", "tools"]}
+
+
+@dataclass
+class ScriptedPeer:
+    """A "replica" on 127.0.0.1 that answers every internal job with ``lines`` (each
+    written and flushed, ``pause`` seconds apart), then ends its answer."""
+
+    lines: list[bytes]
+    pause: float = 0.0
+    url: str = ""
+    asked: list[dict[str, object]] = field(default_factory=list)
+
+    async def _job(self, request: web.Request) -> web.StreamResponse:
+        self.asked.append(orjson.loads(await request.read()))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for line in self.lines:
+            await response.write(line)
+            await asyncio.sleep(self.pause)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedPeer]:
+    peer = ScriptedPeer([])
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/api/andy/internal/jobs", peer._job)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    peer.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield peer
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def replica(procs: Processes, redis_url: str, name: str, **extra: str) -> Proc:
+    env = {"ANDY_HOST_COORDINATOR_REDIS_URL": redis_url, "ANDY_HOST_COORDINATOR_REPLICA_SECRET": SECRET,
+           "ANDY_HOST_COORDINATOR_REPLICA_ID": name, "ANDY_HOST_COORDINATOR_DIRECTORY_INTERVAL": "0.2",
+           **extra}
+    return procs.coordinator(env=env, name=name, db=procs.tmp / f"{name}.db")
+
+
+def announce(redis: RedisServer, peer: ScriptedPeer, name: str = "evil") -> None:
+    """Put ``peer`` in the directory, serving MODEL with free slots (no expiry)."""
+    entry = {"id": name, "url": peer.url, "models": {MODEL: OFFER}}
+    redis.command("SET", f"andy:replica:{name}", orjson.dumps(entry).decode())
+    redis.command("ZADD", "andy:replicas", "1", name)
+
+
+def wait_peer(url: str, name: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if MODEL in get_json(url + "/health").get("replica", {}).get("peers", {}).get(name, []):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} never saw {name}")
+
+
+def chunk(text: str, **extra: object) -> bytes:
+    return orjson.dumps({"type": "chunk", "id": "x", "content": text, **extra}) + b"\n"
+
+
+def done(**usage: int) -> bytes:
+    return orjson.dumps({"type": "done", "id": "x", "finish_reason": "stop", "usage": usage}) + b"\n"
+
+
+def test_a_restart_inside_a_stream_is_not_a_success(procs: Processes, redis_url: str, redis_server: RedisServer,
+                                                     scripted: ScriptedPeer) -> None:
+    scripted.lines = [chunk("The answer is 4"), b'{"type":"restart"}\n', chunk("Something else"), done()]
+    a = replica(procs, redis_url, "replica-a")
+    announce(redis_server, scripted)
+    wait_peer(a.url, "evil")
+    result = chat_stream(a.url, MODEL, "what is 2+2?", timeout=30)
+    assert scripted.asked, "the job never reached the scripted replica"
+    assert result.status == 200 and result.text == "The answer is 4"
+    assert result.outcome == "error_event", result  # not "The answer is 4Something else" as a success
+
+
+def test_log_probabilities_from_a_replica_are_bounded(procs: Processes, redis_url: str, redis_server: RedisServer,
+                                                      scripted: ScriptedPeer) -> None:
+    entry = {"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}] * 5}
+    scripted.lines = [chunk("a" * 10, logprobs=[entry] * 10) for _ in range(3)] + [done(prompt_tokens=10**9)]
+    a = replica(procs, redis_url, "replica-a", ANDY_HOST_COORDINATOR_MAX_LOGPROBS="20")
+    announce(redis_server, scripted)
+    wait_peer(a.url, "evil")
+    result = chat_stream(a.url, MODEL, "hi", timeout=30, logprobs=True, top_logprobs=1)
+    assert scripted.asked and result.status == 200
+    assert result.outcome == "error_event", result  # 30 entries where 20 are the bound
+
+
+def test_a_replica_that_sends_only_empty_lines_is_held_to_the_deadline(
+        procs: Processes, redis_url: str, redis_server: RedisServer, scripted: ScriptedPeer) -> None:
+    scripted.lines, scripted.pause = [chunk("Hello")] + [b"\n"] * 600, 0.05  # 30 s of "keep-alive"
+    a = replica(procs, redis_url, "replica-a", ANDY_HOST_COORDINATOR_REQUEST_TIMEOUT="4")
+    announce(redis_server, scripted)
+    wait_peer(a.url, "evil")
+    started = time.monotonic()
+    result = chat_stream(a.url, MODEL, "hi", timeout=60)
+    took = time.monotonic() - started
+    assert result.status == 200 and result.text == "Hello" and result.outcome == "error_event", result
+    assert took < 10, f"held for {took:.1f}s past a 4 s request timeout"
+
+
+def test_garbage_in_the_set_of_replicas_does_not_stop_a_replica(procs: Processes, redis_url: str,
+                                                                redis_server: RedisServer) -> None:
+    a = replica(procs, redis_url, "replica-a")
+    subprocess.run(["redis-cli", "-p", str(redis_server.port), "-x", "ZADD", "andy:replicas", "1"],
+                   input=b"\xff\xfe", check=True, capture_output=True, timeout=10)
+    redis_server.command("SET", "andy:replica:junk", '{"id":"junk","url":7,"models":{"m":[1]}}')
+    redis_server.command("ZADD", "andy:replicas", "1", "junk")
+    time.sleep(2)  # ten directory reads
+    assert a.popen is not None and a.popen.poll() is None, a.tail()
+    assert get_json(a.url + "/health")["replica"]["peers"] == {}
+    assert not [e for e in a.events() if e.get("event") == "periodic.crashed"]
+
+
+def _restart(pg: PostgresServer) -> None:
+    """Stop PostgreSQL as a crash would, and start it again (crash recovery: for a moment
+    it answers "the database system is starting up")."""
+    data, log = str(pg.dir / "data"), str(pg.dir / "postgres.log")
+    subprocess.run([*pg.as_user, str(pg.bin / "pg_ctl"), "stop", "-D", data, "-m", "immediate", "-w"],
+                   capture_output=True, timeout=60, check=True)
+    time.sleep(0.5)  # a few flushes while it is down
+    options = f"-p {pg.port} -k {pg.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*pg.as_user, str(pg.bin / "pg_ctl"), "start", "-D", data, "-l", log, "-W", "-o", options],
+                   capture_output=True, timeout=60, check=True)
+    time.sleep(1.0)  # flushes while it recovers, and against the server that came back
+
+
+def test_postgres_restarting_does_not_stop_a_replica(procs: Processes) -> None:
+    try:
+        pg = start_postgres()  # its own server: the session's is shared with other tests
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        a = procs.coordinator(name="replica-a", db=procs.tmp / "a.db", env={
+            "ANDY_HOST_COORDINATOR_DATABASE_URL": pg.create_database(),
+            "ANDY_HOST_COORDINATOR_FLUSH_INTERVAL": "0.05"})
+        backend = procs.fake("ollama", "--models", MODEL)
+        procs.agent(a.url, "ollama", backend.url, "host-a")
+        assert chat_stream(a.url, MODEL, "before", timeout=30).outcome == "complete"
+        for _ in range(3):
+            _restart(pg)
+        assert a.popen is not None and a.popen.poll() is None, a.tail()
+        assert chat_stream(a.url, MODEL, "after", timeout=30).outcome == "complete"
+        assert [e for e in a.events() if e.get("event") == "periodic.retrying"]
+    finally:
+        pg.stop()
