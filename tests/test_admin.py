@@ -58,6 +58,11 @@ def test_cli_conventions_without_a_coordinator(tmp_path: Path) -> None:
         missing = run("coordinator", *args, "--db", db)
         assert missing.returncode == 2, missing
         assert missing.stderr.strip().count("\n") == 0 and "no database file" in missing.stderr
+        # it suggests --create only to the commands that take it (keys list --create: "No such option")
+        words = [a for a in args if a not in ("--name", "x")]
+        assert ("pass --create" in missing.stderr) == ("create" in words), missing.stderr
+        shown = " ".join(run("coordinator", *words, "-h").stdout.split())
+        assert ("unless --create" in shown) == ("create" in words)
     assert not Path(db).exists()  # a typo no longer makes an empty database
     key = ok("coordinator", "keys", "create", "--name", "bot", "--db", db, "--create").strip()
     assert key.startswith("andy_sk_")
@@ -165,6 +170,9 @@ def test_admin_http_api_lifecycle_and_coordinator_status(procs: Processes) -> No
 
         status = api.get(base + "/status").json()
         assert status["totals"]["hosts"] == 1 and status["hosts"]["active"] == 1
+        # every status docs/admin.md lists is there, 0 included (as andy_hosts{status} on /metrics)
+        assert status["hosts"] == {"active": 1, "busy": 0, "idle": 0, "paused": 0, "draining": 0,
+                                   "backend_down": 0, "quarantined": 0}
         assert {m["name"]: m["serving_hosts"] for m in status["models"]} == {"m:latest": 1, "other:latest": 1}
         assert status["rates"]["requests_per_s"] >= 0 and "tokens_per_s" in status["rates"]
         assert httpx.get(base + "/status").status_code == 401

@@ -155,35 +155,47 @@ def test_garbage_in_the_set_of_replicas_does_not_stop_a_replica(procs: Processes
     assert not [e for e in a.events() if e.get("event") == "periodic.crashed"]
 
 
-def _restart(pg: PostgresServer) -> None:
-    """Stop PostgreSQL as a crash would, and start it again (crash recovery: for a moment
-    it answers "the database system is starting up")."""
-    data, log = str(pg.dir / "data"), str(pg.dir / "postgres.log")
-    subprocess.run([*pg.as_user, str(pg.bin / "pg_ctl"), "stop", "-D", data, "-m", "immediate", "-w"],
+def _pg_ctl(pg: PostgresServer, *args: str) -> None:
+    subprocess.run([*pg.as_user, str(pg.bin / "pg_ctl"), *args, "-D", str(pg.dir / "data")],
                    capture_output=True, timeout=60, check=True)
-    time.sleep(0.5)  # a few flushes while it is down
+
+
+def _crash(pg: PostgresServer) -> None:
+    _pg_ctl(pg, "stop", "-m", "immediate", "-w")
+
+
+def _start(pg: PostgresServer) -> None:
+    """Start it again without waiting: during crash recovery it answers "the database
+    system is not yet accepting connections"."""
     options = f"-p {pg.port} -k {pg.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*pg.as_user, str(pg.bin / "pg_ctl"), "start", "-D", data, "-l", log, "-W", "-o", options],
-                   capture_output=True, timeout=60, check=True)
+    _pg_ctl(pg, "start", "-l", str(pg.dir / "postgres.log"), "-W", "-o", options)
     time.sleep(1.0)  # flushes while it recovers, and against the server that came back
 
 
 def test_postgres_restarting_does_not_stop_a_replica(procs: Processes) -> None:
+    """Requests flow while PostgreSQL is down; the replica's periodic work retries, and
+    the ledger written behind keeps what hosts served meanwhile."""
     try:
         pg = start_postgres()  # its own server: the session's is shared with other tests
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     try:
+        database = pg.create_database()
         a = procs.coordinator(name="replica-a", db=procs.tmp / "a.db", env={
-            "ANDY_HOST_COORDINATOR_DATABASE_URL": pg.create_database(),
-            "ANDY_HOST_COORDINATOR_FLUSH_INTERVAL": "0.05"})
+            "ANDY_HOST_COORDINATOR_DATABASE_URL": database, "ANDY_HOST_COORDINATOR_FLUSH_INTERVAL": "0.05"})
         backend = procs.fake("ollama", "--models", MODEL)
         procs.agent(a.url, "ollama", backend.url, "host-a")
         assert chat_stream(a.url, MODEL, "before", timeout=30).outcome == "complete"
-        for _ in range(3):
-            _restart(pg)
+        for cycle in range(3):
+            _crash(pg)
+            if cycle == 0:
+                assert chat_stream(a.url, MODEL, "while it is down", timeout=30).outcome == "complete"
+            time.sleep(0.5)  # flushes that fail
+            _start(pg)
         assert a.popen is not None and a.popen.poll() is None, a.tail()
         assert chat_stream(a.url, MODEL, "after", timeout=30).outcome == "complete"
         assert [e for e in a.events() if e.get("event") == "periodic.retrying"]
+        time.sleep(0.5)
+        assert pg.psql("SELECT SUM(requests) FROM host_ledger", database.rsplit("/", 1)[1]) == "3"
     finally:
         pg.stop()

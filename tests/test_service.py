@@ -168,6 +168,24 @@ def test_service_install_needs_the_backend_binary_only_when_the_backend_is_local
     assert local_managed.returncode == 1 and "llama-server was not found" in local_managed.stderr
 
 
+def test_service_install_says_when_the_unit_would_run_an_andy_host_that_is_not_there(tmp_path: Path) -> None:
+    """`sudo andy-host service install` from a pip-installed andy-host, as the README's quick
+    start goes: the unit runs <prefix>/bin/andy-host, so a prefix without it is named (a real
+    install refuses it, exit 2), with the virtualenv this andy-host runs from."""
+    missing = tmp_path / "no-venv"
+    planned = cli("service", "install", "--role", "coordinator", "--dry-run", "--prefix", str(missing))
+    assert planned.returncode == 0, planned.stderr
+    venv = Path(sys.executable).parent.parent
+    assert f"warning: {missing}/bin/andy-host does not exist" in planned.stderr
+    assert f"--prefix {venv}" in planned.stderr and planned.stderr.count("\n") == 1
+    assert f"ExecStart={missing}/bin/andy-host coordinator serve" in planned.stdout  # the plan is still shown
+    here = cli("service", "install", "--role", "coordinator", "--dry-run", "--prefix", str(venv))
+    assert here.returncode == 0 and "warning" not in here.stderr, here.stderr
+    image = cli("service", "install", "--role", "coordinator", "--root", str(tmp_path / "img"), "--prefix",
+                str(missing))
+    assert image.returncode == 0 and "warning" not in image.stderr, image.stderr  # an image: made later
+
+
 def test_both_roles_on_one_machine_with_their_own_config_and_an_admin_token(procs: Processes, tmp_path: Path) -> None:
     root = tmp_path / "root"
     coordinator = cli("service", "install", "--role", "coordinator", "--root", str(root), "--port", "9000")

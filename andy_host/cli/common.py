@@ -46,11 +46,12 @@ def _sections(values: dict[str, Any], layout: dict[str, dict[str, str]]) -> dict
     return {section: {option: values[flag] for option, flag in options.items()} for section, options in layout.items()}
 
 
-DbOpt = Annotated[str | None, typer.Option(
-    "--db", "--database-url",
-    help="The coordinator's SQLite database file (else coordinator.db of --config, or "
-         "ANDY_HOST_COORDINATOR_DB); it must exist unless --create. A postgresql:// URL (or "
-         "coordinator.database_url) names the replicas' PostgreSQL instead.")]
+DB_HELP = ("The coordinator's SQLite database file (else coordinator.db of --config, or "
+           "ANDY_HOST_COORDINATOR_DB); it must exist{}. A postgresql:// URL (or "
+           "coordinator.database_url) names the replicas' PostgreSQL instead.")
+DbOpt = Annotated[str | None, typer.Option("--db", "--database-url", help=DB_HELP.format(""))]
+# for the commands that take --create (keys create, tokens create)
+DbCreateOpt = Annotated[str | None, typer.Option("--db", "--database-url", help=DB_HELP.format(" unless --create"))]
 CreateOpt = Annotated[bool, typer.Option("--create", help="Create the database file when it does not exist.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -60,9 +61,10 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def _with_store(config: Path | None, db: str | None, action: Callable[[Store], Awaitable[T]],
-                create: bool = False) -> T:
+                create: bool | None = None) -> T:
     """Open the configured store, run ``action`` on it, close it. A database file that
-    does not exist is an error (exit 2) unless ``create``: a typo must not make an empty one."""
+    does not exist is an error (exit 2) unless ``create``: a typo must not make an empty one.
+    ``create`` is None for the commands that have no --create flag to suggest."""
     is_url = db is not None and db.startswith(POSTGRES_SCHEMES)
     loaded = _load(config, {"coordinator": {"database_url": db} if is_url else {"db": db}})
     url = loaded.coordinator.database_url
@@ -70,7 +72,8 @@ def _with_store(config: Path | None, db: str | None, action: Callable[[Store], A
     if not path and not url:
         _fail("no database: pass --db FILE or set coordinator.db in the config")
     if not url and path != ":memory:" and not create and not Path(path).expanduser().exists():
-        _fail(f"no database file {path} (pass --create to make a new one)")
+        _fail(f"no database file {path} (pass --create to make a new one)" if create is not None else
+              f"no database file {path} (the coordinator's --db FILE; keys create --create makes a new one)")
 
     async def main() -> T:
         store = await open_store(path, url)

@@ -16,6 +16,7 @@ import typer
 from andy_host.cli.common import (
     ConfigOpt,
     CreateOpt,
+    DbCreateOpt,
     DbOpt,
     JsonOpt,
     _fail,
@@ -75,7 +76,7 @@ def keys_create(
     expires: ExpiresOpt = None,
     models: ModelsOpt = None,
     config: ConfigOpt = None,
-    db: DbOpt = None,
+    db: DbCreateOpt = None,
     create: CreateOpt = False,
 ) -> None:
     """Create an API key and print it (once)."""
@@ -154,7 +155,7 @@ def tokens_create(
         bool, typer.Option("--trusted", help="Your own machines: the reference for answer checks, and allowed "
                                              "traffic of --trusted-only keys.")
     ] = False,
-    config: ConfigOpt = None, db: DbOpt = None, create: CreateOpt = False,
+    config: ConfigOpt = None, db: DbCreateOpt = None, create: CreateOpt = False,
 ) -> None:
     """Create a host token and print it (once); hosts join with --token."""
     secret, _ = _with_store(config, db, lambda store: store.create_token(name, trusted=trusted), create=create)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,21 @@ def _check_root(action: str, root: Path, dry_run: bool) -> None:
     if not dry_run and root == Path("/") and os.geteuid() != 0:
         raise _fail(f"service {action} must run as root (sudo andy-host service {action} ...), "
                     "or pass --dry-run to see what it would do")
+
+
+def _check_prefix(prefix: str, root: Path, dry_run: bool) -> None:
+    """The unit runs ``<prefix>/bin/andy-host``: on this system, a prefix without it would
+    give a service that fails at every start (status 203/EXEC), so a real install refuses it
+    and --dry-run warns. Under --root the prefix may be made later: not checked."""
+    if root != Path("/") or (Path(prefix) / "bin" / "andy-host").exists():
+        return
+    here = Path(sys.prefix)
+    message = (f"{prefix}/bin/andy-host does not exist (yet), and the unit runs it: install andy-host "
+               f"there first (scripts/install.sh does), or pass --prefix with the virtualenv it is in"
+               + (f" (this one: --prefix {here})" if (here / "bin" / "andy-host").exists() else ""))
+    if not dry_run:
+        raise _fail(message, 2)
+    typer.echo(f"warning: {message}", err=True)
 
 
 def _host_settings(
@@ -88,6 +104,7 @@ def service_install(
 
     _check_role(role)
     _check_root("install", root, dry_run)
+    _check_prefix(prefix, root, dry_run)
     settings: dict[str, dict[str, object]]
     if role == "host":
         agent: dict[str, object] = {"name": name, "max_concurrency": max_concurrency, "token": token}

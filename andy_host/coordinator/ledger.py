@@ -32,9 +32,11 @@ class Ledger:
         self.departed.append(host)
 
     async def flush(self, hosts: list[Host]) -> None:
+        """Write what each host did since the last flush; a write that fails (the store
+        away for a moment) marks nothing, so the next flush writes it with the rest."""
         now = time.time()
-        rows = []
-        for host in [*hosts, *self.departed]:
+        rows, marks, departed = [], [], list(self.departed)
+        for host in [*hosts, *departed]:
             done = self.flushed.setdefault(host.conn, _Flushed(at=host.connected_at))
             if host.served == done.served and host.failures == done.failures and not (host.served or host.failures):
                 continue  # never did anything yet: its time connected waits in memory
@@ -44,9 +46,11 @@ class Ledger:
                 (host.tokens - done.tokens) if credited else 0, host.failures - done.failures,
                 max(0.0, now - done.at),
             ))
-            done.served, done.tokens, done.failures, done.at = host.served, host.tokens, host.failures, now
-        for host in self.departed:
-            self.flushed.pop(host.conn, None)
-        self.departed.clear()
+            marks.append((done, _Flushed(host.served, host.tokens, host.failures, now)))
         if rows:
             await self.store.add_ledger(rows)
+        for done, written in marks:
+            done.served, done.tokens, done.failures, done.at = written.served, written.tokens, written.failures, now
+        for host in departed:
+            self.flushed.pop(host.conn, None)
+        self.departed = [h for h in self.departed if all(h is not d for d in departed)]  # left while writing

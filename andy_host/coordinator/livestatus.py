@@ -15,6 +15,7 @@ from aiohttp import web
 from andy_host import __version__
 from andy_host.coordinator.capacity import model_rows, pool_totals
 from andy_host.coordinator.history import Point
+from andy_host.coordinator.scrape import STATUSES
 from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS
 
 RATE_SECONDS = 60.0  # the window of the request and token rates
@@ -37,7 +38,7 @@ def rates(points: Sequence[Point], seconds: float = RATE_SECONDS) -> dict[str, f
 
 
 def hosts_by_status(app: web.Application) -> dict[str, int]:
-    counts = {status: 0 for status in ("active", "busy", "idle", "paused", "draining", "backend_down")}
+    counts = dict.fromkeys(STATUSES, 0)  # the statuses andy_hosts{status} has on /metrics, 0 included
     for host in app[REGISTRY].hosts.values():
         status = "quarantined" if host.trust.quarantined else host.shown_status
         counts[status] = counts.get(status, 0) + 1

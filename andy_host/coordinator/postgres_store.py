@@ -41,11 +41,12 @@ from andy_host.coordinator.trust import HostTrust
 log = structlog.get_logger("andy_host.postgres")
 
 DEFAULT_POOL_SIZE = 10
-# PostgreSQL away for now (restarting, failing over, out of connections): the next
-# query opens a new connection, so periodic work retries instead of stopping the replica
+# PostgreSQL away for now (restarting, failing over, out of connections; InterfaceError:
+# a connection that died inside a transaction): the next query opens a new connection,
+# so periodic work retries instead of stopping the replica
 UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InsufficientResourcesError, asyncpg.InterfaceError,
 )
 
 
