@@ -146,6 +146,8 @@ def test_kick_ends_the_connection_and_refuses_the_host_for_a_while(procs: Proces
     assert back >= 3, "the kicked host came back before kick_seconds"
     assert kicked.popen is not None and kicked.popen.poll() is None  # a kick is not fatal: it retried
     assert _host_id(coordinator.url, "kicked") == host_id
+    downs = [e for e in kicked.events() if e.get("event") == "link.down"]
+    assert len(downs) == 1 and downs[0]["retry_in"] >= 2.5  # it waited the kick out instead of knocking
     print(f"kicked host gone after {gone:.2f}s, back after {back:.2f}s (kick_seconds 3)")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +39,7 @@ from andy_host.config import AgentConfig
 from andy_host.errors import FrameTooLarge, ProtocolError, Refused
 from andy_host.protocol import (
     BUSY_HEARTBEAT,
+    CLOSE_KICKED,
     FATAL_CLOSES,
     HOSTS_WS_PATH,
     MAX_FRAME_CEILING,
@@ -54,6 +56,7 @@ log = structlog.get_logger("andy_host.link")
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the coordinator's answer to our close
 DEFAULT_FRAME_LIMIT = 8 * 1024 * 1024  # until a welcome says otherwise (protocol 2 coordinators)
+MAX_KICK_WAIT = 366 * 86400.0  # a kick never outlasts a year (the admin API caps it there too)
 
 
 def ws_url(coordinator: str) -> str:
@@ -81,6 +84,19 @@ def retry_after(exc: BaseException, maximum: float, rng: Callable[[], float] = r
     if not 0 < seconds < 3600:
         return None
     return min(seconds * (0.5 + rng()), maximum)
+
+
+KICKED = re.compile(rf"^closed \({CLOSE_KICKED} .*retry in (\d{{1,9}})s\)$")
+
+
+def kicked_wait(reason: str, rng: Callable[[], float] = random.random) -> float | None:
+    """The admin kicked this host for a while (close 4005, "... retry in 600s"): wait
+    that long, plus up to a tenth more so kicked hosts do not return together, instead
+    of knocking every few seconds to be refused again. None for any other ending."""
+    match = KICKED.match(reason)
+    if match is None:
+        return None
+    return min(float(match.group(1)), MAX_KICK_WAIT) * (1 + 0.1 * rng())
 
 
 class Backoff:
@@ -172,6 +188,7 @@ class Link:
                 self.last_error = reason
                 if stop.is_set():
                     break
+                paced = paced if paced is not None else kicked_wait(reason)
                 delay = backoff.next() if paced is None else paced
                 # what to check, once per outage, for a connect that failed (not a closed session)
                 hint = {"hint": checklist(failure, self.coordinator)} if failure is not None and not hinted else {}

@@ -93,7 +93,8 @@ def _expires(body: dict[str, Any]) -> float | None:
 
 
 def _models(body: dict[str, Any]) -> tuple[str, ...] | None:
-    """``models``: a list of model patterns ([] or null: every model). Absent: None."""
+    """``models``: a list of model patterns (["*"] or null: every model; [] is refused).
+    Absent: None."""
     if "models" not in body:
         return None
     value = body["models"]

@@ -64,7 +64,10 @@ def check_expires(at: float, now: float | None = None, given: object = None) -> 
 
 
 def parse_models(patterns: Iterable[str] | str) -> tuple[str, ...]:
-    """Validated patterns from a list or a comma-separated string ("" or "*" = all models)."""
+    """Validated patterns from a list or a comma-separated string ("*" = all models).
+
+    Nothing at all (``""``, ``[]``: an unset shell variable, say) is refused rather than
+    read as "every model": widening a key takes an explicit ``*``."""
     items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
     cleaned: list[str] = []
     for item in items:
@@ -77,6 +80,8 @@ def parse_models(patterns: Iterable[str] | str) -> tuple[str, ...]:
             raise ScopeError(f"model pattern {item[:50]!r} is not a model name or shell pattern")
         if pattern not in cleaned:
             cleaned.append(pattern)
+    if not cleaned:
+        raise ScopeError("no model patterns given: name models or patterns, or '*' for every model")
     if len(cleaned) > MAX_PATTERNS:
         raise ScopeError(f"at most {MAX_PATTERNS} model patterns")
     return () if "*" in cleaned else tuple(cleaned)

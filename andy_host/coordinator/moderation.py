@@ -70,7 +70,7 @@ class Moderation:
         self.kicks.kick(credential_key(token_id, secret_hash, event.target), seconds)
         log.warning("host.kicked", host_id=event.target, seconds=seconds, connected=host is not None)
         if host is not None:
-            await self._drop(host, CLOSE_KICKED, f"kicked by the admin for {seconds:.0f}s")
+            await self._drop(host, CLOSE_KICKED, f"kicked by the admin; retry in {seconds:.0f}s")
 
     async def _ban(self, event: AdminEvent, host: Host | None) -> None:
         credential = await self.store.host_credential(event.target)

@@ -26,3 +26,13 @@ def test_anything_else_falls_back_to_backoff() -> None:
     for exc in (refused(503, None), refused(503, "soon"), refused(503, "-1"), refused(404, "5"),
                 ConnectionRefusedError()):
         assert retry_after(exc, 30) is None
+
+
+def test_a_kicked_host_waits_out_its_kick() -> None:
+    from andy_host.agent.link import kicked_wait
+
+    assert kicked_wait("closed (4005 kicked by the admin; retry in 600s)", rng=lambda: 0.0) == 600
+    assert kicked_wait("closed (4005 kicked by the admin; retry in 600s)", rng=lambda: 1.0) == 660
+    assert kicked_wait("closed (4005 kicked by the admin; retry in 99999999999s)") is None  # not a sane number
+    for other in ("closed (1006 retry in 600s)", "closed (4005)", "closed", "ConnectionResetError: x"):
+        assert kicked_wait(other) is None
