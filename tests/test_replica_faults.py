@@ -7,7 +7,9 @@ answers the internal job route with whatever a test gives it.
 - a replica that keeps its connection open with empty lines is held to the request's
   deadline;
 - garbage in the directory's set of replicas does not stop a replica;
-- PostgreSQL restarting does not stop a replica: its periodic work retries.
+- PostgreSQL restarting does not stop a replica: its periodic work retries, and the
+  ledger keeps what could not be written meanwhile;
+- the internal route answers no browser (CORS) and refuses odd header bytes with 401.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 import pytest
 from aiohttp import web
@@ -199,3 +202,17 @@ def test_postgres_restarting_does_not_stop_a_replica(procs: Processes) -> None:
         assert pg.psql("SELECT SUM(requests) FROM host_ledger", database.rsplit("/", 1)[1]) == "3"
     finally:
         pg.stop()
+
+
+def test_the_internal_route_is_closed_to_browsers_and_odd_headers(procs: Processes, redis_url: str) -> None:
+    a = replica(procs, redis_url, "replica-a", ANDY_HOST_COORDINATOR_CORS_ORIGINS="*")
+    url = a.url + "/api/andy/internal/jobs"
+    preflight = httpx.options(url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+                                            "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+    refused = httpx.post(url, json={}, headers={"Origin": "https://evil.example", "Authorization": "Bearer x"})
+    assert refused.status_code == 401 and "access-control-allow-origin" not in refused.headers
+    odd = httpx.post(url, json={}, headers={"Authorization": b"Bearer \xff\xfe"})
+    assert odd.status_code == 401, odd.text  # not a 500
+    assert httpx.options(a.url + "/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"}).status_code == 204

@@ -3,8 +3,8 @@
 Preflights (``OPTIONS`` with ``Access-Control-Request-Method``) to an API path are
 answered 204 with the methods, the headers asked for and ``cors_max_age``; answers to
 an allowed origin carry ``Access-Control-Allow-Origin`` and expose the request id and
-rate-limit headers. The admin API and the hosts' websocket never answer a browser
-from another origin.
+rate-limit headers. The admin API, the hosts' websocket and the replicas' internal
+route never answer a browser from another origin.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from andy_host.protocol import HOSTS_WS_PATH
 
 METHODS = "GET, POST, OPTIONS"
 EXPOSED = "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
-CLOSED_PATHS = ("/api/andy/admin", HOSTS_WS_PATH)
+CLOSED_PATHS = ("/api/andy/admin", HOSTS_WS_PATH, "/api/andy/internal/")  # not for browsers
 
 
 def allowed_origin(request: web.Request) -> str | None:

@@ -84,7 +84,8 @@ class Federation:
 
     def authentic(self, authorization: str) -> bool:
         """Is this the shared replica secret (compared in constant time)?"""
-        return hmac.compare_digest(authorization.encode(), self._expected)
+        # surrogateescape: a header's bytes that are not UTF-8 are a wrong secret (401), not a 500
+        return hmac.compare_digest(authorization.encode("utf-8", "surrogateescape"), self._expected)
 
     def summary(self) -> dict[str, Any]:
         """This replica and the others it sees (for /health): ids, models, counts."""
