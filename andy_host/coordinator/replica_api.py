@@ -23,9 +23,11 @@ from andy_host.coordinator.replica_wire import (
     failure_line,
     item_line,
     read_job,
+    split_chunk,
 )
-from andy_host.coordinator.state import RELAY
+from andy_host.coordinator.state import CONFIG, RELAY
 from andy_host.errors import APIError, ProtocolError, timeout_error
+from andy_host.protocol import Chunk
 
 log = structlog.get_logger("andy_host.replica_api")
 
@@ -51,11 +53,13 @@ async def internal_job(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
 
+    max_chars = request.app[CONFIG].max_frame_bytes // 8  # UTF-8 and JSON escapes: at most 6 bytes a char
     items = request.app[RELAY].run(job.work, job.client, job.stream, stalled, job.trusted_only, job.trace)
     try:
         async with asyncio.timeout(job.budget), aclosing(items):
             async for item in items:
-                await response.write(item_line(item))
+                for part in split_chunk(item, max_chars) if isinstance(item, Chunk) else (item,):
+                    await response.write(item_line(part))
     except APIError as error:
         await response.write(failure_line(error))
     except TimeoutError:

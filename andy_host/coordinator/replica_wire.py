@@ -19,7 +19,7 @@ import orjson
 from andy_host.coordinator.relay import RESTART, Restart
 from andy_host.coordinator.work import Work
 from andy_host.errors import APIError, ProtocolError, StreamBroken
-from andy_host.protocol import Chunk, Done, decode_host_object, encode, load_object
+from andy_host.protocol import Chunk, Done, TokenLogprob, decode_host_object, encode, load_object
 from andy_host.protocol.requests import read_request
 
 INTERNAL_JOBS_PATH = "/api/andy/internal/jobs"
@@ -66,6 +66,53 @@ def read_job(raw: bytes) -> CrossJob:
     work = Work(kind, model, request, frozenset(needs), continuable=bool(obj.get("continuable", True)))
     return CrossJob(work, client, bool(obj.get("stream", True)), bool(obj.get("trusted_only", False)),
                     trace[:64] if trace else None, float(budget))
+
+
+LOGPROBS_PER_LINE = 256  # log probability entries per chunk line at most
+
+
+def split_chunk(chunk: Chunk, max_chars: int) -> list[Chunk]:
+    """``chunk`` as chunks small enough for one line each at the other replica: the
+    relay merges pieces that arrived together, and one merged chunk of a long answer
+    (UTF-8, JSON escapes) could exceed the line limit there, which would read as a lost
+    route. Content is cut at ``max_chars``; with log probabilities, at token boundaries."""
+    logprobs = chunk.logprobs or []
+    alternatives = sum(len(alt) for entry in logprobs for alt, _ in entry.top)
+    if len(chunk.content) + alternatives <= max_chars and len(logprobs) <= LOGPROBS_PER_LINE:
+        return [chunk]
+    if chunk.logprobs:
+        return _split_by_tokens(chunk, max_chars)
+    pieces = [chunk.content[i:i + max_chars] for i in range(0, len(chunk.content), max_chars)]
+    return [Chunk(chunk.id, piece, tokens) for piece, tokens in zip(pieces, _share(chunk.tokens, len(pieces)),
+                                                                      strict=True)]
+
+
+def _split_by_tokens(chunk: Chunk, max_chars: int) -> list[Chunk]:
+    logprobs = chunk.logprobs or []
+    if "".join(t.token for t in logprobs) != chunk.content:
+        return [chunk]  # the tokens do not spell the content: not cut (rare; the line may be refused)
+    groups: list[list[TokenLogprob]] = [[]]
+    chars = text = 0
+    for entry in logprobs:
+        size = len(entry.token) + sum(len(alt) for alt, _ in entry.top)
+        if text and (len(groups[-1]) >= LOGPROBS_PER_LINE or chars + size > max_chars):
+            groups.append([])  # a new line only after some content: no chunk goes without
+            chars = text = 0
+        groups[-1].append(entry)
+        chars, text = chars + size, text + len(entry.token)
+    if not text and len(groups) > 1:
+        tail = groups.pop()
+        groups[-1] += tail  # trailing tokens without text join the line before
+    shares = _share(chunk.tokens, len(groups))
+    return [Chunk(chunk.id, "".join(t.token for t in group), tokens, group)
+            for group, tokens in zip(groups, shares, strict=True)]
+
+
+def _share(total: int, parts: int) -> list[int]:
+    """``total`` tokens over ``parts`` chunks, at least one each (what a chunk claims is
+    checked against its text at the other replica anyway)."""
+    base, extra = divmod(max(total, parts), parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def item_line(item: Chunk | Done | Restart) -> bytes:
@@ -115,15 +162,30 @@ def _short(value: Any) -> str | None:
 
 
 class Lines:
-    """Splits a byte stream into lines, none longer than ``limit`` (ProtocolError)."""
+    """Splits a byte stream into lines, none longer than ``limit`` (ProtocolError).
+
+    Linear in the bytes fed, however they are cut: only new data is searched for line
+    ends, and a partial line grows in place (a peer sending a byte at a time must not
+    make each byte cost the whole line again)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.buffer = b""
+        self.buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        if len(self.buffer) > self.limit or any(len(line) > self.limit for line in lines):
+        lines: list[bytes] = []
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._check(len(self.buffer) + end - start)
+            line = bytes(self.buffer) + data[start:end] if self.buffer else data[start:end]
+            self.buffer.clear()
+            if line:
+                lines.append(line)
+            start = end + 1
+        self._check(len(self.buffer) + len(data) - start)
+        self.buffer += data[start:]
+        return lines
+
+    def _check(self, size: int) -> None:
+        if size > self.limit:
             raise ProtocolError(f"a line from a replica is over {self.limit} bytes")
-        return [line for line in lines if line]

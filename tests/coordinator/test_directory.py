@@ -100,3 +100,42 @@ def test_lines_are_split_and_bounded() -> None:
     assert lines.feed(b":2}\n\n") == [b'{"b":2}']
     with pytest.raises(ProtocolError):
         lines.feed(b"x" * 11)
+
+
+def test_lines_are_split_in_linear_time_however_the_bytes_are_cut() -> None:
+    import time
+
+    from andy_host.coordinator.replica_wire import Lines
+    from andy_host.errors import ProtocolError
+
+    whole = b'{"type":"chunk"}\n\n{"type":"done"}\npartial'
+    for step in (1, 2, 7, len(whole)):
+        lines, got = Lines(1000), []
+        for i in range(0, len(whole), step):
+            got += lines.feed(whole[i:i + step])
+        assert got == [b'{"type":"chunk"}', b'{"type":"done"}'] and bytes(lines.buffer) == b"partial"
+    slow, started = Lines(1 << 20), time.perf_counter()
+    for _ in range(300_000):  # a peer sending one byte at a time: 300 KB of one line
+        slow.feed(b"x")
+    assert time.perf_counter() - started < 30  # linear: well under a second; quadratic: many minutes
+    for cut in (b"y" * 11, b"y" * 5 + b"\n" + b"z" * 11):
+        with pytest.raises(ProtocolError):
+            Lines(10).feed(cut)
+
+
+def test_a_merged_chunk_too_long_for_one_line_is_cut_without_losing_a_character() -> None:
+    from andy_host.coordinator.replica_wire import Lines, item_line, read_line, split_chunk
+    from andy_host.protocol import Chunk, TokenLogprob
+
+    text = "雪" * 25 + "\x01" * 25  # 3 bytes a char in UTF-8; 6 as a JSON escape
+    parts = split_chunk(Chunk("j", text, tokens=7), max_chars=8)
+    assert "".join(p.content for p in parts) == text and sum(p.tokens for p in parts) == 7
+    lines = Lines(8 * 6 + 64)  # 6 bytes a char at worst, and the frame around the content
+    read = [read_line(line) for part in parts for line in lines.feed(item_line(part))]
+    assert "".join(r.content for r in read if isinstance(r, Chunk)) == text
+    tokens = [TokenLogprob(token=w, logprob=-0.1, top=[(w, -0.1)]) for w in ("a", "bb", "", "ccc", "")]
+    cut = split_chunk(Chunk("j", "abbccc", tokens=5, logprobs=tokens), max_chars=6)  # chars: text + alternatives
+    assert [p.content for p in cut] == ["abb", "ccc"] and all(p.content for p in cut)
+    assert [t for p in cut for t in p.logprobs or []] == tokens  # every entry kept, in order
+    odd = Chunk("j", "not the tokens", logprobs=tokens)
+    assert split_chunk(odd, max_chars=4) == [odd]  # tokens that do not spell the content: left whole
