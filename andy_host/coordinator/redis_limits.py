@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -91,8 +92,9 @@ def window_key(who: str) -> str:
 class RedisMeter:
     """The :class:`~andy_host.coordinator.meter.Meter` of replicas (see the module docs)."""
 
-    def __init__(self, client: aioredis.Redis, store: Store, window: float) -> None:
-        self.redis, self.store, self.window = client, store, window
+    def __init__(self, client: aioredis.Redis, store: Store, window: float, retry: float = 2.0) -> None:
+        self.redis, self.store, self.window, self.retry = client, store, window, retry
+        self.retry_at = 0.0  # while down: Redis is asked again only from then (monotonic)
         self.take_script = client.register_script(TAKE)
         self.refund_script = client.register_script(REFUND)
         self.usage = Usage(store)  # this replica's counts, written behind to the store
@@ -102,6 +104,8 @@ class RedisMeter:
         self.down = False
 
     async def take(self, ask: Ask, now: float) -> Taken:
+        if self.down and time.monotonic() < self.retry_at:
+            return await self.fallback.take(ask, now)  # a stalled Redis must not cost every request its timeout
         try:
             taken = await self._take(ask, now)
         except (RedisError, OSError) as exc:
@@ -115,6 +119,7 @@ class RedisMeter:
         return taken
 
     def _went_down(self, exc: BaseException) -> None:
+        self.retry_at = time.monotonic() + self.retry
         if not self.down:
             self.down = True
             log.warning("limits.redis_down", error=str(exc), fallback="this replica's own limits")

@@ -43,7 +43,7 @@ async def start(app: web.Application, config: CoordinatorConfig) -> None:
 
     client = await connect(config.redis_url, config.redis_timeout)
     app[REDIS] = client
-    app[ACCESS].meter = RedisMeter(client, app[STORE], config.rate_window)
+    app[ACCESS].meter = RedisMeter(client, app[STORE], config.rate_window, config.redis_retry)
     changes = Changes(client, {EVENTS: app[MODERATION].poll}, retry=config.redis_timeout)
     app[CHANGES] = changes
     app[PERIODIC].every("changes", 0.001, changes.tick)

@@ -70,3 +70,32 @@ async def test_without_redis_the_replica_keeps_its_own_limits(store: Store) -> N
     await meter.refund(ask, taken[0])
     assert (await meter.take(ask, time.time())).allowed
     await gone.aclose()
+
+
+async def test_a_stalled_redis_costs_one_request_its_timeout_not_every_one(store: Store) -> None:
+    """A Redis that accepts and never answers: the first take waits out the timeout, the
+    next ones use this replica's own limits at once until ``retry`` has passed."""
+    import asyncio
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stalled = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, socket_connect_timeout=0.3)
+    meter = RedisMeter(stalled, store, 60, retry=1.0)
+    ask = Ask(who="ip:198.51.100.9", per_minute=100)
+    started = time.monotonic()
+    assert (await meter.take(ask, time.time())).allowed and meter.down
+    first = time.monotonic() - started
+    started = time.monotonic()
+    for _ in range(20):
+        assert (await meter.take(ask, time.time())).allowed
+    rest = time.monotonic() - started
+    assert first >= 0.25 and rest < 0.25  # 20 requests in less than one timeout
+    await asyncio.sleep(1.0)
+    started = time.monotonic()
+    await meter.take(ask, time.time())
+    assert time.monotonic() - started >= 0.25  # after retry, Redis is asked again
+    await stalled.aclose()
+    server.close()
