@@ -339,8 +339,8 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
     positive = ("hello_timeout", "http_idle_timeout", "body_timeout", "busy_host_timeout", "max_connecting",
                 "max_connecting_per_address", "max_job_buffer_chars", "max_models_per_host", "max_known_models",
                 "answer_chars_per_token", "max_choices", "max_logprobs", "admission_wait", "directory_interval",
-                "directory_ttl", "replica_connect_timeout", "redis_timeout", "redis_retry", "database_pool_size", "kick_seconds",
-                "leaderboard_size", "leaderboard_refresh")
+                "directory_ttl", "replica_connect_timeout", "redis_timeout", "redis_retry", "database_pool_size",
+                "kick_seconds", "leaderboard_size", "leaderboard_refresh")
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"coordinator.{name} must be positive")
