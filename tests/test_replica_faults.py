@@ -26,6 +26,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from andy_host.coordinator.directory import sign
 from tests.procs import Proc, Processes, get_json
 from tests.servers import PostgresServer, RedisServer, start_postgres
 from tests.sse import chat_stream
@@ -85,9 +86,10 @@ def replica(procs: Processes, redis_url: str, name: str, **extra: str) -> Proc:
 
 
 def announce(redis: RedisServer, peer: ScriptedPeer, name: str = "evil") -> None:
-    """Put ``peer`` in the directory, serving MODEL with free slots (no expiry)."""
+    """Put ``peer`` in the directory, serving MODEL with free slots (no expiry): a
+    replica gone bad, so it holds the secret and signs its entry."""
     entry = {"id": name, "url": peer.url, "models": {MODEL: OFFER}}
-    redis.command("SET", f"andy:replica:{name}", orjson.dumps(entry).decode())
+    redis.command("SET", f"andy:replica:{name}", sign(SECRET, orjson.dumps(entry)).decode())
     redis.command("ZADD", "andy:replicas", "1", name)
 
 

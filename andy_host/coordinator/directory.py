@@ -14,10 +14,17 @@ Every replica reads the others' entries at the same interval, so routing a reque
 needs no Redis call: the view is at most one interval old. The summaries are built
 from the coordinator's own measurements and standing of its hosts (never a host's
 claims), and a reader checks every field's type: an entry it cannot read is ignored.
+
+Each replica entry is signed with an HMAC of ``replica_secret``: whoever can write to
+Redis but does not hold the secret cannot point the pool at their own server (which
+would receive the replica secret and clients' prompts). Unsigned or badly signed
+entries are ignored and pruned.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -97,6 +104,23 @@ def offers(hosts: Iterable[Host], now: float) -> dict[str, dict[str, Any]]:
     return out
 
 
+def sign(secret: str, payload: bytes) -> bytes:
+    """``payload`` with its HMAC-SHA256 under the replicas' secret in front: ``hex.payload``."""
+    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest().encode() + b"." + payload
+
+
+def verified(secret: str, raw: bytes | None) -> bytes | None:
+    """The payload of a signed entry, or None when it is missing or not signed with ``secret``."""
+    if raw is None:
+        return None
+    mac, _, payload = raw.partition(b".")
+    expected = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(mac, expected):
+        log.warning("directory.bad_signature", size=len(raw))
+        return None
+    return payload
+
+
 def parse_peer(raw: bytes | None) -> Peer | None:
     """A replica's entry, or None when it is missing or not what a replica writes."""
     if raw is None:
@@ -135,9 +159,9 @@ def _text(member: bytes | str) -> str:
 class Directory:
     """This replica's entries in Redis, and its view of the other replicas."""
 
-    def __init__(self, redis: Any, replica: str, ttl: float) -> None:
+    def __init__(self, redis: Any, replica: str, ttl: float, secret: str) -> None:
         self.redis = redis  # redis.asyncio.Redis
-        self.replica = replica
+        self.replica, self.secret = replica, secret
         self.ttl_ms = max(1, int(ttl * 1000))
         self.url = ""  # set once the server listens
         self.peers: dict[str, Peer] = {}
@@ -148,8 +172,8 @@ class Directory:
         if not self.url:
             return
         now = time.monotonic()
-        entry = orjson.dumps({"id": self.replica, "url": self.url, "at": time.time(),
-                              "models": offers(hosts, now)})
+        entry = sign(self.secret, orjson.dumps({"id": self.replica, "url": self.url, "at": time.time(),
+                                                "models": offers(hosts, now)}))
         records = {h.id: orjson.dumps(host_record(h)) for h in hosts}
         changed = {k: v for k, v in records.items() if self._written.get(k) != v}
         gone = [k for k in self._written if k not in records]
@@ -172,7 +196,7 @@ class Directory:
         peers: dict[str, Peer] = {}
         expired = []
         for (member, replica), raw in zip(others, raws, strict=True):
-            peer = parse_peer(raw)
+            peer = parse_peer(verified(self.secret, raw))
             if peer is None:
                 expired.append(member)  # removed as stored, even when it is not text
             elif peer.id == replica:

@@ -139,3 +139,15 @@ def test_a_merged_chunk_too_long_for_one_line_is_cut_without_losing_a_character(
     assert [t for p in cut for t in p.logprobs or []] == tokens  # every entry kept, in order
     odd = Chunk("j", "not the tokens", logprobs=tokens)
     assert split_chunk(odd, max_chars=4) == [odd]  # tokens that do not spell the content: left whole
+
+
+def test_directory_entries_are_signed_with_the_replica_secret() -> None:
+    """Write access to Redis without the secret cannot point the pool at another server."""
+    from andy_host.coordinator.directory import sign, verified
+
+    payload = orjson.dumps({"id": "b", "url": "http://10.0.0.2:8080", "models": {}})
+    signed = sign("s" * 20, payload)
+    assert verified("s" * 20, signed) == payload
+    forged = signed.replace(b"10.0.0.2", b"evil.example")
+    for raw in (forged, payload, sign("other-secret-0123456789", payload), b".", b"", None):
+        assert verified("s" * 20, raw) is None
