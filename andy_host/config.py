@@ -88,6 +88,7 @@ class CoordinatorConfig:
     metrics_max_models: int = 100
     dashboard_max_rows: int = 200
     dashboard_cache_seconds: float = 1.0
+    metrics_cache_seconds: float = 1.0
     leaderboard_size: int = 10
     leaderboard_refresh: float = 30.0
     hello_timeout: float = 5.0
@@ -344,7 +345,8 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"coordinator.{name} must be positive")
-    for name in ("metrics_max_hosts", "metrics_max_models", "dashboard_max_rows", "dashboard_cache_seconds"):
+    for name in ("metrics_max_hosts", "metrics_max_models", "dashboard_max_rows", "dashboard_cache_seconds",
+                 "metrics_cache_seconds"):
         if getattr(c, name) < 0:
             raise ConfigError(f"coordinator.{name} must not be negative")
     if c.leaderboard_size > 100:

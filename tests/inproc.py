@@ -33,7 +33,7 @@ from tests.fakes import llamacpp, ollama
 
 FAST = CoordinatorConfig(
     host="127.0.0.1", port=0, heartbeat_interval=0.5, host_timeout=3, queue_timeout=2, ttft_timeout=20,
-    anon_per_minute=10**6, new_hosts_per_hour=10**6, flush_interval=0.2,
+    anon_per_minute=10**6, new_hosts_per_hour=10**6, flush_interval=0.2, metrics_cache_seconds=0,
 )
 
 

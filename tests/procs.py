@@ -34,6 +34,7 @@ FAST_ENV = {
     "ANDY_HOST_BACKEND_RESTART_BACKOFF_MIN": "0.2",
     "ANDY_HOST_COORDINATOR_ANON_PER_MINUTE": "1000000",
     "ANDY_HOST_COORDINATOR_NEW_HOSTS_PER_HOUR": "1000000",  # every test's hosts come from 127.0.0.1
+    "ANDY_HOST_COORDINATOR_METRICS_CACHE_SECONDS": "0",  # tests compare scrapes before and after traffic
 }
 
 

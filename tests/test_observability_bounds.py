@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from andy_host.coordinator.hostseries import OTHER, HostSeries, ModelLabels
+from andy_host.coordinator.state import METRICS
 from tests.evil import RawHost, hello, join
 from tests.inproc import Pool, coordinator, until
 from tests.test_metrics import fake_host, samples, scrape, total
@@ -104,3 +105,24 @@ async def test_dashboard_feed_is_bounded_and_shared(tmp_path: Path) -> None:
     assert len(names) == 3 and "raw-4" in names and names == sorted(names)  # the one that served, first
     assert "shared:latest" in [m["name"] for m in first["models"]] and len(first["models"]) == 3
     assert second == first and third == first  # one build for every viewer within the window
+
+
+async def test_metrics_are_rendered_once_per_cache_period_for_every_scraper(tmp_path: Path) -> None:
+    """A hammered /metrics costs one render per metrics_cache_seconds, not one per request."""
+    async with coordinator(tmp_path, metrics_cache_seconds=0.5) as pool, pool.http() as http:
+        renders = 0
+        metrics = pool.app[METRICS]
+        real = metrics.render
+
+        def counted() -> bytes:
+            nonlocal renders
+            renders += 1
+            return real()
+
+        metrics.render = counted  # type: ignore[method-assign]
+        bodies = [(await http.get("/metrics")).text for _ in range(30)]
+        assert renders == 1 and len(set(bodies)) == 1
+        await http.get("/api/andy/v1/models", headers={"Authorization": f"Bearer {pool.key}"})  # traffic
+        await asyncio.sleep(0.6)
+        fresh = (await http.get("/metrics")).text
+        assert renders == 2 and fresh != bodies[0]  # the next period shows it

@@ -69,6 +69,7 @@ class FeedCache:
 
 
 FEED = web.AppKey("dashboard_feed", FeedCache)
+SCRAPE = web.AppKey("metrics_scrape", FeedCache)  # the last /metrics rendered
 
 
 def _gpu(gpu: GpuReading) -> dict[str, Any]:
@@ -167,14 +168,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         raise APIError(404, "Metrics are off (coordinator.metrics_access).", code="metrics_disabled")
     if config.metrics_access == "admin" and not has_admin_token(request):
         raise APIError(401, "Metrics need `Authorization: Bearer <admin_token>`.", code="invalid_admin_token")
-    return web.Response(body=request.app[METRICS].render(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    cache = request.app[SCRAPE]
+    if not cache.fresh():  # one render per metrics_cache_seconds, whoever scrapes
+        cache.body, cache.built_at = request.app[METRICS].render(), time.monotonic()
+    return web.Response(body=cache.body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def add_dashboard_routes(app: web.Application) -> None:
     config = app[CONFIG]
     app[LEADERBOARD] = Leaderboard(config.leaderboard_size, config.leaderboard_refresh)
     app[FEED] = FeedCache(config.dashboard_cache_seconds)
+    app[SCRAPE] = FeedCache(config.metrics_cache_seconds)
     app.router.add_get("/", dashboard_page)
     app.router.add_get("/api/andy/dashboard", dashboard_data)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -347,7 +347,8 @@ async def start_federation(app: web.Application, config: CoordinatorConfig, rela
 
     redis: Any = app[REDIS]
     replica = config.replica_id or uuid.uuid4().hex[:12]
-    federation = Federation(config, Directory(redis, replica, config.directory_ttl, config.replica_secret), relay, registry)
+    directory = Directory(redis, replica, config.directory_ttl, config.replica_secret)
+    federation = Federation(config, directory, relay, registry)
     federation.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     app[FEDERATION] = federation
     log.info("replica.started", replica=replica)
