@@ -64,7 +64,8 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     with tempfile.TemporaryDirectory() as tmp:
         procs = Processes(Path(tmp))
-        coordinator = procs.coordinator(port=free_port(), env={"ANDY_HOST_COORDINATOR_HOST_TIMEOUT": "30"})
+        coordinator = procs.coordinator(port=free_port(), env={"ANDY_HOST_COORDINATOR_HOST_TIMEOUT": "30",
+                                                               "ANDY_HOST_COORDINATOR_METRICS_CACHE_SECONDS": "1"})
         url, key = coordinator.url, coordinator.key
         sim = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "simhosts.py"), url, str(n), "--procs", "2"],
                                stdout=subprocess.DEVNULL)
