@@ -47,6 +47,7 @@ class CoordinatorConfig:
     replica_connect_timeout: float = 3.0
     redis_timeout: float = 2.0
     redis_retry: float = 2.0
+    database_timeout: float = 5.0
     database_pool_size: int = 10
     max_body_bytes: int = 4 * 1024 * 1024
     max_frame_bytes: int = 8 * 1024 * 1024
@@ -341,6 +342,7 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
                 "max_connecting_per_address", "max_job_buffer_chars", "max_models_per_host", "max_known_models",
                 "answer_chars_per_token", "max_choices", "max_logprobs", "admission_wait", "directory_interval",
                 "directory_ttl", "replica_connect_timeout", "redis_timeout", "redis_retry", "database_pool_size",
+                "database_timeout",
                 "kick_seconds", "leaderboard_size", "leaderboard_refresh")
     for name in positive:
         if getattr(c, name) <= 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -190,11 +191,23 @@ def test_postgres_restarting_does_not_stop_a_replica(procs: Processes) -> None:
             "ANDY_HOST_COORDINATOR_DATABASE_URL": database, "ANDY_HOST_COORDINATOR_FLUSH_INTERVAL": "0.05"})
         backend = procs.fake("ollama", "--models", MODEL)
         procs.agent(a.url, "ollama", backend.url, "host-a")
+        key, other = (subprocess.run(
+            [sys.executable, "-m", "andy_host.cli", "coordinator", "keys", "create", "--name", name,
+             "--database-url", database], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+            for name in ("known", "never-used"))
+        models = a.url + "/api/andy/v1/models"
+        assert httpx.get(models, headers={"Authorization": f"Bearer {key}"}).status_code == 200  # read once
         assert chat_stream(a.url, MODEL, "before", timeout=30).outcome == "complete"
         for cycle in range(3):
             _crash(pg)
             if cycle == 0:
                 assert chat_stream(a.url, MODEL, "while it is down", timeout=30).outcome == "complete"
+                # a key read before keeps working (nothing can be revoked while the database
+                # is down); one never read cannot be checked: 503 with Retry-After, not a 500
+                assert httpx.get(models, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+                unknown = httpx.get(models, headers={"Authorization": f"Bearer {other}"})
+                assert unknown.status_code == 503 and unknown.headers["Retry-After"], unknown.text
+                assert unknown.json()["error"]["code"] == "key_store_unavailable"
             time.sleep(0.5)  # flushes that fail
             _start(pg)
         assert a.popen is not None and a.popen.poll() is None, a.tail()

@@ -118,7 +118,8 @@ def _forget_models(app: web.Application) -> Tick:
 
 async def _services(app: web.Application, config: CoordinatorConfig) -> None:
     """The coordinator's parts, each with the parts it needs."""
-    app[STORE] = store = await open_store(config.db, config.database_url, pool_size=config.database_pool_size)
+    app[STORE] = store = await open_store(config.db, config.database_url, pool_size=config.database_pool_size,
+                                               connect_timeout=config.database_timeout)
     if config.database_url:  # PostgreSQL restarting must not stop the replica's periodic work
         from andy_host.coordinator.postgres_store import UNAVAILABLE
 

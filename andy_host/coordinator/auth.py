@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import structlog
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
@@ -31,8 +32,10 @@ from andy_host.coordinator.keyscope import allows, expired, when_text
 from andy_host.coordinator.meter import Ask, LocalMeter, Meter, Taken
 from andy_host.coordinator.ratelimit import Decision
 from andy_host.coordinator.secrets import API_KEY_PREFIX, well_formed
-from andy_host.coordinator.store import ApiKey, Store, utc_day
+from andy_host.coordinator.store import ApiKey, Store, StoreUnavailable, utc_day
 from andy_host.errors import APIError
+
+log = structlog.get_logger("andy_host.auth")
 
 KEYED_ENDPOINTS = {"models", "embeddings", "pool_status", "ollama_models", "ollama_embed"}
 # Endpoints that generate text: free within the anonymous limit, and under a key's
@@ -100,7 +103,13 @@ class Access:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
             return None
-        key = await self.store.find_key(secret)
+        try:
+            key = await self.store.find_key(secret)
+        except StoreUnavailable as exc:
+            log.warning("auth.store_unavailable", error=str(exc))
+            raise APIError(503, "The pool cannot check this API key now (its database is unreachable); "
+                                "retry in a few seconds.", type="server_error", code="key_store_unavailable",
+                           headers={"Retry-After": "5"}) from None
         if key is None:
             if not well_formed(secret, API_KEY_PREFIX):
                 raise invalid_api_key("Malformed API key (checksum mismatch): check it was copied whole.")

@@ -6,8 +6,9 @@ applied at open under an advisory lock. Live API keys are cached in memory, so a
 request costs no query; one more connection LISTENs on ``andy_invalidate``, which
 triggers notify on every change to keys or host tokens (from any replica, the CLI or
 psql), and each notification empties the cache: a revoked key stops working on every
-replica within milliseconds. While that connection is down, keys are not cached (each
-request reads them), and it is re-opened at most every ``key_recheck`` seconds.
+replica within milliseconds. While that connection is down, each request reads its key
+(refreshing the cache), and it is re-opened at most every ``key_recheck`` seconds; while
+the database itself is down, a key read before is served from the cache.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from andy_host.coordinator.store import (
     HostToken,
     KeyChanges,
     LedgerRow,
+    StoreUnavailable,
     ledger_hour,
     one_id,
     utc_day,
@@ -46,8 +48,9 @@ DEFAULT_POOL_SIZE = 10
 # so periodic work retries instead of stopping the replica
 UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError, asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError, asyncpg.InterfaceError, OSError, TimeoutError,
 )
+DEFAULT_TIMEOUT = 5.0  # seconds to connect (coordinator.database_timeout)
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -67,10 +70,11 @@ async def migrate(conn: asyncpg.Connection) -> int:
 
 
 class KeyCache:
-    """Live keys by digest, emptied by NOTIFY; bypassed while nobody listens."""
+    """Live keys by digest, emptied by NOTIFY; while nobody listens, read through (and
+    used alone only when the database cannot answer)."""
 
-    def __init__(self, dsn: str, recheck: float) -> None:
-        self.dsn, self.recheck = dsn, recheck
+    def __init__(self, dsn: str, recheck: float, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.dsn, self.recheck, self.timeout = dsn, recheck, timeout
         self.keys: dict[str, ApiKey] = {}
         self.listener: asyncpg.Connection | None = None
         self.tried = -float("inf")
@@ -79,9 +83,18 @@ class KeyCache:
         self.keys.clear()
 
     def _lost(self, _conn: asyncpg.Connection) -> None:
+        """Not emptied: while nobody listens, the keys are read from the database at each
+        request (and kept up to date from it), and used only when it cannot answer."""
         log.warning("postgres.listener_lost")
         self.listener = None
-        self.keys.clear()
+
+    def remember(self, digest: str, key: ApiKey | None) -> None:
+        if key is None:
+            self.keys.pop(digest, None)
+            return
+        if len(self.keys) >= KEY_CACHE_SIZE:
+            self.keys.clear()
+        self.keys[digest] = key
 
     async def usable(self) -> bool:
         """Whether the cache may be trusted now (re-opening the listener when due)."""
@@ -92,7 +105,7 @@ class KeyCache:
             return False
         self.tried = now
         try:
-            conn = await asyncpg.connect(self.dsn)
+            conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
             await conn.add_listener(INVALIDATE_CHANNEL, self._notified)
             conn.add_termination_listener(self._lost)
         except (OSError, asyncpg.PostgresError) as exc:
@@ -115,12 +128,15 @@ class PostgresStore:
         self.pool, self.cache = pool, cache
 
     @classmethod
-    async def open(cls, dsn: str, key_recheck: float = KEY_RECHECK,
-                   pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(1, pool_size))
+    async def open(cls, dsn: str, key_recheck: float = KEY_RECHECK, pool_size: int = DEFAULT_POOL_SIZE,
+                   connect_timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
+        # connecting (and each statement) gives up after ``connect_timeout``: an unreachable
+        # database must cost a request seconds, not asyncpg's default minute
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(1, pool_size), timeout=connect_timeout,
+                                         command_timeout=connect_timeout * 6)
         async with pool.acquire() as conn:
             await migrate(conn)
-        store = cls(pool, KeyCache(dsn, key_recheck))
+        store = cls(pool, KeyCache(dsn, key_recheck, connect_timeout))
         await store.cache.usable()
         return store
 
@@ -177,18 +193,23 @@ class PostgresStore:
             return key
         if not sec.well_formed(secret, sec.API_KEY_PREFIX):
             return None
-        row = await self.pool.fetchrow(
-            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, expires, models"
-            " FROM api_keys WHERE hash = $1 AND revoked IS NULL", wanted,
-        )
-        if row is None or not sec.same(row[7], wanted):
-            return None
-        key = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=row[6], expires=row[8],
-                     models=tuple(row[9] or ()))
-        if cached:
-            if len(self.cache.keys) >= KEY_CACHE_SIZE:
-                self.cache.keys.clear()
-            self.cache.keys[wanted] = key
+        try:
+            row = await self.pool.fetchrow(
+                "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, expires, models"
+                " FROM api_keys WHERE hash = $1 AND revoked IS NULL", wanted,
+            )
+        except UNAVAILABLE as exc:
+            # PostgreSQL is down, so no key can be revoked meanwhile: a key this replica
+            # read before keeps working; an unknown one cannot be checked
+            kept = self.cache.keys.get(wanted)
+            if kept is None:
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            return kept
+        key = None
+        if row is not None and sec.same(row[7], wanted):
+            key = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=row[6], expires=row[8],
+                         models=tuple(row[9] or ()))
+        self.cache.remember(wanted, key)
         return key
 
     async def list_keys(self) -> list[dict[str, Any]]:

@@ -35,6 +35,10 @@ def ledger_hour(at: float) -> int:
     return int(at // 3600) * 3600
 
 
+class StoreUnavailable(Exception):
+    """The database cannot answer now (PostgreSQL restarting or unreachable)."""
+
+
 def utc_day(now: float | None = None) -> str:
     """The UTC date as YYYY-MM-DD."""
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
@@ -169,13 +173,13 @@ class Store(Protocol):
 
 
 async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_RECHECK,
-                     pool_size: int = 10) -> Store:
+                     pool_size: int = 10, connect_timeout: float = 5.0) -> Store:
     """The store the configuration names: PostgreSQL when ``database_url`` is set,
     else SQLite at ``db`` ("" or ":memory:" keeps it in memory)."""
     if database_url:
         from andy_host.coordinator.postgres_store import PostgresStore
 
-        store: Store = await PostgresStore.open(database_url, key_recheck, pool_size)
+        store: Store = await PostgresStore.open(database_url, key_recheck, pool_size, connect_timeout)
         return store
     from andy_host.coordinator.sqlite_store import SQLiteStore
 
