@@ -169,6 +169,12 @@ def test_admin_http_api_lifecycle_and_coordinator_status(procs: Processes) -> No
         assert updated.json()["key"]["models"] == [] and updated.json()["key"]["expires"] is None
         assert len(keyed.models.list().data) == 2  # the API's own write applies at once
         keyed.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        listed = {k["id"]: k for k in api.get(base + "/keys").json()["keys"]}
+        assert listed[key_id]["status"] == "active"  # as `keys list --json` shows it
+        made = api.post(base + "/tokens", json={"name": "mine", "trusted": True})
+        assert made.status_code == 201, made.text
+        tokens = api.get(base + "/tokens").json()["tokens"]
+        assert [(t["trusted"], t["status"]) for t in tokens] == [(True, "active")]  # a boolean, not 1
 
         status = api.get(base + "/status").json()
         assert status["totals"]["hosts"] == 1 and status["hosts"]["active"] == 1

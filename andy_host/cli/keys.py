@@ -27,8 +27,8 @@ from andy_host.cli.common import (
     _with_store,
     coordinator_app,
 )
-from andy_host.coordinator.keyscope import ScopeError, expired, parse_expires, parse_models, when_text
-from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, Store
+from andy_host.coordinator.keyscope import ScopeError, parse_expires, parse_models, when_text
+from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, Store, key_listing, token_listing
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; shown once).")
 tokens_app = typer.Typer(no_args_is_help=True, help="Host tokens for pools with enrolment = 'token'.")
@@ -93,8 +93,7 @@ def keys_create(
 
 
 def _key_row(row: dict[str, Any]) -> dict[str, Any]:
-    status = "revoked" if row["revoked"] else "expired" if expired(row["expires"]) else "active"
-    return {**row, "status": status}
+    return key_listing(row)
 
 
 @keys_app.command("list")
@@ -166,10 +165,7 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List host tokens with what their hosts served."""
-    rows = _with_store(config, db, lambda store: store.list_tokens())
-    for row in rows:
-        row["status"] = "revoked" if row["revoked"] else ("banned" if row["banned"] else "active")
-        row["trusted"] = bool(row["trusted"])
+    rows = [token_listing(row) for row in _with_store(config, db, lambda store: store.list_tokens())]
     if as_json:
         _print_json(rows)
         return

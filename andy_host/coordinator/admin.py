@@ -19,7 +19,7 @@ from andy_host.coordinator.livestatus import live_status
 from andy_host.coordinator.moderation import MAX_KICK_SECONDS
 from andy_host.coordinator.secrets import DISPLAY_LEN, same
 from andy_host.coordinator.state import CHECKER, CONFIG, MODERATION, REGISTRY, STORE
-from andy_host.coordinator.store import AmbiguousIdent, KeyChanges
+from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, key_listing, token_listing
 from andy_host.errors import APIError, bad_request
 
 PREFIX = "/api/andy/admin"
@@ -118,7 +118,7 @@ async def _one(change: Awaitable[bool]) -> bool:
 
 async def list_keys(request: web.Request) -> web.Response:
     _guard(request)
-    return web.json_response({"keys": await request.app[STORE].list_keys()})
+    return web.json_response({"keys": [key_listing(row) for row in await request.app[STORE].list_keys()]})
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -172,7 +172,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     _guard(request)
-    return web.json_response({"tokens": await request.app[STORE].list_tokens()})
+    return web.json_response({"tokens": [token_listing(row) for row in await request.app[STORE].list_tokens()]})
 
 
 async def create_token(request: web.Request) -> web.Response:

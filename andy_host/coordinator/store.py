@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from andy_host.coordinator.enrolment import Identity
+from andy_host.coordinator.keyscope import expired
 from andy_host.coordinator.trust import HostTrust
 
 KEY_CACHE_SIZE = 10_000  # live keys remembered in memory
@@ -33,6 +34,19 @@ LEDGER_HOURS_KEPT = 8 * 24  # hourly ledger rows kept: enough for the last week'
 def ledger_hour(at: float) -> int:
     """The start of the UTC hour holding ``at`` (epoch seconds): the ledger's time dimension."""
     return int(at // 3600) * 3600
+
+
+def key_listing(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """A row of ``list_keys`` as the CLI's ``--json`` and the admin API show it: with its
+    status (active, expired or revoked)."""
+    gone = expired(row.get("expires"), now)
+    return {**row, "status": "revoked" if row["revoked"] else "expired" if gone else "active"}
+
+
+def token_listing(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of ``list_tokens`` as shown: ``trusted`` a boolean, with its status."""
+    status = "revoked" if row["revoked"] else ("banned" if row["banned"] else "active")
+    return {**row, "trusted": bool(row["trusted"]), "status": status}
 
 
 class StoreUnavailable(Exception):
