@@ -44,9 +44,9 @@ from andy_host.coordinator.relay import PROMPT_SLACK, RESTART, Answer, Relay, Re
 from andy_host.coordinator.replica_wire import INTERNAL_JOBS_PATH, REPLICA_HEADER, CrossJob, Lines, job_body, read_line
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
-from andy_host.coordinator.work import Work, prompt_chars
+from andy_host.coordinator.work import Work, asked_logprobs, prompt_chars
 from andy_host.errors import APIError, ProtocolError, StreamBroken, timeout_error
-from andy_host.protocol import Chunk, Done, TokenLogprob
+from andy_host.protocol import Chunk, Done
 
 log = structlog.get_logger("andy_host.federation")
 
@@ -323,14 +323,9 @@ class _Bound:
         return item
 
     def _bound_logprobs(self, item: Chunk | Done) -> None:
+        item.logprobs = asked_logprobs(self.work.request, item.logprobs)
         if item.logprobs is None:
             return
-        request = self.work.request
-        if not request.get("logprobs"):
-            item.logprobs = None
-            return
-        top = request.get("top_logprobs") or 0
-        item.logprobs = [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in item.logprobs]
         self.logprobs += len(item.logprobs)
         if self.logprobs > self.max_logprobs:
             raise StreamBroken(f"the answer's log probabilities exceeded the pool's limit ({self.max_logprobs})")

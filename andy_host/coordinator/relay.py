@@ -36,7 +36,7 @@ from andy_host.coordinator.hosts import Assignment, Host, HostLost, JobEvent
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.stats import PoolStats
 from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
-from andy_host.coordinator.work import Work, prompt_chars
+from andy_host.coordinator.work import Work, asked_logprobs, prompt_chars
 from andy_host.errors import (
     CONTEXT_EXCEEDED,
     APIError,
@@ -45,7 +45,7 @@ from andy_host.errors import (
     says_context_exceeded,
     timeout_error,
 )
-from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, TokenLogprob, encode, encode_job
+from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, encode, encode_job
 
 log = structlog.get_logger("andy_host.relay")
 
@@ -462,14 +462,9 @@ class Relay:
     def _bound_logprobs(self, job: _Job, host: Host, item: Chunk | Done, relayed: Relayed) -> None:
         """Log probabilities only where asked, as many alternatives as asked, and no more
         entries in all than ``max_logprobs``."""
+        item.logprobs = asked_logprobs(job.work.request, item.logprobs)
         if item.logprobs is None:
             return
-        request = job.work.request
-        if not request.get("logprobs"):
-            item.logprobs = None
-            return
-        top = request.get("top_logprobs") or 0
-        item.logprobs = [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in item.logprobs]
         relayed.logprobs += len(item.logprobs)
         if relayed.logprobs > self.config.max_logprobs:
             self.observer.strike(host, "sent more log probabilities than the bound")

@@ -16,6 +16,7 @@ from andy_host.protocol import (
     CompletionRequest,
     JobKind,
     Sampling,
+    TokenLogprob,
     request_dict,
 )
 
@@ -98,3 +99,12 @@ NEED_WORDS = {
     FEATURE_LOGPROBS: ("logprobs", "log probabilities"),
     FEATURE_COMPLETION: ("prompt", "text completion (a raw prompt, no chat template)"),
 }
+
+
+def asked_logprobs(request: dict[str, Any], logprobs: list[TokenLogprob] | None) -> list[TokenLogprob] | None:
+    """What a host (or another replica) may relay of log probabilities: none unless the
+    request asked for them, and as many alternatives per token as it asked."""
+    if logprobs is None or not request.get("logprobs"):
+        return None
+    top = request.get("top_logprobs") or 0
+    return [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in logprobs]
