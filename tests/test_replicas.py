@@ -83,6 +83,11 @@ def test_stream_at_a_served_by_a_host_on_b(procs: Processes, redis_url: str, red
     assert whole.usage is not None and whole.usage.completion_tokens > 0
     keyed = openai.OpenAI(base_url=a.url + "/api/andy/v1", api_key=a.key, max_retries=0, timeout=20)
     assert [m.id for m in keyed.models.list()] == [MODEL]  # A lists the pool's models, not only its own hosts'
+    # A's dashboard and pool_status count the whole pool (B's host too), and say how many replicas
+    totals = get_json(a.url + "/api/andy/dashboard")["totals"]
+    assert (totals["hosts"], totals["serving_hosts"], totals["models"], totals["replicas"]) == (1, 1, 1, 2)
+    status = httpx.get(a.url + "/api/andy/pool_status", headers={"Authorization": f"Bearer {a.key}"}).json()
+    assert (status["total_hosts"], status["capacity"], status["replicas"], status["hosts"]) == (1, 2, 2, [])
     crossed = [e for e in a.events() if e.get("event") == "job.crossed"]
     assert len(crossed) == 2 and all(e["replica"] == "replica-b" for e in crossed)
     counts = get_json(b.url + "/health")["replica"]["counts"]

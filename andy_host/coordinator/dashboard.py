@@ -34,6 +34,7 @@ from aiohttp import web
 
 from andy_host.coordinator.admin import has_admin_token
 from andy_host.coordinator.capacity import model_rows, pool_totals, resting, serving
+from andy_host.coordinator.federation import with_peers
 from andy_host.coordinator.hosts import Host, Registry
 from andy_host.coordinator.leaderboard import Leaderboard
 from andy_host.coordinator.scheduler import Scheduler
@@ -149,7 +150,7 @@ async def _feed(app: web.Application) -> dict[str, Any]:
     registry, scheduler, history = app[REGISTRY], app[SCHEDULER], app[METRICS].history
     rows = app[CONFIG].dashboard_max_rows
     now, monotonic = time.time(), time.monotonic()
-    totals = pool_totals(registry, scheduler)
+    totals = with_peers(app, pool_totals(registry, scheduler), registry)
     return {
         "time": now,
         "totals": {**totals, "active_hosts": totals["serving_hosts"],

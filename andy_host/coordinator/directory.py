@@ -27,12 +27,13 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 
+from andy_host.coordinator.capacity import serving, slots
 from andy_host.coordinator.hosts import Host
 from andy_host.coordinator.work import NEED_TOOLS
 
@@ -70,6 +71,24 @@ class Peer:
     id: str
     url: str
     models: dict[str, Offer]
+    totals: dict[str, int] = field(default_factory=dict)  # its hosts, serving hosts, slots, jobs in flight
+
+
+TOTALS = ("hosts", "serving_hosts", "capacity", "in_flight")
+
+
+def replica_totals(hosts: list[Host], now: float) -> dict[str, int]:
+    """What a replica's entry says of all its hosts, for pool-wide counts."""
+    return {"hosts": len(hosts), "serving_hosts": sum(1 for h in hosts if serving(h, now)),
+            "capacity": slots(hosts, now), "in_flight": sum(len(h.jobs) for h in hosts)}
+
+
+def _totals(raw: Any) -> dict[str, int]:
+    """A peer's totals, each a count between 0 and 10 million (else left out)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k in TOTALS if isinstance(v := raw.get(k), int) and not isinstance(v, bool)
+            and 0 <= v <= 10_000_000}
 
 
 def host_record(host: Host) -> dict[str, Any]:
@@ -128,7 +147,7 @@ def parse_peer(raw: bytes | None) -> Peer | None:
     try:
         data = orjson.loads(raw)
         models = {str(name): _offer(o) for name, o in data["models"].items()}
-        return Peer(id=str(data["id"]), url=str(data["url"]), models=models)
+        return Peer(id=str(data["id"]), url=str(data["url"]), models=models, totals=_totals(data.get("totals")))
     except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("directory.bad_entry", size=len(raw))
         return None
@@ -173,7 +192,7 @@ class Directory:
             return
         now = time.monotonic()
         entry = sign(self.secret, orjson.dumps({"id": self.replica, "url": self.url, "at": time.time(),
-                                                "models": offers(hosts, now)}))
+                                                "models": offers(hosts, now), "totals": replica_totals(hosts, now)}))
         records = {h.id: orjson.dumps(host_record(h)) for h in hosts}
         changed = {k: v for k, v in records.items() if self._written.get(k) != v}
         gone = [k for k in self._written if k not in records]

@@ -38,7 +38,7 @@ import structlog
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.directory import Directory, Peer, rank
+from andy_host.coordinator.directory import TOTALS, Directory, Peer, rank
 from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.relay import PROMPT_SLACK, RESTART, Answer, Relay, Restart, answer_limit
 from andy_host.coordinator.replica_wire import INTERNAL_JOBS_PATH, REPLICA_HEADER, CrossJob, Lines, job_body, read_line
@@ -332,6 +332,22 @@ class _Bound:
 
 
 FEDERATION = web.AppKey("federation", Federation)
+
+
+def with_peers(app: web.Application, totals: dict[str, int], registry: Registry) -> dict[str, int]:
+    """``totals`` of this replica's hosts, plus every live peer's (replicated mode: the
+    dashboard, pool_status and the admin status count the whole pool, whichever replica
+    a load balancer picked), with ``replicas``; unchanged in one process."""
+    federation = app.get(FEDERATION)
+    if federation is None:
+        return totals
+    out = dict(totals)
+    for peer in federation.directory.peers.values():
+        for name in TOTALS:
+            out[name] = out.get(name, 0) + peer.totals.get(name, 0)
+    out["models"] = len(registry.pool_models())
+    out["replicas"] = 1 + len(federation.directory.peers)
+    return out
 
 
 async def start_federation(app: web.Application, config: CoordinatorConfig, relay: Relay,

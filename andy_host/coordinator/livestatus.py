@@ -14,6 +14,7 @@ from aiohttp import web
 
 from andy_host import __version__
 from andy_host.coordinator.capacity import model_rows, pool_totals
+from andy_host.coordinator.federation import with_peers
 from andy_host.coordinator.history import Point
 from andy_host.coordinator.scrape import STATUSES
 from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS
@@ -51,7 +52,7 @@ def live_status(app: web.Application) -> dict[str, Any]:
         "version": __version__,
         "time": round(time.time(), 1),
         "enrolment": app[CONFIG].enrolment,
-        "totals": pool_totals(registry, scheduler),
+        "totals": with_peers(app, pool_totals(registry, scheduler), registry),
         "hosts": hosts_by_status(app),
         "models": model_rows(registry, scheduler),
         "rates": rates(list(app[METRICS].history.points)),

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from andy_host.coordinator.capacity import model_rows, pool_totals, serving
 from andy_host.coordinator.dashboard import pause_words
+from andy_host.coordinator.federation import with_peers
 from andy_host.coordinator.httputil import json_response
 from andy_host.coordinator.limits import limited
 from andy_host.coordinator.state import REGISTRY, SCHEDULER, STATS
@@ -22,7 +23,7 @@ async def pool_status(request: web.Request) -> web.Response:
     registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
     now, monotonic = time.time(), time.monotonic()
     hosts = list(registry.hosts.values())
-    totals = pool_totals(registry, scheduler)
+    totals = with_peers(request.app, pool_totals(registry, scheduler), registry)
     return json_response(
         {
             "total_hosts": totals["hosts"],
@@ -31,6 +32,7 @@ async def pool_status(request: web.Request) -> web.Response:
             "total_models": totals["models"],
             "in_flight": totals["in_flight"],
             "queued": totals["queued"],
+            "replicas": totals.get("replicas", 1),  # the counts above are the pool's; hosts below, this replica's
             "tokens_per_second": round(sum((h.health.tps or 0.0) * len(h.jobs) for h in hosts), 1),
             "stats": request.app[STATS].as_dict(),
             "hosts": [

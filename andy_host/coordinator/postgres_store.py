@@ -118,6 +118,7 @@ class KeyCache:
     async def close(self) -> None:
         if self.listener is not None:
             conn, self.listener = self.listener, None
+            conn.remove_termination_listener(self._lost)  # closing it is no loss to warn of
             await conn.close()
 
 

@@ -66,6 +66,10 @@ def test_a_replica_entry_is_read_or_ignored() -> None:
     assert parse_peer(None) is None
     assert parse_peer(b"[1]") is None
     assert parse_peer(orjson.dumps({**entry, "models": {"m": {"hosts": "many"}}})) is None
+    totals = {"hosts": 3, "serving_hosts": -1, "capacity": 10**12, "in_flight": True, "extra": 5}
+    counted = parse_peer(orjson.dumps({**entry, "totals": totals}))
+    assert counted is not None and counted.totals == {"hosts": 3}  # nonsense counts are left out
+    assert parsed.totals == {}  # an entry from a replica that sends none
 
 
 def test_job_round_trip_and_rejections() -> None:
