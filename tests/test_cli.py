@@ -240,3 +240,24 @@ def test_a_bad_environment_value_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = cli(tmp_path, "coordinator", "serve", ANDY_HOST_COORDINATOR_PORT="eighty")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "coordinator.port (from environment): 'eighty' is not a valid int" in result.stderr
+
+
+def test_coordinator_status_says_which_figures_are_this_replicas(capsys: Any) -> None:
+    """Through a load balancer, a replica without hosts answered "2 connected (none)" and
+    "models: none served now" next to the pool's 4 slots: the pool's totals and the
+    answering replica's breakdown are now told apart."""
+    from andy_host.cli.live import _print
+
+    status = {"version": __version__, "enrolment": "open",
+              "totals": {"hosts": 2, "serving_hosts": 2, "capacity": 4, "in_flight": 0, "queued": 0,
+                         "replicas": 2},
+              "hosts": {"active": 0, "busy": 0}, "models": [],
+              "rates": {"window_seconds": 4.0, "requests_per_s": 0.0, "tokens_per_s": 0.0, "errors_per_s": 0.0}}
+    _print(status, "http://lb")
+    shown = capsys.readouterr().out
+    assert "hosts: 2 connected in the pool of 2 replicas (none on this replica); 2 serving, 4 slots" in shown
+    assert "models: none served on this replica" in shown
+    del status["totals"]["replicas"]  # one process: as before
+    _print(status, "http://one")
+    shown = capsys.readouterr().out
+    assert "hosts: 2 connected (none); " in shown and "models: none served now" in shown

@@ -42,16 +42,21 @@ def _print(status: dict[str, Any], url: str) -> None:
     totals, rates = status["totals"], status["rates"]
     hosts = ", ".join(f"{n} {s}" for s, n in status["hosts"].items() if n) or "none"
     typer.echo(f"coordinator {url} (andy-host {status['version']}, enrolment {status['enrolment']})")
-    typer.echo(f"hosts: {totals['hosts']} connected ({hosts}); {totals['serving_hosts']} serving, "
+    replicas = totals.get("replicas", 1)
+    # replicated: the totals are the pool's, the rest is the replica that answered (a load
+    # balancer picks one), so say so rather than "2 connected (none)"
+    here = " on this replica" if replicas > 1 else ""
+    pool = f" in the pool of {replicas} replicas" if replicas > 1 else ""
+    typer.echo(f"hosts: {totals['hosts']} connected{pool} ({hosts}{here}); {totals['serving_hosts']} serving, "
                f"{totals['capacity']} slots")
     typer.echo(f"jobs: {totals['in_flight']} in flight, {totals['queued']} queued")
-    typer.echo(f"last {rates['window_seconds']:.0f}s: {rates['requests_per_s']:.2f} requests/s, "
+    typer.echo(f"last {rates['window_seconds']:.0f}s{here}: {rates['requests_per_s']:.2f} requests/s, "
                f"{rates['tokens_per_s']:.1f} tokens/s, {rates['errors_per_s']:.2f} failed/s")
     if status["models"]:
-        typer.echo("")
+        typer.echo(f"\nmodels{here}:" if here else "")
         _table(status["models"], ["name", "hosts", "serving_hosts", "capacity", "queue"])
     else:
-        typer.echo("models: none served now")
+        typer.echo(f"models: none served{here or ' now'}")
 
 
 @coordinator_app.command("status")

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -372,3 +373,9 @@ def advertise(app: web.Application, listening: str) -> None:
     if federation is not None:
         federation.directory.url = (federation.config.replica_url or listening).rstrip("/")
         log.info("replica.listening", replica=federation.replica, url=federation.directory.url)
+        if not federation.config.replica_url and urlsplit(listening).hostname in ("0.0.0.0", "::"):
+            # every other replica would send its jobs for this one's hosts to itself
+            log.warning("replica.url_unreachable", url=federation.directory.url,
+                        fix="listening on every address, this replica cannot tell the others where to reach "
+                            "it: set coordinator.replica_url (ANDY_HOST_COORDINATOR_REPLICA_URL), "
+                            "e.g. http://10.0.0.5:8080")

@@ -155,3 +155,23 @@ def test_directory_entries_are_signed_with_the_replica_secret() -> None:
     forged = signed.replace(b"10.0.0.2", b"evil.example")
     for raw in (forged, payload, sign("other-secret-0123456789", payload), b".", b"", None):
         assert verified("s" * 20, raw) is None
+
+
+def test_a_replica_on_every_address_without_replica_url_is_warned() -> None:
+    """README's `serve --host 0.0.0.0` advertised http://0.0.0.0:8080 to the other
+    replicas in silence: on another machine that address is the caller itself."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from andy_host.coordinator.federation import FEDERATION, advertise
+
+    for replica_url, listening, warned in (("", "http://0.0.0.0:8080", True), ("", "http://[::]:8080", True),
+                                           ("", "http://10.0.0.5:8080", False),
+                                           ("http://10.0.0.5:8080", "http://0.0.0.0:8080", False)):
+        federation = SimpleNamespace(config=SimpleNamespace(replica_url=replica_url), replica="r",
+                                     directory=SimpleNamespace(url=""))
+        with capture_logs() as logs:
+            advertise({FEDERATION: federation}, listening)  # type: ignore[arg-type]
+        assert federation.directory.url == (replica_url or listening)
+        assert any(e["event"] == "replica.url_unreachable" for e in logs) is warned, (replica_url, listening)

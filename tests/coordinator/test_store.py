@@ -180,3 +180,15 @@ async def test_a_revocation_by_another_writer_reaches_the_cache(store_url: tuple
     finally:
         await serving.close()
         await admin.close()
+
+
+async def test_closing_a_store_logs_no_lost_listener(store_url: tuple[str, str]) -> None:
+    """`keys create --database-url` printed `postgres.listener_lost` (a warning) on every
+    run, and every replica at every stop: closing the listener is no loss."""
+    from structlog.testing import capture_logs
+
+    opened = await open_store(*store_url)
+    with capture_logs() as logs:
+        await opened.close()
+        await asyncio.sleep(0.05)
+    assert [e for e in logs if e["event"] == "postgres.listener_lost"] == []
