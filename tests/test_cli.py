@@ -261,3 +261,20 @@ def test_coordinator_status_says_which_figures_are_this_replicas(capsys: Any) ->
     _print(status, "http://one")
     shown = capsys.readouterr().out
     assert "hosts: 2 connected (none); " in shown and "models: none served now" in shown
+
+
+def test_the_summary_of_a_replica_on_every_address() -> None:
+    """Pure: a replica listening on 0.0.0.0 tells hosts a name they can reach, and says
+    where it shares state (never the password in the URL)."""
+    import socket
+
+    from andy_host.config import CoordinatorConfig
+    from andy_host.coordinator import startup
+
+    config = CoordinatorConfig(host="0.0.0.0", redis_url="redis://:hunter2@cache.example:6380/2",
+                               replica_secret="s" * 20, replica_id="a",
+                               database_url="postgresql://andy:hunter2@db.example:5432/andy")
+    text = startup.render(startup.facts(config, "http://0.0.0.0:8080"))
+    assert f"andy-host join --coordinator http://{socket.gethostname()}:8080" in text
+    assert "replicated   Redis at cache.example:6380/2, as replica a" in text
+    assert "database     PostgreSQL at db.example/andy" in text and "hunter2" not in text

@@ -48,16 +48,27 @@ def facts(config: CoordinatorConfig, url: str) -> dict[str, Any]:
         "enrolment": config.enrolment,
         "database": database,
         "database_in_memory": in_memory,
+        "replicated": _replicated(config),
     }
+
+
+def _replicated(config: CoordinatorConfig) -> str | None:
+    """Where replicas share limits and hosts (no password shown), or None in one process."""
+    if not config.redis_url:
+        return None
+    where = urlsplit(config.redis_url)
+    replica = config.replica_id or "a generated id"
+    return f"Redis at {where.hostname or 'localhost'}:{where.port or 6379}{where.path or ''}, as replica {replica}"
 
 
 def render(f: dict[str, Any]) -> str:
     """The facts as the lines ``coordinator serve`` prints."""
     url = f["url"]
-    where = f"listening on {url}"
+    where, join_url = f"listening on {url}", url
     if f["all_addresses"]:
         port = urlsplit(url).port
-        where += f" (every address of this machine: e.g. http://{socket.gethostname()}:{port})"
+        join_url = f"http://{socket.gethostname()}:{port}"
+        where += f" (every address of this machine: e.g. {join_url})"
     metrics = "off (coordinator.metrics_access = off)" if f["metrics"] is None else (
         f["metrics"] + ("" if f["metrics_access"] == "public" else "  (admin token required)"))
     admin = (f"on at {url}{ADMIN_PREFIX}/ (Authorization: Bearer <coordinator.admin_token>)" if f["admin_api"]
@@ -70,9 +81,11 @@ def render(f: dict[str, Any]) -> str:
         f"  dashboard    {f['dashboard']}",
         f"  metrics      {metrics}",
         f"  admin API    {admin}",
-        f"  enrolment    {enrolment}; hosts join with: andy-host join --coordinator {url}",
+        f"  enrolment    {enrolment}; hosts join with: andy-host join --coordinator {join_url}",
         f"  database     {f['database']}",
     ]
+    if f.get("replicated"):
+        lines.append(f"  replicated   {f['replicated']} (docs/scale.md)")
     if f["database_in_memory"]:
         lines.append("  WARNING: the database is in memory: API keys, host tokens and the ledger are lost when "
                      "the coordinator stops. Keep them with --db FILE (coordinator.db).")
