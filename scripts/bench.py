@@ -253,7 +253,7 @@ def decision_section(hosts: int, models: int) -> dict[str, float]:
     names = [f"model-{i}:latest" for i in range(models)]
     for i in range(hosts):
         capacity = rng.choice([1, 2, 4, 8])
-        host = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=capacity, send=noop, close=noop)
+        host = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=capacity, send=noop, close=noop, conn=i)
         served = rng.sample(names, 3)
         registry.add(host)
         registry.set_models(host, [ModelInfo(name=n, loaded=rng.random() < 0.5) for n in served])
