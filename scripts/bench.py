@@ -293,7 +293,7 @@ def _simulate(policy: str, load: float, seed: int) -> dict[str, float]:
     hosts: list[Host] = []
     speed: dict[str, float] = {}
     for i, (tps, slots) in enumerate(spec):
-        h = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=slots, send=noop, close=noop)
+        h = Host(id=f"h{i}", name=f"h{i}", backend="ollama", capacity=slots, send=noop, close=noop, conn=i)
         registry.add(h)
         registry.set_models(h, [ModelInfo(name="m:latest", loaded=True)])
         h.health.tps = float(tps)  # as the coordinator measures it after a few jobs
