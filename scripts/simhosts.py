@@ -44,6 +44,8 @@ from andy_host.agent.link import Backoff, ws_url
 from andy_host.config import AgentConfig
 from andy_host.protocol import Heartbeat, Hello, ModelInfo, Welcome, decode_coordinator, encode
 
+LINE_LIMIT = 64 * 1024 * 1024  # bytes of one worker report line at most
+
 
 def source_address(i: int) -> str:
     """A distinct loopback address per host: 127.1.0.1 upwards."""
@@ -114,6 +116,7 @@ async def parent(args: argparse.Namespace) -> None:
         sys.executable, __file__, args.url, str(args.n), "--interval", str(args.interval),
         "--worker", f"{w}/{args.procs}", *(["--secrets", str(secrets_path)] if secrets_path else []),
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        limit=LINE_LIMIT,  # a report carries the secrets issued that second: thousands in a storm
     ) for w in range(args.procs)]
     latest: list[dict[str, int]] = [{"up": 0, "connects": 0, "failures": 0} for _ in procs]
     t0 = time.perf_counter()
@@ -130,6 +133,9 @@ async def parent(args: argparse.Namespace) -> None:
     try:
         while args.duration <= 0 or time.perf_counter() - t0 < args.duration:
             await asyncio.sleep(1)
+            for reader in readers:  # a reader that died would leave its worker blocked on a full pipe
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    raise RuntimeError("a simulator worker's report could not be read") from reader.exception()
             total = {k: sum(r[k] for r in latest) for k in ("up", "connects", "failures")}
             print(json.dumps({"t": round(time.perf_counter() - t0, 1), **total}), flush=True)
             now_all = total["up"] >= args.n

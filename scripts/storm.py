@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.procs import Proc, Processes  # noqa: E402
 
+SIM_GRACE = 30.0  # seconds the simulator's own view may lag the coordinator's count
 QUIET: dict[str, str] = {}  # the listening event is an info line
 
 
@@ -58,8 +59,10 @@ def wait_registered(url: str, n: int, deadline: float) -> float:
     raise TimeoutError(f"the coordinator counts {coordinator_hosts(url)} of {n} hosts")
 
 
-def wait_all_up(sim: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
-    """Read the simulator's lines until its next ``all_up`` event; the last totals seen."""
+def sim_view(sim: subprocess.Popen[str], deadline: float) -> tuple[dict[str, Any], float | None]:
+    """The simulator's own view: its last totals, and when it saw every host welcomed
+    (monotonic; None if not by ``deadline``). Secondary to the coordinator's count: a
+    simulator short of CPU reads its welcomes late, or misses pongs and reconnects."""
     assert sim.stdout is not None
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -68,9 +71,13 @@ def wait_all_up(sim: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
             raise RuntimeError("the simulator ended")
         data = json.loads(line)
         if data.get("event") == "all_up":
-            return last
+            return last, time.monotonic()
         last = data
-    raise TimeoutError(f"not every host registered in time: {last}")
+    return last, None
+
+
+def _since(start: float, at: float | None) -> float | None:
+    return None if at is None else round(at - start, 1)
 
 
 def idle_cpu(proc: psutil.Process, seconds: float) -> float:
@@ -97,9 +104,9 @@ def storm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         registered = wait_registered(coordinator.url, args.hosts, t0 + args.timeout)
-        first = wait_all_up(sim, t0 + args.timeout)
+        first, welcomed = sim_view(sim, time.monotonic() + SIM_GRACE)
         result: dict[str, Any] = {"hosts": args.hosts, "procs": args.procs, "first_register_s": round(registered, 1),
-                                  "first_all_welcomed_s": round(time.monotonic() - t0, 1),
+                                  "first_all_welcomed_s": _since(t0, welcomed),
                                   "first_failures": first.get("failures")}
         time.sleep(2)
         assert coordinator.popen is not None
@@ -112,8 +119,8 @@ def storm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         coordinator = start(procs, port, args.interval, db)
         result["restart_s"] = round(time.monotonic() - t1, 1)
         result["storm_register_s"] = round(wait_registered(coordinator.url, args.hosts, t1 + args.timeout), 1)
-        again = wait_all_up(sim, t1 + args.timeout)
-        result["storm_all_welcomed_s"] = round(time.monotonic() - t1, 1)
+        again, welcomed = sim_view(sim, time.monotonic() + SIM_GRACE)
+        result["storm_all_welcomed_s"] = _since(t1, welcomed)
         result["storm_failures"] = again.get("failures", 0) - (first.get("failures") or 0)
         return result
     finally:
