@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -92,15 +92,11 @@ def keys_create(
     typer.echo("Store this key now: it is not shown again.", err=True)
 
 
-def _key_row(row: dict[str, Any]) -> dict[str, Any]:
-    return key_listing(row)
-
-
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List keys: prefix, name, status, created, last used, usage today, limits, expiry
     and models (never the key)."""
-    rows = [_key_row(r) for r in _with_store(config, db, lambda store: store.list_keys())]
+    rows = [key_listing(r) for r in _with_store(config, db, lambda store: store.list_keys())]
     if as_json:
         _print_json(rows)
         return

@@ -115,10 +115,10 @@ class Federation:
         """Where to run the job next: a Peer, LOCAL (``local``: if here is still worth
         a try), or False (nowhere left)."""
         model, kind, needs = work.model, work.kind, work.needs
-        peers = rank(self.directory.peers.values(), model, kind, needs, trusted_only, tried)
         if local and not self.scheduler.queued(model) and self.scheduler.pick(
                 model, set(), kind, needs, trusted_only) is not None:
-            return LOCAL
+            return LOCAL  # a free host here: no peer ranked, as in one process
+        peers = rank(self.directory.peers.values(), model, kind, needs, trusted_only, tried)
         free = [p for p in peers if p.models[model].free > 0]
         if free:
             return free[0]
