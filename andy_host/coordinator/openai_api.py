@@ -168,8 +168,11 @@ async def andy_models(request: web.Request) -> web.Response:
     )
 
 
+API_PREFIXES = ("/api/andy/v1", "/api/v1", "/v1")  # the pool's own, Mindcraft-CE's Andy class, OpenAI's
+
+
 def add_routes(app: web.Application) -> None:
-    for prefix in ("/api/andy/v1", "/v1"):
+    for prefix in API_PREFIXES:
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
