@@ -67,6 +67,9 @@ class CoordinatorConfig:
     shutdown_grace: float = 10.0
     require_keys: bool = True
     anon_per_minute: int = 10
+    anonymous_endpoints: list[str] = field(default_factory=lambda: ["pool_status=60"])
+    default_model: str = ""
+    default_embedding_model: str = ""
     rate_window: float = 60.0
     default_daily_limit: int = 1000
     default_per_minute: int = 60
@@ -128,8 +131,8 @@ class BackendConfig:
     model: str = ""
     model_name: str = ""
     llama_server: str = ""
-    ctx_size: int = 4096
-    parallel: int = 2
+    ctx_size: int = 8192  # a managed llama-server's context per slot: tokens one request may hold
+    parallel: int = 2  # its slots (requests at once); it gets -c ctx_size*parallel -np parallel
     threads: int = 0
     chat_template: str = ""
     embeddings: bool = True
@@ -298,6 +301,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "backend.managed = true needs backend.model (a GGUF path, 'smollm2-135m' or 'gemma3-270m')"
         )
+    validate_backend(config.backend)
     if config.agent.max_concurrency < 1:
         raise ConfigError("agent.max_concurrency must be at least 1")
     for url in config.agent.coordinator:
@@ -317,6 +321,7 @@ def validate(config: Config) -> None:
         raise ConfigError("coordinator.redis_url (replicated mode) needs coordinator.replica_secret: "
                           "at least 16 characters, the same on every replica")
     _validate_bounds(config.coordinator)
+    anonymous_limits(config.coordinator)  # a malformed entry is a ConfigError now
     for proxy in config.coordinator.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -327,6 +332,54 @@ def validate(config: Config) -> None:
     parse_hours(config.controls.active_hours)
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format must be auto, console or json")
+
+
+# What ``coordinator.anonymous_endpoints`` may open to clients without a key, besides
+# chat (always open, at ``anon_per_minute``): each name covers these endpoints.
+ANONYMOUS_GROUPS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("embeddings", "ollama_embed"),  # /v1/embeddings, /api/embed, /api/embeddings
+    "models": ("models", "ollama_models"),  # /v1/models, /api/tags, /api/ps, /api/show
+    "pool_status": ("pool_status",),  # the public totals of /api/andy/pool_status (never its host list)
+}
+
+
+def anonymous_limits(c: CoordinatorConfig) -> dict[str, tuple[str, int]]:
+    """``anonymous_endpoints`` read: endpoint -> (its group, requests per rate_window per
+    client address). Raises ConfigError for an entry that is not ``NAME=N``."""
+    limits: dict[str, tuple[str, int]] = {}
+    for entry in c.anonymous_endpoints:
+        name, _, number = entry.partition("=")
+        name = name.strip()
+        if name not in ANONYMOUS_GROUPS:
+            raise ConfigError(f"coordinator.anonymous_endpoints: {name!r} is not one of "
+                              f"{', '.join(sorted(ANONYMOUS_GROUPS))} (chat is always open, at anon_per_minute)")
+        try:
+            limit = int(number)
+        except ValueError:
+            limit = 0
+        if limit <= 0:
+            raise ConfigError(f"coordinator.anonymous_endpoints: {entry!r} must be NAME=N with N requests per "
+                              "rate_window per client address, N at least 1 (leave the name out to close it)")
+        for endpoint in ANONYMOUS_GROUPS[name]:
+            limits[endpoint] = (name, limit)
+    return limits
+
+
+# A managed llama-server's context per slot (backend.ctx_size, join/demo --ctx-size) and
+# slots (backend.parallel): llama-server caps a slot at the model's training context.
+CTX_SIZE_BOUNDS = (256, 1 << 20)
+PARALLEL_BOUNDS = (1, 256)
+
+
+def validate_backend(b: BackendConfig) -> None:
+    """The managed llama-server's sizes (also for ``demo``, which builds its config itself)."""
+    low, high = CTX_SIZE_BOUNDS
+    if not low <= b.ctx_size <= high:
+        raise ConfigError(f"backend.ctx_size (--ctx-size) is the context per slot, in tokens: between {low} and "
+                          f"{high}, not {b.ctx_size} (8192 holds a Mindcraft system prompt and some turns)")
+    if not PARALLEL_BOUNDS[0] <= b.parallel <= PARALLEL_BOUNDS[1]:
+        raise ConfigError(f"backend.parallel must be between {PARALLEL_BOUNDS[0]} and {PARALLEL_BOUNDS[1]} slots, "
+                          f"not {b.parallel}")
 
 
 def _validate_bounds(c: CoordinatorConfig) -> None:

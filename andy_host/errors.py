@@ -70,12 +70,15 @@ class BackendError(AndyError):
     """The backend answered with an error (status and message as it gave them; ``code``
     one of the protocol's error codes, which the coordinator turns into its own words)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str | None = None,
+                 prompt_tokens: int | None = None, context: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
         self.code = code
+        self.prompt_tokens = prompt_tokens  # a context overflow's counts, when the backend gave them
+        self.context = context
 
 
 class BackendUnavailable(BackendError):
@@ -164,16 +167,32 @@ CANNOT_EMBED = "model_cannot_embed"
 def says_context_exceeded(message: str) -> bool:
     """A backend's words for "the prompt does not fit the context" (llama.cpp, Ollama)."""
     text = message.lower()
-    return "context" in text and ("exceed" in text or "too long" in text)
+    # Ollama: "the prompt is longer than the context length currently available to the model"
+    return "context" in text and ("exceed" in text or "too long" in text or "longer than the context" in text)
 
 
-def backend_error(status: int, code: str | None = None) -> APIError:
+def context_exceeded(context: int | None = None, prompt_tokens: int | None = None,
+                     estimated: bool = False) -> APIError:
+    """400 ``context_length_exceeded`` in the coordinator's words, with the counts when
+    known: ``context`` (tokens per request the hosts serve), ``prompt_tokens`` (the
+    backend's count, or with ``estimated`` the coordinator's lower bound from characters)."""
+    if context:
+        text = f"This model's context is {context} tokens per request on the hosts serving it"
+    else:
+        text = "The prompt does not fit in the model's context on the hosts serving it"
+    if prompt_tokens:
+        text += f"; your prompt is {'at least ' if estimated else ''}{prompt_tokens} tokens"
+    return APIError(400, text + ". Shorten the messages.", code=CONTEXT_EXCEEDED,
+                    param="messages")
+
+
+def backend_error(status: int, code: str | None = None, prompt_tokens: int | None = None,
+                  context: int | None = None) -> APIError:
     """The client's error for a host's failure. The words are the coordinator's own:
-    a host's text never reaches a client (it goes to the log, with the host's id)."""
+    a host's text never reaches a client (it goes to the log, with the host's id); of a
+    context overflow, only the counts (integers, bounded by the protocol) do."""
     if status == 400 and code == CONTEXT_EXCEEDED:
-        return APIError(400, "The prompt and max_tokens do not fit in the model's context on the hosts that "
-                        "serve it; shorten the messages or ask for fewer tokens.", code=CONTEXT_EXCEEDED,
-                        param="messages")
+        return context_exceeded(context, prompt_tokens)
     if status == 400 and code == CANNOT_EMBED:
         return APIError(400, "This model cannot create embeddings on the hosts that serve it; use an embedding "
                         "model (GET /api/andy/v1/models lists them).", code=CANNOT_EMBED, param="model")

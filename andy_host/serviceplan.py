@@ -8,7 +8,9 @@ nothing but files there (``systemctl --root=... enable``); the rest are printed.
 Install: the service user first, then the role's config (mode 0600, owned by that
 user: it holds the host token or the admin token), the unit, ``daemon-reload`` and
 ``enable --now``. The coordinator role gets a fresh ``coordinator.admin_token``, printed
-once at the end; a reinstall keeps the one its config already has.
+once at the end; a reinstall keeps the one its config already has. It listens on
+loopback unless ``--host`` says otherwise (nginx in front, docs/tls.md), believing
+X-Forwarded-For from there; the summary says where it listens.
 
 Uninstall: ``disable --now``, remove the unit, ``daemon-reload``. Config and data stay
 unless ``--purge``: then the role's config and its own data go, and the shared
@@ -98,6 +100,31 @@ def needs_local_backend(backend_url: str | None, managed: bool) -> bool:
     return managed and is_local_url(backend_url)
 
 
+def loopback_proxies(host: str) -> list[str] | None:
+    """``trusted_proxies`` for a coordinator listening on ``host``: on loopback only a
+    proxy on this machine (nginx, docs/tls.md) reaches it, so its X-Forwarded-For is
+    believed; None (the default: no proxy) on any other address."""
+    if host.lower() == "localhost":
+        return ["127.0.0.1", "::1"]
+    try:
+        address = ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return [str(address)] if address.is_loopback else None
+
+
+def listen_note(host: str, port: int) -> str:
+    """Where an installed coordinator listens, and what that means for who reaches it."""
+    shown = f"[{host}]" if ":" in host else host
+    if loopback_proxies(host) is not None:
+        return (f"the coordinator listens on http://{shown}:{port}, loopback only: put nginx in front "
+                "(docs/tls.md; it believes nginx's X-Forwarded-For) so hosts and clients elsewhere reach it, "
+                "or reinstall with --host 0.0.0.0 to listen on every address")
+    where = f"every address, port {port}" if host in ("0.0.0.0", "::") else f"http://{shown}:{port}"
+    return (f"the coordinator listens on {where}, in plain HTTP: for TLS put nginx in front and "
+            "reinstall with --host 127.0.0.1 (docs/tls.md)")
+
+
 def check_backend(kind: str, managed: bool, llama_server: str | None) -> None:
     """Refuse, naming the fix, when the backend this host would wrap is not here."""
     if kind == "ollama":
@@ -164,6 +191,9 @@ def plan_install(role: str, settings: dict[str, dict[str, object]], root: Path, 
         plan.steps.append(Run(["useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR),
                                "--shell", "/usr/sbin/nologin", user]))
     config = _config_step(role, settings, root, plan)
+    listen = settings.get("coordinator", {})
+    if role == "coordinator":
+        plan.notes.append(listen_note(str(listen.get("host", "127.0.0.1")), int(str(listen.get("port", 8080)))))
     plan.steps += [
         config,
         Run(["chown", f"{user}:{user}", str(config.path)]),

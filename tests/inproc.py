@@ -101,11 +101,12 @@ async def fake(kind: str, **args: Any) -> AsyncIterator[str]:
     """A fake backend in this loop; yields its base URL."""
     if kind == "llamacpp":
         namespace = {"model": "m:latest", "label": "pool", "token_delay": 0.0, "embeddings": True, "echo": True,
-                     "tools": True}
+                     "tools": True, "ctx_size": 8192, "n_ctx_train": 8192, "parallel": 4}
         make = llamacpp.make_app
     else:
         namespace = {"models": "m:latest", "embed_only": "", "failing": "", "label": "pool", "nothing_loaded": False,
-                     "token_delay": 0.0, "no_tools": "", "version": "0.12.11"}
+                     "token_delay": 0.0, "no_tools": "", "version": "0.12.11", "num_ctx": 4096,
+                     "modelfile_num_ctx": False}
         make = ollama.make_app
     async with TestServer(make(argparse.Namespace(**{**namespace, **args})), host="127.0.0.1") as server:
         yield str(server.make_url("")).rstrip("/")

@@ -28,17 +28,17 @@ def ready() -> str | None:
     return None
 
 
-async def run(script: str, timeout: float = 120, **env: str) -> Any:
-    """Run ``tests/js/<script>`` with ``env`` added; the JSON its last stdout line holds."""
+async def run(script: str, *args: str, limit: float = 120, **env: str) -> Any:
+    """Run ``tests/js/<script> args...`` with ``env`` added; the JSON its last stdout line holds."""
     problem = ready()
     if problem is not None:
         raise RuntimeError(problem)
     proc = await asyncio.create_subprocess_exec(
-        "node", str(JS_DIR / script), cwd=JS_DIR, env={**os.environ, **env},
+        "node", str(JS_DIR / script), *args, cwd=JS_DIR, env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
         proc.kill()
         await proc.wait()

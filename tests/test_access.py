@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from andy_host.coordinator.secrets import new_secret
 from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
 from andy_host.coordinator.sqlite_store import SQLiteStore
 from andy_host.protocol import EXIT_REFUSED
@@ -83,12 +85,17 @@ def test_keys_required_where_the_docs_say(procs: Processes) -> None:
     coordinator = pool(procs)
     base = coordinator.url
     for method, path in (("GET", "/api/andy/v1/models"), ("GET", "/v1/models"), ("GET", "/api/andy/pool_status"),
-                         ("POST", "/api/andy/v1/embeddings")):
+                         ("POST", "/api/andy/v1/embeddings"), ("POST", "/api/v1/embeddings")):
         for auth in (None, "Bearer none", "Bearer andy_sk_" + "a" * 38, "Bearer andy_sk_tooshort"):
+            if path.endswith("pool_status") and auth in (None, "Bearer none"):
+                continue  # its public totals need no key (below); a wrong key is still refused
             headers = {"Authorization": auth} if auth else {}
             answer = httpx.request(method, base + path, headers=headers, json={"model": MODEL, "input": "x"})
             assert answer.status_code == 401, (path, auth)
             assert answer.json()["error"]["code"] == "invalid_api_key"
+    public = httpx.get(base + "/api/andy/pool_status").json()  # the totals the dashboard shows anyone
+    assert public["total_hosts"] == 1 and public["active_hosts"] == 1 and public["total_models"] == 1
+    assert "hosts" not in public and "stats" not in public  # the host list stays behind a key
     client = openai.OpenAI(base_url=base + "/api/andy/v1", api_key=coordinator.key)
     assert [m.id for m in client.models.list().data] == [MODEL]
     status = httpx.get(base + "/api/andy/pool_status", headers={"Authorization": f"Bearer {coordinator.key}"}).json()
@@ -136,7 +143,17 @@ def test_revoked_key_and_host_token_stop_at_once(procs: Processes) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     assert httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 200
     cli("coordinator", "keys", "revoke", key[:14], "--db", db)
-    assert httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 401
+    refused = httpx.get(coordinator.url + "/v1/models", headers=headers)
+    assert refused.status_code == 401
+    error = refused.json()["error"]  # says it was revoked, not that the key is unknown
+    assert error["code"] == "key_revoked", error
+    assert re.fullmatch(r"This API key was revoked on \d{4}-\d\d-\d\d \d\d:\d\d UTC; ask the pool's admin "
+                        r"for a new one\.", error["message"]), error
+    chat = httpx.post(coordinator.url + "/v1/chat/completions", headers=headers, json=CHAT)
+    assert chat.status_code == 401 and chat.json()["error"]["code"] == "key_revoked"  # not served as anonymous
+    unknown = httpx.get(coordinator.url + "/v1/models", headers={"Authorization": f"Bearer {new_secret('andy_sk_')}"})
+    assert unknown.status_code == 401 and unknown.json()["error"]["code"] == "invalid_api_key"
+    assert "revoked" not in unknown.json()["error"]["message"]
     cli("coordinator", "tokens", "revoke", token[:14], "--db", db)
     wait_models(coordinator.url, {MODEL: 0}, timeout=5)
     assert agent.popen is not None and agent.popen.wait(10) == EXIT_REFUSED  # a revoked token ends the agent

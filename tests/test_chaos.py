@@ -99,6 +99,8 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
         content = f"req {n} " + " ".join(f"t{j}" for j in range(random.Random(n).randrange(5, 25)))
         result = chat_stream(coordinator.url, MODEL, content, timeout=60)
         exact = result.outcome != "complete" or result.text == expected(content)
+        if result.outcome == "error_event":  # what went out before the error is the answer's start
+            exact = expected(content).startswith(result.text)
         if result.error:
             errors[f"{result.status} {result.error.get('code')}"] += 1
         return result.outcome, exact
@@ -121,8 +123,14 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
     # Most complete; how many 503s there are depends on how long killed hosts take to
     # reconnect on this machine (146 to 198 complete seen, 15 to 54 503s), not on the pool.
     assert outcomes["complete"] >= 120
-    # what did not complete was refused up front (no host connected at that instant)
-    # or ended with an explicit error event
-    assert set(errors) <= {"503 no_available_hosts", "502 stream_interrupted"}
+    # What did not complete ended explicitly, as designed. Before any content, with an
+    # error status: refused up front (no host connected at that instant), or its host
+    # was lost and no other connected host could take the job (none waits for a host
+    # to connect). After content, on the 200 stream whose headers went out with the
+    # first content: the stream_interrupted error event, never [DONE] (outcome
+    # "error_event"; a stream that just stops is "broken", asserted 0 above).
+    before_content = {"503 no_available_hosts", "502 host_lost", "504 timeout"}
+    assert set(errors) <= before_content | {"200 stream_interrupted"}, errors
+    assert errors["200 stream_interrupted"] == outcomes["error_event"]
     assert stats["rescued"] >= 1
     assert stats["completed"] == outcomes["complete"]

@@ -201,3 +201,67 @@ def test_probe_command(tmp_path: Path) -> None:
     assert report["gpus"][0]["mig_mode"] is True
     assert report["backend"]["error"].startswith("Ollama is not reachable at http://127.0.0.1:9")
     assert "ollama serve" in report["backend"]["error"]
+
+
+def probe_cli(fixture: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``andy-host probe`` with NVML faked from ``fixture``, no config file and no ANDY_HOST_* settings."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANDY_HOST_")}
+    return subprocess.run([sys.executable, "-m", "andy_host.cli", "probe", *args], capture_output=True, text=True,
+                          timeout=60, env={**clean, "ANDY_HOST_TEST_NVML": str(FIXTURES / fixture),
+                                           "PYTHONPATH": f"{FAKE_NVML}:{ROOT}", "COLUMNS": "200", **env})
+
+
+def test_probe_on_a_cpu_host_says_it_would_share_the_cpu_through_llama_cpp(tmp_path: Path) -> None:
+    nothing = ["--backend", "ollama", "--backend-url", "http://127.0.0.1:9"]
+    report = json.loads(probe_cli("no-driver.json", "--json", *nothing, XDG_CONFIG_HOME=str(tmp_path)).stdout)
+    cpu = report["cpu_only"]
+    assert cpu["cores"] == report["host"]["cores"] >= 1 and cpu["ram_total"] == report["host"]["ram_total"] > 0
+    assert cpu["join"] == "andy-host join --coordinator URL --backend llamacpp --managed --model smollm2-135m"
+    text = probe_cli("no-driver.json", *nothing, XDG_CONFIG_HOME=str(tmp_path))
+    assert text.returncode == 1  # no backend reachable
+    gib = f"{report['host']['ram_total'] / 2**30:.1f} GiB RAM"
+    assert f"this machine would share its CPU ({cpu['cores']} cores, {gib}) through llama.cpp" in text.stdout
+    assert f"then share it: {cpu['join']}" in text.stdout
+    assert "see what that would share: andy-host probe --backend llamacpp --managed --model smollm2-135m" in text.stdout
+    gpu = json.loads(probe_cli("rtx-4090.json", "--json", *nothing, XDG_CONFIG_HOME=str(tmp_path)).stdout)
+    assert gpu["cpu_only"] is None and gpu["gpus"]
+
+
+def test_probe_managed_describes_the_llama_server_join_would_start(tmp_path: Path) -> None:
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\necho 'version: 4242 (0123abc)'\necho 'built with cc for x86_64-linux-gnu'\n")
+    binary.chmod(0o755)
+    model = tmp_path / "tiny-q4.gguf"
+    model.write_bytes(b"GGUF" + bytes(1020))
+    managed = ["--backend", "llamacpp", "--managed", "--model", str(model)]
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "ANDY_HOST_BACKEND_LLAMA_SERVER": str(binary)}
+    result = probe_cli("no-driver.json", "--json", *managed, **env)
+    assert result.returncode == 0, result.stdout + result.stderr  # ready to join, though nothing runs
+    report = json.loads(result.stdout)
+    backend = report["backend"]
+    assert (backend["managed"], backend["ready"], backend["reachable"], backend["error"]) == (True, True, False, None)
+    assert backend["llama_server"] == str(binary) and backend["version"] == "version: 4242 (0123abc)"
+    assert backend["model_file"] == str(model) and backend["model_source"] == "file"
+    assert [(m["name"], m["size"], m["shared"]) for m in report["models"]] == [("tiny-q4:latest", 1024, True)]
+    assert report["cpu_only"]["join"].endswith(f"--backend llamacpp --managed --model {model}")
+    text = probe_cli("no-driver.json", *managed, **env)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert f"join --managed would start {binary} (version: 4242 (0123abc)) with {model}" in text.stdout
+    assert "probe starts nothing" in text.stdout and "through llama.cpp" in text.stdout
+    assert "tiny-q4:latest" in text.stdout and "see what that would share" not in text.stdout
+    denied = json.loads(probe_cli("no-driver.json", "--json", *managed, **env,
+                                  ANDY_HOST_CONTROLS_DENY_MODELS="tiny*").stdout)
+    assert denied["models"][0]["shared"] is False  # the owner's controls apply, as in join
+    # what is missing, with the fix, and exit 1
+    gone = probe_cli("no-driver.json", "--json", *managed, **{**env, "ANDY_HOST_BACKEND_LLAMA_SERVER": "/nonexistent"})
+    assert gone.returncode == 1
+    assert "llama-server was not found" in json.loads(gone.stdout)["backend"]["error"]
+    assert "andy_host.tools.llama_build" in json.loads(gone.stdout)["backend"]["error"]
+    no_model = probe_cli("no-driver.json", "--json", "--backend", "llamacpp", "--managed", "--model",
+                         str(tmp_path / "missing.gguf"), **env)
+    assert no_model.returncode == 1 and "does not exist" in json.loads(no_model.stdout)["backend"]["error"]
+    # --managed is join's flag, with join's rule
+    wrong = probe_cli("no-driver.json", "--managed", "--model", str(model), **env)
+    assert wrong.returncode == 2 and "needs backend.kind = 'llamacpp'" in wrong.stderr

@@ -78,7 +78,8 @@ def test_a_key_made_on_one_replica_works_on_the_other_until_revoked(pair: tuple[
     while True:  # refused by B within a second of the revocation through A
         try:
             ask(chat(b.url, key))
-        except openai.AuthenticationError:
+        except openai.AuthenticationError as refused:
+            assert refused.code == "key_revoked" and "was revoked on" in refused.message, refused.body
             break
         assert time.monotonic() - started < 1.0, "B still accepts a key revoked through A"
         time.sleep(0.02)

@@ -216,6 +216,26 @@ def test_both_roles_on_one_machine_with_their_own_config_and_an_admin_token(proc
                      timeout=5).status_code == 200
 
 
+def test_the_coordinator_service_listens_on_loopback_unless_told_otherwise(tmp_path: Path) -> None:
+    """nginx in front (docs/tls.md): by default the installed coordinator is reachable
+    from this machine only, believes X-Forwarded-For from there, and the summary says so."""
+    plan = cli("service", "install", "--role", "coordinator", "--dry-run", "--prefix", str(tmp_path))
+    shown = tomllib.loads(plan.stdout.split("(mode 0600) ---\n", 1)[1].split("\nwould run:", 1)[0])
+    assert (shown["coordinator"]["host"], shown["coordinator"]["trusted_proxies"]) == ("127.0.0.1", ["127.0.0.1"])
+    root = tmp_path / "root"
+    local = cli("service", "install", "--role", "coordinator", "--root", str(root), "--port", "9000")
+    assert local.returncode == 0, local.stderr
+    written = tomllib.loads((root / "etc/andy-host/coordinator.toml").read_text())["coordinator"]
+    assert (written["host"], written["port"], written["trusted_proxies"]) == ("127.0.0.1", 9000, ["127.0.0.1"])
+    assert "the coordinator listens on http://127.0.0.1:9000, loopback only: put nginx in front" in local.stdout
+    assert "--host 0.0.0.0" in local.stdout
+    every = cli("service", "install", "--role", "coordinator", "--root", str(root), "--host", "0.0.0.0")
+    assert every.returncode == 0, every.stderr
+    written = tomllib.loads((root / "etc/andy-host/coordinator.toml").read_text())["coordinator"]
+    assert written["host"] == "0.0.0.0" and "trusted_proxies" not in written  # no proxy claimed
+    assert "the coordinator listens on every address, port 8080, in plain HTTP" in every.stdout
+
+
 def test_service_status_and_uninstall_keep_or_purge(tmp_path: Path) -> None:
     root = tmp_path / "root"
     state = root / "var/lib/andy-host"

@@ -47,3 +47,7 @@ class Catalog:
 
     def backend_id(self, name: str) -> str | None:
         return self.backend_ids.get(name)
+
+    def served_context(self, name: str) -> int | None:
+        """The context the backend serves ``name`` with, as last discovered (None: not known)."""
+        return next((m.served_context for m in self.models if m.name == name), None)

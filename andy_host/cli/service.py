@@ -90,7 +90,9 @@ def service_install(
         str | None, typer.Option(help="GGUF path, or 'smollm2-135m' / 'gemma3-270m' (managed).")
     ] = None,
     llama_server: Annotated[str | None, typer.Option(help="llama-server binary.")] = None,
-    host: Annotated[str, typer.Option(help="Listen address (coordinator role).")] = "0.0.0.0",
+    host: Annotated[str, typer.Option(
+        help="Listen address (coordinator role): loopback for nginx in front (docs/tls.md); 0.0.0.0 for every "
+             "address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port (coordinator role).")] = 8080,
     root: RootOpt = Path("/"),
     prefix: Annotated[str, typer.Option(help="Where the virtualenv with andy-host lives.")] = "/opt/andy-host",
@@ -110,7 +112,10 @@ def service_install(
         agent: dict[str, object] = {"name": name, "max_concurrency": max_concurrency, "token": token}
         settings = _host_settings(coordinator, backend, backend_url, managed, llama_server, agent, model)
     else:
-        settings = {"coordinator": {"host": host, "port": port, "db": "/var/lib/andy-host/pool.db"},
+        from andy_host.serviceplan import loopback_proxies
+
+        settings = {"coordinator": {"host": host, "port": port, "db": "/var/lib/andy-host/pool.db",
+                                    "trusted_proxies": loopback_proxies(host)},
                     "log": {"format": "json"}}
     try:
         execute(plan_install(role, settings, root, prefix, user), root, dry_run, typer.echo)

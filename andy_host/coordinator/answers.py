@@ -16,25 +16,31 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.auth import CLIENT, TRUSTED_ONLY, check_model
+from andy_host.coordinator.auth import CLIENT, KEY_SCOPE, TRUSTED_ONLY, check_model
+from andy_host.coordinator.capacity import serving
 from andy_host.coordinator.federation import FEDERATION
+from andy_host.coordinator.keyscope import allows
 from andy_host.coordinator.limits import MODEL, POOL_FAILED
 from andy_host.coordinator.metrics import Metrics
 from andy_host.coordinator.relay import Restart
 from andy_host.coordinator.requestids import REQUEST_ID
 from andy_host.coordinator.scheduler import supports
 from andy_host.coordinator.sse import StreamWriter
-from andy_host.coordinator.state import METRICS, REGISTRY, RELAY
-from andy_host.coordinator.work import NEED_WORDS, Work
+from andy_host.coordinator.state import CONFIG, METRICS, REGISTRY, RELAY
+from andy_host.coordinator.work import NEED_WORDS, Work, feature_needs
 from andy_host.errors import APIError, bad_request, model_not_found
-from andy_host.protocol import Chunk, Done, TokenLogprob
+from andy_host.protocol import Chunk, Done, JobKind, TokenLogprob
 
 log = structlog.get_logger("andy_host.api")
 
 Items = AsyncGenerator[Chunk | Done | Restart, None]
 
 
-def resolve_model(request: web.Request, requested: str) -> str:
+def resolve_model(request: web.Request, requested: str, kind: JobKind = "chat") -> str:
+    """The served model meant by ``requested``; "" (``auto``, or none) lets the pool
+    choose one for ``kind``."""
+    if not requested:
+        requested = pool_choice(request, kind)
     model = request.app[REGISTRY].resolve(requested)
     if model is None:
         raise model_not_found(requested)
@@ -43,13 +49,47 @@ def resolve_model(request: web.Request, requested: str) -> str:
     return model
 
 
+def pool_choice(request: web.Request, kind: JobKind) -> str:
+    """What ``auto`` means: the configured default for the kind, else the model (one the
+    request's key may use) whose serving hosts have the most free slots now; ties go to
+    the model with more hosts, then by name. For embeddings, a dedicated embedding model
+    (one no host chats with) comes before a chat model that also embeds. Before all
+    that, an established model (``Registry.established``: a trusted host or one that
+    passed answer checks serves it) comes before one only strangers serve, so a host
+    that makes up a model and claims many slots does not draw all ``auto`` traffic; a
+    quarantined host counts for nothing."""
+    config = request.app[CONFIG]
+    default = config.default_embedding_model if kind == "embed" else config.default_model
+    if default:
+        return default
+    registry = request.app[REGISTRY]
+    now, best, established = time.monotonic(), None, registry.established()
+    for name, hosts in registry.by_model.items():
+        able = [h for h in hosts if h.trust.quarantined is None  # a quarantined host gets checks only
+                and (h.models[name].embed if kind == "embed" else h.models[name].chat)]
+        if not able or not allows(request.get(KEY_SCOPE, ()), name):
+            continue
+        free = sum(max(0, h.capacity - len(h.jobs)) for h in able if serving(h, now))
+        chats = kind == "embed" and any(h.models[name].chat for h in hosts if h.trust.quarantined is None)
+        rank = (name not in established, chats, -free, -len(able), name)
+        if best is None or rank < best[0]:
+            best = (rank, name)
+    if best is None:
+        what = "an embedding model" if kind == "embed" else "a chat model"
+        raise APIError(503, f"No host serves {what} right now, so `auto` has nothing to choose; retry shortly.",
+                       type="server_error", code="no_available_hosts", headers={"Retry-After": "5"})
+    return best[1]
+
+
 def check_supported(request: web.Request, work: Work) -> None:
     """400 naming the parameter when hosts serve the model but none can honour it (when
-    none is connected at all, the relay's 503 says so)."""
+    none is connected at all, the relay's 503 says so; when the prompt cannot fit on any,
+    the scheduler's 400 ``context_length_exceeded``)."""
     hosts = request.app[REGISTRY].by_model.get(work.model, set())
-    if not hosts or not work.needs or any(supports(h, work.model, work.needs) for h in hosts):
+    needs = feature_needs(work.needs)
+    if not hosts or not needs or any(supports(h, work.model, needs) for h in hosts):
         return
-    for need in sorted(work.needs):
+    for need in sorted(needs):
         if not any(supports(h, work.model, frozenset({need})) for h in hosts):
             param, what = NEED_WORDS.get(need, (need, need))
             raise bad_request(f"No host serving `{work.model}` supports {what}; `{param}` cannot be honoured.",

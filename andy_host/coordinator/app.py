@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, web
 
 from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator import ollama_api, openai_api, replicated, startup
+from andy_host.coordinator import ollama_api, openai_api, replicated, responses_api, startup
 from andy_host.coordinator.admin import add_admin_routes
 from andy_host.coordinator.admission import Gate
 from andy_host.coordinator.auth import Access
@@ -200,6 +200,7 @@ def build_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get(HOSTS_WS_PATH, host_websocket)
     openai_api.add_routes(app)
+    responses_api.add_routes(app)
     ollama_api.add_routes(app)
     app.on_response_prepare.extend([add_request_id, add_cors_headers])
     add_admin_routes(app)

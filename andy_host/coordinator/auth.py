@@ -2,7 +2,9 @@
 
 Chat completions need no key: ``anon_per_minute`` requests per client address. With a
 key, chat uses the key's per-minute limit. Models, embeddings and pool status need a
-key (401 ``invalid_api_key`` otherwise), and every key has a daily limit (UTC days).
+key (401 ``invalid_api_key`` otherwise) unless ``anonymous_endpoints`` opens them, each
+with its own per-address count (by default only pool status's public totals); every key
+has a daily limit (UTC days).
 A key linked to a host token gets its limits raised per ``credit_tokens`` tokens that
 hosts with that token served. The client address is the socket's, or the last
 untrusted hop of ``X-Forwarded-For`` (over all its header lines) when the socket is
@@ -11,6 +13,7 @@ a proxy listed in ``trusted_proxies``; limits count per address group (IPv6 /64)
 ``RateLimit-Remaining`` and ``RateLimit-Reset``. A request that fails on the pool's
 side is refunded.
 
+A revoked key gets a 401 ``key_revoked`` saying when (only the key's holder can ask).
 A key may expire (401 saying so) and may be scoped to model patterns
 (keyscope.py): another model is a 403 ``model_not_allowed`` naming it, and model
 listings show only the key's models. Changes from ``keys update`` reach a running
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from andy_host.config import CoordinatorConfig
+from andy_host.config import CoordinatorConfig, anonymous_limits
 from andy_host.coordinator.addresses import address_group, client_address, parse_networks
 from andy_host.coordinator.keyscope import allows, expired, when_text
 from andy_host.coordinator.meter import Ask, LocalMeter, Meter, Taken
@@ -44,10 +47,11 @@ GENERATING = {"chat", "completions", "ollama_chat", "ollama_generate"}
 CLIENT = web.RequestKey("client", str)  # who the request is from, for fair queueing
 TRUSTED_ONLY = web.RequestKey("trusted_only", bool)  # the key keeps its requests on trusted hosts
 KEY_SCOPE = web.RequestKey("key_scope", tuple)  # the key's model patterns; () or absent: every model
+KEYLESS = web.RequestKey("keyless", bool)  # no key, where keys are required: public answers only
 
 
-def invalid_api_key(message: str) -> APIError:
-    return APIError(401, message, type="invalid_request_error", code="invalid_api_key",
+def invalid_api_key(message: str, code: str = "invalid_api_key") -> APIError:
+    return APIError(401, message, type="invalid_request_error", code=code,
                     headers={"WWW-Authenticate": 'Bearer realm="andy-host"'})
 
 
@@ -84,6 +88,7 @@ class Access:
         self.config = config
         self.meter = meter or LocalMeter(store, config.rate_window)  # redis_limits.RedisMeter for replicas
         self.trusted = parse_networks(config.trusted_proxies)
+        self.anonymous = anonymous_limits(config)  # keyed endpoints opened to clients without a key
         self._credits: dict[int, tuple[int, float]] = {}  # key id -> (credit, when read)
 
     # identity ----------------------------------------------------------------------
@@ -104,7 +109,7 @@ class Access:
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
             return None
         try:
-            key = await self.store.find_key(secret)
+            key = await self.store.find_key(secret, revoked=True)  # a revoked key's holder is told so
         except StoreUnavailable as exc:
             log.warning("auth.store_unavailable", error=str(exc))
             raise APIError(503, "The pool cannot check this API key now (its database is unreachable); "
@@ -116,6 +121,9 @@ class Access:
             raise invalid_api_key(
                 "Incorrect API key provided. Keys look like andy_sk_…; ask the pool's admin for one."
             )
+        if key.revoked is not None:
+            raise invalid_api_key(f"This API key was revoked on {when_text(key.revoked)}; ask the pool's admin "
+                                  "for a new one.", code="key_revoked")
         if expired(key.expires):
             raise invalid_api_key(f"This API key expired on {when_text(key.expires)}; ask the pool's admin "
                                   "to extend it (keys update --expires) or for a new one.")
@@ -137,7 +145,8 @@ class Access:
     async def admit(self, request: web.Request, endpoint: str) -> Permit:
         """Admit the request or raise 401/429; counts it against the right limits."""
         key = await self.authenticate(request)
-        if key is None and endpoint in KEYED_ENDPOINTS and self.config.require_keys:
+        opened = self.anonymous.get(endpoint)
+        if key is None and endpoint in KEYED_ENDPOINTS and self.config.require_keys and opened is None:
             raise invalid_api_key(
                 f"This endpoint needs an API key (Authorization: Bearer andy_sk_…). Chat and text "
                 f"completions work without one, at {self.config.anon_per_minute} requests per minute."
@@ -145,12 +154,16 @@ class Access:
         request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
         request[TRUSTED_ONLY] = key is not None and key.trusted_only
         request[KEY_SCOPE] = key.models if key is not None else ()
-        if key is None:
-            return await self._admit_anonymous(request[CLIENT], time.time())
-        return await self._admit_key(key, endpoint, time.time())
+        request[KEYLESS] = key is None and self.config.require_keys
+        if key is not None:
+            return await self._admit_key(key, endpoint, time.time())
+        if endpoint in KEYED_ENDPOINTS and opened is not None and self.config.require_keys:
+            group, limit = opened  # opened by anonymous_endpoints: a count of its own per address
+            return await self._admit_anonymous(f"{request[CLIENT]}/{group}", limit, time.time())
+        return await self._admit_anonymous(request[CLIENT], self.config.anon_per_minute, time.time())
 
-    async def _admit_anonymous(self, who: str, now: float) -> Permit:
-        ask = Ask(who=who, per_minute=self.config.anon_per_minute)
+    async def _admit_anonymous(self, who: str, per_minute: int, now: float) -> Permit:
+        ask = Ask(who=who, per_minute=per_minute)
         taken = await self.meter.take(ask, now)
         assert taken.minute is not None
         self._raise_if_limited(taken.minute, "per minute for clients without an API key")

@@ -118,10 +118,15 @@ def _content_text(raw: Any, index: int) -> str:
 
 
 def parse_model(body: dict[str, Any]) -> str:
+    """The model asked for; "" when the pool is to choose (``auto``, or none given)."""
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request("`model` is required and must be a non-empty string", param="model")
-    return model
+    if model is None:
+        return ""
+    if not isinstance(model, str):
+        raise bad_request("`model` must be a string: a model's name, or \"auto\" to let the pool choose",
+                          param="model")
+    model = model.strip()
+    return "" if model.lower() == "auto" else model
 
 
 # --- messages and tools ------------------------------------------------------------------

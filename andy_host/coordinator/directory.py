@@ -35,7 +35,7 @@ import structlog
 
 from andy_host.coordinator.capacity import serving, slots
 from andy_host.coordinator.hosts import Host
-from andy_host.coordinator.work import NEED_TOOLS
+from andy_host.coordinator.work import NEED_TOOLS, feature_needs
 
 log = structlog.get_logger("andy_host.directory")
 
@@ -163,7 +163,8 @@ def rank(peers: Iterable[Peer], model: str, kind: str, needs: frozenset[str], tr
          exclude: set[str]) -> list[Peer]:
     """Replicas that could run this job, best first: free slots first, then a loaded
     model, then free slots times speed (pure)."""
-    wanted = needs | ({EMBED} if kind == "embed" else set())
+    # a prompt's context need is not in a replica's entry: the replica asked checks it itself
+    wanted = feature_needs(needs) | ({EMBED} if kind == "embed" else set())
     able = [(p, o) for p in peers if p.id not in exclude and (o := p.models.get(model)) is not None
             and wanted <= o.features and (o.trusted or not trusted_only)]
     able.sort(key=lambda po: (po[1].free > 0, po[1].loaded, po[1].free * max(po[1].tps, 1.0)), reverse=True)

@@ -46,7 +46,7 @@ from andy_host.coordinator.replica_wire import INTERNAL_JOBS_PATH, REPLICA_HEADE
 from andy_host.coordinator.scheduler import Scheduler
 from andy_host.coordinator.trust import MAX_TOKENS_PER_CHAR, measured_tokens
 from andy_host.coordinator.work import Work, asked_logprobs, prompt_chars
-from andy_host.errors import APIError, ProtocolError, StreamBroken, timeout_error
+from andy_host.errors import CONTEXT_EXCEEDED, APIError, ProtocolError, StreamBroken, timeout_error
 from andy_host.protocol import Chunk, Done
 
 log = structlog.get_logger("andy_host.federation")
@@ -169,9 +169,10 @@ class Federation:
                 if job.sent.parts and not isinstance(error, StreamBroken):  # after content: the stream's error
                     job.last = error
                     raise job.failure() from None
-                if job.sent.parts or error.code != "no_available_hosts":
+                if job.sent.parts or error.code not in ("no_available_hosts", CONTEXT_EXCEEDED):
                     raise
-                job.last = error  # busy or gone there: another route may have room
+                if job.last is None or job.last.code != CONTEXT_EXCEEDED:  # the prompt too long is the news
+                    job.last = error  # busy or gone there, or too small there: another route may have room
         raise job.failure()
 
     async def _relayed(self, source: AsyncGenerator[Item, None], job: _Crossing,

@@ -252,6 +252,17 @@ class Registry:
         return (modelnames.resolve(requested, self.established()) or modelnames.resolve(requested, self.by_model)
                 or modelnames.resolve(requested, self.remote) or modelnames.resolve(requested, self.known))
 
+    def served_context(self, name: str) -> int | None:
+        """The most tokens one request for ``name`` may hold on a connected host here:
+        the largest context any of its hosts that take client jobs serves (a prompt up
+        to it can be routed to that host); None when none says. What /api/show and
+        /v1/models report. Where hosts with standing (trusted, or past answer checks)
+        serve the model, only theirs count: a stranger's claim would have clients send
+        prompts that only the stranger takes."""
+        hosts = [h for h in self.by_model.get(name, ()) if h.trust.quarantined is None]
+        standing = [h for h in hosts if h.trusted or h.trust.verified]
+        return max((c for h in standing or hosts if (c := h.models[name].served_context)), default=None)
+
     def notify(self) -> None:
         """Hosts, models or standing changed: forget derived views, and let the scheduler
         hand slots to waiting requests."""

@@ -81,7 +81,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def ollama_path(path: str) -> bool:
     """A path of the Ollama API, whose errors are ``{"error": "..."}``."""
-    return path.startswith("/api/") and not path.startswith("/api/andy/")
+    return path.startswith("/api/") and not path.startswith(("/api/andy/", "/api/v1/"))
 
 
 def error_response(request: web.Request, error: APIError) -> web.Response:
@@ -92,14 +92,14 @@ def error_response(request: web.Request, error: APIError) -> web.Response:
 
 def unknown_path(path: str) -> str:
     """A 404 message that is right about where the API lives."""
-    if path.startswith(("/api/andy/v1/", "/v1/")):
-        prefix = "/api/andy/v1" if path.startswith("/api/") else "/v1"
+    prefix = next((p for p in ("/api/andy/v1", "/api/v1", "/v1") if path.startswith(p + "/")), None)
+    if prefix is not None:
         return (f"There is no endpoint {path}. Under {prefix}/ this pool serves chat/completions, completions, "
-                "embeddings, models and models/{model}; /openapi.json lists every endpoint.")
+                "responses, embeddings, models and models/{model}; /openapi.json lists every endpoint.")
     if ollama_path(path):
         return (f"There is no endpoint {path}. The Ollama API here serves /api/chat, /api/generate, /api/embed, "
                 "/api/embeddings, /api/tags, /api/ps, /api/show and /api/version.")
-    return (f"Unknown path {path}. The OpenAI API lives under /api/andy/v1/ (or /v1/), the Ollama API under "
+    return (f"Unknown path {path}. The OpenAI API lives under /api/andy/v1/ (or /api/v1/, /v1/), the Ollama API under "
             "/api/; /openapi.json lists every endpoint.")
 
 

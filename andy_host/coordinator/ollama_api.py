@@ -9,7 +9,11 @@ and a failure after content ends the stream with an ``{"error": ...}`` line. The
 with the same routing, failover, limits and keys as the OpenAI API: free within the
 anonymous limit, like chat completions. ``/api/tags``, ``/api/ps`` and ``/api/show``
 answer like ``/v1/models`` (a key when ``require_keys``), ``/api/embed`` like
-``/v1/embeddings``. A model's details are those most of its hosts report. Errors are
+``/v1/embeddings``. A model's details are those most of its hosts report; its context
+length (``/api/show``'s ``model_info["<family>.context_length"]`` and ``num_ctx`` in
+``parameters``, ``/api/ps``'s ``context_length``) is the largest context a connected
+host serves per request (a prompt up to it can be routed there), else, when no host
+says, the trained context most of them report. Errors are
 Ollama's ``{"error": "..."}`` with the HTTP status.
 """
 
@@ -33,7 +37,7 @@ from andy_host.coordinator.openai_api import embed
 from andy_host.coordinator.state import CONFIG, REGISTRY
 from andy_host.coordinator.work import Work, chat_work, completion_work
 from andy_host.errors import APIError, bad_request
-from andy_host.protocol import ChatRequest, Chunk, Done, ModelInfo, TokenLogprob
+from andy_host.protocol import ChatRequest, Chunk, Done, JobKind, ModelInfo, TokenLogprob
 
 OLLAMA_VERSION = "0.12.11"  # the Ollama API version whose shapes this pool speaks
 NDJSON = {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -130,12 +134,14 @@ async def _answer(request: web.Request, work: Work, chat: bool) -> web.StreamRes
     return json_response(body)
 
 
-def _model(request: web.Request, body: dict[str, Any]) -> str:
-    requested = body.get("model") or body.get("name")
-    if not isinstance(requested, str) or not requested:
-        raise bad_request("`model` is required", param="model")
+def _model(request: web.Request, body: dict[str, Any], kind: JobKind = "chat") -> str:
+    requested = body.get("model") or body.get("name") or ""
+    if not isinstance(requested, str):
+        raise bad_request("`model` must be a model's name, or \"auto\" to let the pool choose", param="model")
+    if requested.strip().lower() == "auto":
+        requested = ""
     try:
-        return resolve_model(request, requested)
+        return resolve_model(request, requested.strip(), kind)
     except APIError as exc:
         if exc.status != 404:  # a key scoped to other models: its 403
             raise
@@ -165,7 +171,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 @limited("ollama_embed")
 async def embed_api(request: web.Request) -> web.Response:
     body = await read_json(request)
-    model = _model(request, body)
+    model = _model(request, body, "embed")
     inputs = ollama_bodies.parse_embed_input(body)
     started = time.monotonic_ns()
     done = await embed(request, model, inputs)
@@ -191,7 +197,13 @@ def _info(request: web.Request, name: str) -> ModelInfo:
 
     return ModelInfo(name=name, size=vote("size"), quantization=vote("quantization"), family=vote("family"),
                      context_length=vote("context_length"), embed=any(i.embed for i in infos),
-                     tools=any(i.tools for i in infos))
+                     tools=any(i.tools for i in infos), served_context=request.app[REGISTRY].served_context(name))
+
+
+def _context(info: ModelInfo) -> int | None:
+    """The context to report: what the hosts serve (the largest: a prompt up to it can be
+    routed), else, when no host says, what most of them report the model was trained for."""
+    return info.served_context or info.context_length
 
 
 def _details(info: ModelInfo) -> dict[str, Any]:
@@ -221,7 +233,7 @@ async def ps(request: web.Request) -> web.Response:
     for name in loaded:
         info = _info(request, name)
         models.append({**_listing(info), "expires_at": "0001-01-01T00:00:00Z", "size_vram": info.size or 0,
-                       "context_length": info.context_length or 0})
+                       "context_length": _context(info) or 0})
     return json_response({"models": models})
 
 
@@ -231,9 +243,10 @@ async def show(request: web.Request) -> web.Response:
     info = _info(request, _model(request, body))
     capabilities = ["completion"] + (["tools"] if info.tools else []) + (["embedding"] if info.embed else [])
     model_info: dict[str, Any] = {"general.architecture": info.family or "unknown"}
-    if info.context_length:
-        model_info[f"{info.family or 'unknown'}.context_length"] = info.context_length
-    return json_response({"modelfile": "", "parameters": "", "template": "", "details": _details(info),
+    if _context(info):
+        model_info[f"{info.family or 'unknown'}.context_length"] = _context(info)
+    parameters = f"num_ctx {info.served_context}" if info.served_context else ""
+    return json_response({"modelfile": "", "parameters": parameters, "template": "", "details": _details(info),
                           "model_info": model_info, "capabilities": capabilities, "modified_at": _now()})
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from andy_host.coordinator import bodies
 from andy_host.coordinator.answers import Whole, check_supported, resolve_model, streamed, submit, whole
 from andy_host.coordinator.auth import check_model, visible_models
+from andy_host.coordinator.hosts import Registry
 from andy_host.coordinator.httputil import json_response, read_json
 from andy_host.coordinator.limits import MODEL, add_permit_headers, limited
 from andy_host.coordinator.poolstatus import pool_status
@@ -129,7 +130,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     requested = bodies.parse_model(body)
     inputs, encoding = bodies.parse_embed(body)
-    done = await embed(request, resolve_model(request, requested), inputs)
+    done = await embed(request, resolve_model(request, requested, "embed"), inputs)
     assert done.embeddings is not None
     prompt_tokens = done.usage.get("prompt_tokens", 0)
     return json_response({
@@ -141,14 +142,21 @@ async def embeddings(request: web.Request) -> web.Response:
     })
 
 
-def _model_object(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "andy-host"}
+def _model_object(name: str, registry: Registry) -> dict[str, Any]:
+    """A model as OpenAI lists it; with ``max_model_len`` (vLLM's name, which LiteLLM and
+    other OpenAI-compatible clients read) when a host says what it serves: the most
+    tokens one request (prompt and answer) may hold, on the host that serves the most."""
+    found: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "andy-host"}
+    context = registry.served_context(name)
+    if context:
+        found["max_model_len"] = context
+    return found
 
 
 @limited("models")
 async def list_models(request: web.Request) -> web.Response:
     names = visible_models(request, request.app[REGISTRY].pool_models())
-    return json_response({"object": "list", "data": [_model_object(n) for n in names]})
+    return json_response({"object": "list", "data": [_model_object(n, request.app[REGISTRY]) for n in names]})
 
 
 @limited("models")
@@ -158,13 +166,14 @@ async def get_model(request: web.Request) -> web.Response:
     if model is None:
         raise model_not_found(requested)
     check_model(request, model)
-    return json_response(_model_object(model))
+    return json_response(_model_object(model, request.app[REGISTRY]))
 
 
 async def andy_models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     return json_response(
-        {"models": [{"name": n, "hosts": len(registry.by_model[n])} for n in registry.served_models()]}
+        {"models": [{"name": n, "hosts": len(registry.by_model[n]), "max_model_len": registry.served_context(n)}
+                    for n in registry.served_models()]}
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from andy_host import __version__
+from andy_host.coordinator.openai_api import API_PREFIXES
 from andy_host.coordinator.openapi_schemas import (
     CHAT_REQUEST,
     CHAT_RESPONSE,
@@ -28,6 +29,9 @@ from andy_host.coordinator.openapi_schemas import (
     OLLAMA_GENERATE_ANSWER,
     OLLAMA_MODELS,
     OLLAMA_SHOW,
+    RESPONSES_EVENT,
+    RESPONSES_REQUEST,
+    RESPONSES_RESPONSE,
     SSE_EVENT,
 )
 
@@ -75,9 +79,17 @@ def _openai_paths() -> dict[str, Any]:
     models = _op("Models served now, each once", _json(MODELS, "The list"), (401, 429), keyed=True)
     model = {**_op("One model, by name or alias", _json(MODEL, "The model"), (401, 404, 429), keyed=True),
              "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]}
+    responses = _op("OpenAI Responses API (a chat job; nothing is stored): instructions, input messages and "
+                    "function_call(_output) items, function tools, text.format; with stream=true, typed "
+                    "Server-Sent Events (event: response.created ... response.completed, or response.failed)",
+                    {"description": "The Response", "content": {
+                        "application/json": {"schema": RESPONSES_RESPONSE},
+                        "text/event-stream": {"schema": RESPONSES_EVENT}}},
+                    POOL, RESPONSES_REQUEST)
     paths: dict[str, Any] = {}
-    for prefix in ("/api/andy/v1", "/v1"):
+    for prefix in API_PREFIXES:
         paths[f"{prefix}/chat/completions"] = {"post": chat}
+        paths[f"{prefix}/responses"] = {"post": responses}
         paths[f"{prefix}/completions"] = {"post": complete}
         paths[f"{prefix}/embeddings"] = {"post": embed}
         paths[f"{prefix}/models"] = {"get": models}
@@ -120,7 +132,8 @@ def _site_paths() -> dict[str, Any]:
             "Models with their host counts (Andy API shape)",
             _json({"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
                 "type": "object", "required": ["name", "hosts"],
-                "properties": {"name": {"type": "string"}, "hosts": {"type": "integer"}}}}}}, "Models"), ())},
+                "properties": {"name": {"type": "string"}, "hosts": {"type": "integer"},
+                               "max_model_len": {"type": "integer", "nullable": True}}}}}}, "Models"), ())},
         "/api/andy/pool_status": {"get": _op("Pool status: totals, hosts, models", _json(OBJECT, "Status"),
                                              (401, 429), keyed=True)},
         "/health": {"get": _op("Liveness", _json(OBJECT, "Counts"), ())},

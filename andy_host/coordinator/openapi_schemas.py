@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The most tokens one request may hold on the host serving the most (absent: no host says).
+MAX_MODEL_LEN = {"type": "integer", "minimum": 1}
+
 FINISH_REASONS = ["stop", "length", "tool_calls"]
 TOOL = {
     "type": "object", "required": ["type", "function"],
@@ -177,7 +180,7 @@ MODELS = {
         "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": {"type": "object", "required": ["id", "object", "created", "owned_by"],
             "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
-                           "owned_by": {"type": "string"}}}},
+                           "owned_by": {"type": "string"}, "max_model_len": MAX_MODEL_LEN}}},
     },
 }
 COMPLETION_REQUEST = {
@@ -221,7 +224,128 @@ COMPLETION_RESPONSE = {
 }
 MODEL = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
     "id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
-    "owned_by": {"type": "string"}}}
+    "owned_by": {"type": "string"}, "max_model_len": MAX_MODEL_LEN}}
+
+# --- the Responses API (responses_api.py) ---------------------------------------------------
+
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "properties": {
+    "type": {"type": "string", "enum": ["input_text", "output_text"]}, "text": {"type": "string"}}}
+RESPONSES_ITEM = {
+    "type": "object",
+    "description": "a message ({role, content}, type message), a function_call or a function_call_output",
+    "properties": {
+        "type": {"type": "string", "enum": ["message", "function_call", "function_call_output"]},
+        "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+        "call_id": {"type": "string"}, "name": {"type": "string"}, "arguments": {"type": "string"},
+        "output": {"type": "string"},
+    },
+}
+_TOOL_NAME: dict[str, Any] = {"type": {"type": "string", "enum": ["function"]},
+                              "name": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
+RESPONSES_TOOL = {"type": "object", "required": ["type", "name"], "properties": {
+    **_TOOL_NAME, "description": {"type": "string"}, "parameters": {"type": "object"}, "strict": {"type": "boolean"}}}
+RESPONSES_FORMAT = {"type": "object", "required": ["type"], "properties": {
+    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+    "name": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": "boolean", "nullable": True},
+    "description": {"type": "string", "nullable": True}}}
+RESPONSES_TOOL_CHOICE = {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {
+    "type": "object", "required": ["type", "name"], "properties": {
+        "type": {"type": "string", "enum": ["function"]}, "name": {"type": "string"}}}]}
+RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "description": "Refused with a 400 naming them: previous_response_id, conversation, prompt, background, "
+                   "include, reasoning (other than effort none), built-in tools, input images, files and audio, "
+                   "truncation auto, top_logprobs. Unknown fields are ignored.",
+    "properties": {
+        "model": {"type": "string", "example": "smollm2-135m"},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": RESPONSES_ITEM, "minItems": 1}]},
+        "instructions": {"type": "string", "nullable": True},
+        "max_output_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+        "stream": {"type": "boolean", "nullable": True},
+        "store": {"type": "boolean", "nullable": True, "description": "accepted; nothing is stored"},
+        "metadata": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"}},
+        "user": {"type": "string"},
+        "tools": {"type": "array", "items": RESPONSES_TOOL},
+        "tool_choice": RESPONSES_TOOL_CHOICE,
+        "parallel_tool_calls": {"type": "boolean", "nullable": True},
+        "text": {"type": "object", "properties": {"format": RESPONSES_FORMAT}},
+    },
+}
+_NULLABLE_NUMBER = {"type": "number", "nullable": True}
+RESPONSES_OUTPUT_ITEM = {
+    "type": "object",
+    "required": ["type", "id", "status"],
+    "properties": {
+        "type": {"type": "string", "enum": ["message", "function_call"]},
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["in_progress", "completed", "incomplete"]},
+        "role": {"type": "string", "enum": ["assistant"]},
+        "content": {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
+            "type": {"type": "string", "enum": ["output_text"]}, "text": {"type": "string"},
+            "annotations": {"type": "array", "items": {"type": "object"}},
+            "logprobs": {"type": "array", "items": {"type": "object"}}}}},
+        "call_id": {"type": "string"}, "name": {"type": "string"}, "arguments": {"type": "string"},
+    },
+}
+RESPONSES_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output", "error", "incomplete_details",
+                 "parallel_tool_calls", "tool_choice", "tools"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["response"]},
+        "created_at": {"type": "integer"},
+        "completed_at": {"type": "integer", "nullable": True},
+        "status": {"type": "string", "enum": ["in_progress", "completed", "incomplete", "failed"]},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": RESPONSES_OUTPUT_ITEM},
+        "error": {"type": "object", "nullable": True, "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}},
+        "incomplete_details": {"type": "object", "nullable": True, "properties": {
+            "reason": {"type": "string", "enum": ["max_output_tokens", "content_filter"]}}},
+        "instructions": {"type": "string", "nullable": True},
+        "max_output_tokens": {"type": "integer", "nullable": True},
+        "max_tool_calls": {"type": "integer", "nullable": True},
+        "metadata": {"type": "object"},
+        "parallel_tool_calls": {"type": "boolean"},
+        "previous_response_id": {"type": "string", "nullable": True},
+        "store": {"type": "boolean", "description": "always false: nothing is stored"},
+        "temperature": _NULLABLE_NUMBER,
+        "top_p": _NULLABLE_NUMBER,
+        "text": {"type": "object", "properties": {"format": RESPONSES_FORMAT}},
+        "tool_choice": RESPONSES_TOOL_CHOICE,
+        "tools": {"type": "array", "items": {"type": "object", "required": ["type", "name"], "properties": {
+            **_TOOL_NAME, "description": {"type": "string", "nullable": True},
+            "parameters": {"type": "object", "nullable": True}, "strict": {"type": "boolean", "nullable": True}}}},
+        "usage": {"type": "object", "nullable": True, "required": ["input_tokens", "output_tokens", "total_tokens"],
+                  "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+                                 "total_tokens": {"type": "integer"},
+                                 "input_tokens_details": {"type": "object"},
+                                 "output_tokens_details": {"type": "object"}}},
+        "user": {"type": "string", "nullable": True},
+    },
+}
+# One event of a streamed response: "event: <type>" and a data line with the JSON of
+# the event (its type and sequence_number; the response itself in response.created,
+# response.in_progress, response.completed, response.incomplete and response.failed).
+RESPONSES_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": [
+            "response.created", "response.in_progress", "response.output_item.added",
+            "response.content_part.added", "response.output_text.delta", "response.output_text.done",
+            "response.content_part.done", "response.output_item.done", "response.function_call_arguments.delta",
+            "response.function_call_arguments.done", "response.completed", "response.incomplete",
+            "response.failed", "error"]},
+        "data": {"type": "string", "description": "JSON: {type, sequence_number, ...}"},
+    },
+    "x-data-schemas": {"response": RESPONSES_RESPONSE, "error": ERROR},
+}
 
 # --- the Ollama API ---------------------------------------------------------------------
 

@@ -70,8 +70,9 @@ async def migrate(conn: asyncpg.Connection) -> int:
 
 
 class KeyCache:
-    """Live keys by digest, emptied by NOTIFY; while nobody listens, read through (and
-    used alone only when the database cannot answer)."""
+    """Keys by digest (live ones, and revoked ones so their 401 can say so), emptied by
+    NOTIFY; while nobody listens, read through (and used alone only when the database
+    cannot answer)."""
 
     def __init__(self, dsn: str, recheck: float, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.dsn, self.recheck, self.timeout = dsn, recheck, timeout
@@ -185,19 +186,24 @@ class PostgresStore:
         )
         return secret, int(key_id)
 
-    async def find_key(self, secret: str) -> ApiKey | None:
-        """The live key for this secret, or None (malformed, unknown or revoked)."""
+    async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None:
+        """The live key for this secret, or None (malformed, unknown or revoked); with
+        ``revoked``, a revoked key too (``ApiKey.revoked`` set: the caller says so)."""
+        key = await self._lookup_key(secret)
+        return None if key is None or (key.revoked is not None and not revoked) else key
+
+    async def _lookup_key(self, secret: str) -> ApiKey | None:
         wanted = sec.digest(secret)
         cached = await self.cache.usable()
         key = self.cache.keys.get(wanted) if cached else None
-        if key is not None:  # only well-formed live keys are ever cached
+        if key is not None:  # only well-formed keys are ever cached (live or revoked: revocation is final)
             return key
         if not sec.well_formed(secret, sec.API_KEY_PREFIX):
             return None
         try:
             row = await self.pool.fetchrow(
-                "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, expires, models"
-                " FROM api_keys WHERE hash = $1 AND revoked IS NULL", wanted,
+                "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, expires, models,"
+                " revoked FROM api_keys WHERE hash = $1", wanted,
             )
         except UNAVAILABLE as exc:
             # PostgreSQL is down, so no key can be revoked meanwhile: a key this replica
@@ -209,7 +215,7 @@ class PostgresStore:
         key = None
         if row is not None and sec.same(row[7], wanted):
             key = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=row[6], expires=row[8],
-                         models=tuple(row[9] or ()))
+                         models=tuple(row[9] or ()), revoked=row[10])
         self.cache.remember(wanted, key)
         return key
 

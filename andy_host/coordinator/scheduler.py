@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Assignment, Host, Registry
 from andy_host.coordinator.trust import TrustPolicy
-from andy_host.coordinator.work import NEED_TOOLS
-from andy_host.errors import APIError, no_available_hosts
+from andy_host.coordinator.work import CONTEXT_NEED, NEED_TOOLS, feature_needs, needed_context
+from andy_host.errors import APIError, context_exceeded, no_available_hosts
 
 MAX_REMEMBERED_CLIENTS = 100_000
 NONE: frozenset[str] = frozenset()
@@ -72,10 +72,14 @@ class ModelQueue:
 
 
 def supports(host: Host, model: str, needs: frozenset[str]) -> bool:
-    """Does ``host`` offer every feature in ``needs`` for ``model`` (tools: the model's template)?"""
-    if NEED_TOOLS in needs and not host.models[model].tools:
+    """Does ``host`` offer every feature in ``needs`` for ``model`` (tools: the model's
+    template), and a context that can hold the prompt (unless its context is not known)?"""
+    info = host.models[model]
+    if NEED_TOOLS in needs and not info.tools:
         return False
-    return all(need in host.features for need in needs if need != NEED_TOOLS)
+    if info.served_context is not None and info.served_context < needed_context(needs):
+        return False
+    return all(need in host.features for need in needs if need != NEED_TOOLS and not need.startswith(CONTEXT_NEED))
 
 
 class Scheduler:
@@ -108,6 +112,19 @@ class Scheduler:
             and (h.trusted or not trusted_only)
             and h.trust.quarantined is None
         ]
+
+    def unavailable(
+        self, model: str, exclude: set[int], kind: str, needs: frozenset[str], trusted_only: bool
+    ) -> APIError:
+        """Why no connected host could run this job: 400 ``context_length_exceeded`` when
+        hosts could but for the prompt, longer than the context each serves (it cannot be
+        fewer tokens than the need says: see ``work.CONTEXT_NEED``); else 503."""
+        floor = needed_context(needs)
+        able = self.candidates(model, exclude, kind, feature_needs(needs), trusted_only) if floor else []
+        contexts = [c for h in able if (c := h.models[model].served_context) is not None]
+        if contexts:  # every one of them serves a known context smaller than the prompt
+            return context_exceeded(max(contexts), floor, estimated=True)
+        return no_available_hosts(model, trusted_only=trusted_only)
 
     def median_speed(self, model: str) -> float:
         """The median measured tokens/s of the model's hosts: what an unmeasured host counts as."""
@@ -194,22 +211,21 @@ class Scheduler:
         kind: str = "chat",
         client: str = "",
         needs: frozenset[str] = NONE,
-        await_hosts: bool = False,
         trusted_only: bool = False,
     ) -> Assignment:
         """A reserved slot on the best host, waiting fairly while all are busy.
 
-        Raises 503 ``No available hosts`` when no host could run the job (unless
-        ``await_hosts``: a failover waits for one to connect), when the queue is full
-        or the wait runs out; 429 when this client holds too many places.
+        Raises 503 ``No available hosts`` at once when no connected host could ever run
+        the job (:meth:`candidates`; nobody waits for a host to connect), when the queue
+        is full or the wait runs out; 429 when this client holds too many places.
         """
         queue = self.queues.get(model)
         if queue is None or queue.size == 0:
             host = self.pick(model, exclude, kind, needs, trusted_only)
             if host is not None:
                 return self.assign(host, client, kind)
-        if not await_hosts and not self.candidates(model, exclude, kind, needs, trusted_only):
-            raise no_available_hosts(model, trusted_only=trusted_only)
+        if not self.candidates(model, exclude, kind, needs, trusted_only):
+            raise self.unavailable(model, exclude, kind, needs, trusted_only)
         queue = self.queues.setdefault(model, ModelQueue())
         retry_after = str(max(1, math.ceil(self.config.queue_timeout / 4)))
         if queue.count(client) >= self.config.max_queue_per_client:

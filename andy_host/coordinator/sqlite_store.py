@@ -7,7 +7,8 @@ lock never stalls the event loop. Live API keys are cached in memory, so a reque
 costs no query; another process writing the database (the keys CLI) changes SQLite's
 ``data_version``, which is read at most every ``key_recheck`` seconds and empties the
 cache, so a key revoked from the CLI stops working within that time (its own writes
-empty it at once). Usage counters are kept in memory by the caller and flushed every
+empty it at once). A revoked key is cached too (revocation is final), so its 401 can
+say when it was revoked. Usage counters are kept in memory by the caller and flushed every
 ``flush_interval`` seconds and at shutdown.
 """
 
@@ -295,17 +296,18 @@ class SQLiteDatabase:
         )
         return secret, int(cur.lastrowid or 0)
 
-    def find_key(self, digest: str) -> ApiKey | None:
-        """The unrevoked key with this digest (expired ones too: the caller says so), or None."""
+    def find_key(self, digest: str, revoked: bool = False) -> ApiKey | None:
+        """The unrevoked key with this digest (expired ones too: the caller says so), or None;
+        with ``revoked``, a revoked one too (its ``revoked`` set), so the caller can say so."""
         row = self.db.execute(
             "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked, expires,"
             " models FROM api_keys WHERE hash = ?",
             (digest,),
         ).fetchone()
-        if row is None or row[8] is not None or not sec.same(row[7], digest):
+        if row is None or (row[8] is not None and not revoked) or not sec.same(row[7], digest):
             return None
         return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]), expires=row[9],
-                      models=_models_of(row[10]))
+                      models=_models_of(row[10]), revoked=row[8])
 
     def list_keys(self) -> list[dict[str, Any]]:
         day = utc_day()
@@ -543,16 +545,19 @@ class SQLiteStore:
                 self._keys.clear()
         return self._keys
 
-    async def find_key(self, secret: str) -> ApiKey | None:
-        """The live key for this secret, or None (malformed, unknown or revoked)."""
+    async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None:
+        """The live key for this secret, or None (malformed, unknown or revoked); with
+        ``revoked``, a revoked key too (``ApiKey.revoked`` set: the caller says so)."""
         wanted = sec.digest(secret)
         cache = await self._live_keys()
         key = cache.get(wanted)
-        if key is not None:  # only well-formed live keys are ever cached
-            return key
-        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
-            return None
-        key = await self._call(self._db.find_key, wanted)
+        if key is None and sec.well_formed(secret, sec.API_KEY_PREFIX):
+            key = await self._lookup_key(cache, wanted)
+        # only well-formed keys are ever cached: live ones, and revoked ones (a revocation is final)
+        return None if key is None or (key.revoked is not None and not revoked) else key
+
+    async def _lookup_key(self, cache: dict[str, ApiKey], wanted: str) -> ApiKey | None:
+        key = await self._call(self._db.find_key, wanted, True)
         if key is not None:
             if len(cache) >= KEY_CACHE_SIZE:
                 cache.clear()

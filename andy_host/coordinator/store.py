@@ -69,6 +69,7 @@ class ApiKey:
     trusted_only: bool = False
     expires: float | None = None  # seconds since the epoch; None: never (see keyscope.py)
     models: tuple[str, ...] = ()  # model patterns the key may use; (): every model
+    revoked: float | None = None  # when it was revoked (only find_key(..., revoked=True) returns such keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,8 @@ class Store(Protocol):
     async def create_key(self, name: str, daily_limit: int, per_minute: int,
                          host_token: str | None = None, trusted_only: bool = False,
                          expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]: ...
-    async def find_key(self, secret: str) -> ApiKey | None: ...  # expired keys too: the caller says so
+    # expired keys too, and with revoked=True revoked ones (ApiKey.revoked set): the caller says so
+    async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None: ...
     async def list_keys(self) -> list[dict[str, Any]]: ...
     async def update_key(self, ident: str, changes: KeyChanges) -> bool: ...  # False: no live key
     async def revoke_key(self, ident: str) -> bool: ...

@@ -6,7 +6,10 @@ No claim a host makes is taken as is:
   host's reported ``completion_tokens`` stands only when it is plausible for that text
   (at most ``MAX_TOKENS_PER_CHAR`` tokens per character and at least one per
   ``MAX_CHARS_PER_TOKEN`` characters); otherwise an estimate from the text stands
-  and the host gets a strike.
+  and the host gets a strike. What a host generated before it failed mid-answer (the
+  ``tokens`` its chunks carry) is believed under the same rule, else counted at the
+  fewest tokens that can spell the text (:func:`generated_tokens`): the host that
+  continues is asked for the rest of ``max_tokens``, never less.
 - **Errors are evidence**: a host that rejects a request another host then answers
   gets a strike; so does an answer past its size bound.
 - **Answers are checked** against a trusted host's answer to the same deterministic
@@ -66,17 +69,29 @@ class HostTrust:
         return 1.0 / (1.0 + policy.suspect_share * self.score)
 
 
+def plausible_tokens(reported: int, chars: int) -> bool:
+    """Could ``reported`` tokens have spelled ``chars`` characters?"""
+    return chars // MAX_CHARS_PER_TOKEN <= reported <= MAX_TOKENS_PER_CHAR * chars + SLACK_TOKENS
+
+
 def measured_tokens(reported: int | None, chars: int, chunks: int) -> tuple[int, bool]:
     """Tokens to believe for ``chars`` characters relayed in ``chunks`` chunks, and
     whether the host's own count was plausible."""
     estimate = max(chunks, math.ceil(chars / CHARS_PER_TOKEN_ESTIMATE)) if chars else 0
     if reported is None:
         return estimate, True
-    most = MAX_TOKENS_PER_CHAR * chars + SLACK_TOKENS
-    least = chars // MAX_CHARS_PER_TOKEN
-    if least <= reported <= most:
+    if plausible_tokens(reported, chars):
         return reported, True
     return estimate, False
+
+
+def generated_tokens(reported: int, chars: int) -> int:
+    """Tokens a host generated for ``chars`` characters it relayed: its own count where
+    plausible, else the fewest tokens that can spell them (at most what it really
+    generated, so what a continuation is given of ``max_tokens`` is never too little)."""
+    if plausible_tokens(reported, chars):
+        return reported
+    return math.ceil(chars / MAX_CHARS_PER_TOKEN)
 
 
 def strike(trust: HostTrust, policy: TrustPolicy, reason: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from andy_host.coordinator.trust import MAX_CHARS_PER_TOKEN
 from andy_host.protocol import (
     FEATURE_COMPLETION,
     FEATURE_CONTINUE,
@@ -22,6 +23,41 @@ from andy_host.protocol import (
 
 # A need that is the model's, not the backend's: its chat template takes tools.
 NEED_TOOLS = "tools"
+# A need that is the prompt's: a host whose served context is known must hold at least
+# N tokens (``context>=N``), N a lower bound on the prompt's tokens from its characters
+# (no tokenizer's token is longer than ``MAX_CHARS_PER_TOKEN`` characters): a prompt
+# that would fit a host is never kept from it. A host whose context is not known may
+# take any prompt (its backend says when it does not fit).
+CONTEXT_NEED = "context>="
+
+
+def context_floor(chars: int) -> int:
+    """The fewest tokens ``chars`` characters of prompt can be."""
+    return chars // MAX_CHARS_PER_TOKEN
+
+
+def needed_context(needs: frozenset[str]) -> int:
+    """The served context ``needs`` asks for (0: none)."""
+    for need in needs:
+        if need.startswith(CONTEXT_NEED):
+            try:
+                return int(need[len(CONTEXT_NEED):])
+            except ValueError:
+                return 0
+    return 0
+
+
+def with_context(needs: frozenset[str], tokens: int) -> frozenset[str]:
+    """``needs`` asking for a served context of at least ``tokens`` (never less than it
+    asked before)."""
+    if tokens <= needed_context(needs):
+        return needs
+    return feature_needs(needs) | {f"{CONTEXT_NEED}{tokens}"}
+
+
+def feature_needs(needs: frozenset[str]) -> frozenset[str]:
+    """``needs`` without the prompt's context: what a host's features must cover."""
+    return frozenset(n for n in needs if not n.startswith(CONTEXT_NEED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +108,22 @@ def chat_work(model: str, request: ChatRequest) -> Work:
         needs.add(NEED_TOOLS)
     if request.tool_choice in ("required", "function"):
         needs.add(FEATURE_TOOL_CHOICE)
+    _add_context(needs, sum(len(m.content or "") for m in request.messages))
     plain = not (request.tools or request.response_format or request.logprobs)
     return Work("chat", model, request_dict(request), frozenset(needs), continuable=plain)
 
 
 def completion_work(model: str, request: CompletionRequest) -> Work:
     needs = _sampling_needs(request) | {FEATURE_COMPLETION}
+    _add_context(needs, len(request.prompt or ""))
     plain = not (request.response_format or request.logprobs)
     return Work("complete", model, request_dict(request), frozenset(needs), continuable=plain)
+
+
+def _add_context(needs: set[str], chars: int) -> None:
+    floor = context_floor(chars)
+    if floor > 0:
+        needs.add(f"{CONTEXT_NEED}{floor}")
 
 
 def _sampling_needs(request: Sampling) -> set[str]:

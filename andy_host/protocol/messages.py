@@ -38,6 +38,11 @@ from andy_host.protocol.requests import MAX_TOOL_CALLS, MAX_TOP_LOGPROBS, JobKin
 # 3: hosts send a heartbeat every BUSY_HEARTBEAT seconds while they hold jobs (a silent
 #    one is frozen); welcome issues a host secret and says the frame limit; hello
 #    proves its id with that secret; heartbeats carry pause reasons as codes.
+#    Later, within 3 (optional fields an older peer ignores, so no new version that
+#    would make either side refuse the other): a model's ``served_context`` (tokens per
+#    request its backend serves, as the backend says), and a job error's
+#    ``prompt_tokens`` and ``context_tokens`` (the backend's counts when it rejected a
+#    prompt for its context).
 PROTOCOL_VERSION = 3
 # The oldest version of a host the coordinator accepts: 3, because older hosts could
 # opt out of the busy heartbeats that tell a frozen host, and had no host secret.
@@ -51,6 +56,7 @@ MAX_EMBED_DIM = 65_536
 MAX_EMBEDDINGS = 2048
 MAX_LOGPROBS = 4096  # token entries in one frame
 MAX_TOKEN_LEN = 64  # characters of one token
+MAX_CONTEXT = 2**31 - 1  # the largest count of tokens (a context, a prompt) a frame may carry
 JOB_KINDS = ("chat", "complete", "embed")
 HOST_STATUSES = ("active", "paused", "draining", "backend_down")
 # What a host's backend can do (hello and heartbeat ``features``); tools are per model
@@ -90,10 +96,14 @@ class ModelInfo:
     size: int | None = None
     quantization: str | None = None
     family: str | None = None
-    context_length: int | None = None
+    context_length: int | None = None  # the context the model was trained for (its GGUF's)
     loaded: bool = False
     embed: bool = False
     tools: bool = False  # its chat template takes tools
+    # Tokens one request may hold (prompt and answer) on this host, as its backend serves
+    # it now (llama.cpp: a slot's n_ctx; Ollama: the model's num_ctx); None: not known.
+    served_context: int | None = None
+    chat: bool = True  # it generates text (an embedding-only model does not)
 
 
 @dataclass(slots=True)
@@ -176,6 +186,8 @@ class JobError:
     message: str
     code: str | None = None
     retry_after: float | None = None
+    prompt_tokens: int | None = None  # with context_length_exceeded: the prompt's tokens, as the backend counted
+    context_tokens: int | None = None  # ... and the context it had for it
     type: Literal["error"] = "error"
 
 
@@ -264,6 +276,8 @@ def _models(obj: dict[str, Any]) -> list[ModelInfo]:
                 loaded=bool(item.get("loaded", False)),
                 embed=bool(item.get("embed", False)),
                 tools=bool(item.get("tools", False)),
+                served_context=int_field(item, "served_context", lo=1, hi=MAX_CONTEXT, optional=True),
+                chat=bool(item.get("chat", True)),
             )
         )
     return models
@@ -370,6 +384,8 @@ def _error(obj: dict[str, Any]) -> JobError:
         message=text_field(obj, "message")[:2000],
         code=str_field(obj, "code", optional=True),
         retry_after=num_field(obj, "retry_after", lo=0, hi=86400, optional=True),
+        prompt_tokens=int_field(obj, "prompt_tokens", lo=0, hi=MAX_CONTEXT, optional=True),
+        context_tokens=int_field(obj, "context_tokens", lo=1, hi=MAX_CONTEXT, optional=True),
     )
 
 

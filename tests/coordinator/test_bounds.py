@@ -13,7 +13,8 @@ from andy_host.coordinator.enrolment import Admitted, Credential, Identity, Poli
 from andy_host.coordinator.events import JobEvents, Overflow
 from andy_host.coordinator.hosts import HostLost, Registry
 from andy_host.coordinator.periodic import Periodic
-from andy_host.coordinator.relay import Abort, Failover, classify
+from andy_host.coordinator.relay import Abort, Answer, Failover, classify
+from andy_host.coordinator.work import Work
 from andy_host.protocol import (
     CLOSE_BANNED,
     CLOSE_FULL,
@@ -173,6 +174,29 @@ def test_classify() -> None:
     assert isinstance(context, Failover) and context.blame == "rejected"
     assert context.error.code == "context_length_exceeded"
     assert classify(JobError("j", 400, "no prefill"), True).cannot_continue  # type: ignore[union-attr]
+
+
+def test_what_a_continuation_is_asked_for_counts_each_hosts_own_tokens() -> None:
+    """The first host's count of what it generated stands where its text supports it;
+    else the fewest tokens that spell the text (32 characters a token at most), so the
+    continuation is never asked for fewer tokens than remain."""
+    work = Work("chat", "m", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300})
+    honest = Answer([])
+    for _ in range(50):
+        honest.add(Chunk("j", " word123", tokens=1))  # 400 characters: 100 by the old estimate
+    assert honest.tokens() == 50
+    assert work.continued(honest.text(), honest.tokens())["max_tokens"] == 250
+    for claim in (10**6, 0):  # more than 4 a character, or fewer than spell the text: not believed
+        liar = Answer([])
+        liar.add(Chunk("j", " word123" * 50, tokens=claim))
+        assert liar.tokens() == 13  # ceil(400 / 32): no more than the truth
+    rescued = Answer([])
+    rescued.add(Chunk("j", " word123" * 50, tokens=50))
+    rescued.next_host()  # another host's part is judged on its own
+    rescued.add(Chunk("j", " word123" * 10, tokens=10**6))
+    assert rescued.tokens() == 50 + 3
+    rescued.clear()
+    assert rescued.tokens() == 0
 
 
 def test_known_models_are_bounded_and_forgotten() -> None:

@@ -6,6 +6,7 @@ own, so no host's health carries over from another test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests import inproc
+from tests.evil import RawHost, join
+from tests.fakes.common import TOKENS
 from tests.inproc import backend_stats, fault
 from tests.sse import achat_stream
 
@@ -207,3 +211,164 @@ async def test_client_disconnect_cancels_the_backend_generation(pool: dict[str, 
             break
         await asyncio.sleep(0.05)
     assert (await backend_stats(pool["F"]))["aborted"] == aborted + 1
+
+
+# --- a rescued answer is the answer an uninterrupted host gives ----------------------------
+
+# Tokens of 8 characters (" word123"): the coordinator's estimate from characters (one
+# token per 4) says twice as many tokens were generated as there were.
+LONG = " ".join(f"word{i:03d}" for i in range(400))
+CUT_AFTER = 50
+
+
+async def streamed_answer(pool: inproc.Pool, max_tokens: int = 300,
+                          seen: list[str] | None = None) -> tuple[str, str | None, int | None]:
+    """Text, finish reason and completion tokens of a streamed answer to LONG (an error
+    event raises); ``seen`` gets the text as it arrives."""
+    seen = [] if seen is None else seen
+    stream = await pool.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=max_tokens, stream=True,
+        stream_options={"include_usage": True})
+    finish, completion = None, None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            seen.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+        if chunk.usage is not None:
+            completion = chunk.usage.completion_tokens
+    return "".join(seen), finish, completion
+
+
+@pytest.mark.parametrize("how", ["frozen", "backend_killed", "host_disconnects"])
+async def test_rescued_stream_has_every_token_an_uninterrupted_one_has(tmp_path: Path, how: str) -> None:
+    """max_tokens 300, the host fails after 50 tokens: the continuation is asked for the
+    250 the first host did not generate (its own count), not for 300 less an estimate
+    from characters (which gave 250 tokens here, 277 in the issue's report)."""
+    config = {**FAILOVER, "token_timeout": 1.0 if how == "frozen" else 30.0}
+    async with AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(inproc.fake("llamacpp", model=MODEL, token_delay=0.001))
+                for _ in range(2)]
+        pool = await stack.enter_async_context(inproc.coordinator(tmp_path, **config))
+        agents = {f"rescue-{i}": await stack.enter_async_context(inproc.agent(pool, "llamacpp", url, f"rescue-{i}"))
+                  for i, url in enumerate(urls)}
+        await pool.models({MODEL: 2})
+        reference = await asyncio.wait_for(streamed_answer(pool), 20)
+        text, finish, completion = reference
+        assert len(TOKENS.findall(text)) == 300 and finish == "length" and completion == 300
+
+        mode = "cut" if how == "backend_killed" else "stall"
+        for url in urls:  # whichever host starts the answer fails; the other continues it
+            await fault(url, mode, count=-1, fresh_only=True, after=CUT_AFTER)
+        before = stats({"pool": pool})
+        seen: list[str] = []
+        answer = asyncio.create_task(asyncio.wait_for(streamed_answer(pool, seen=seen), 20))
+        if how == "host_disconnects":  # the first host sent its 50 tokens, then leaves the pool
+            await inproc.until(lambda: len(TOKENS.findall("".join(seen))) >= CUT_AFTER, 10, "50 tokens")
+            (busy,) = [h for h in pool.registry.hosts.values() if h.jobs]
+            agents[busy.name].stop.set()
+        rescued = await answer
+        assert len(TOKENS.findall(rescued[0])) == 300, f"{len(TOKENS.findall(rescued[0]))} tokens rescued, not 300"
+        assert rescued == reference  # the same text, as many tokens, the same end and usage
+        after = stats({"pool": pool})
+        assert after["continued"] == before["continued"] + 1 and after["rescued"] == before["rescued"] + 1
+        assert sum([(await backend_stats(url))["faults"] for url in urls]) == 1
+
+
+# --- a failover waits only for a host that is there ------------------------------------------
+
+# Huge: a request that waited for another host to connect would run into the test's own
+# bound (asyncio.wait_for, 20 s) instead of ending with its error.
+ALONE = {**FAILOVER, "queue_timeout": 600.0, "ttft_timeout": 0.5, "token_timeout": 0.5, "answer_timeout": 0.5}
+PROMPTLY = 20
+
+
+@pytest.fixture
+async def lone(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """One llama.cpp host, and nobody else."""
+    async with inproc.fake("llamacpp", model=MODEL, token_delay=0.01) as url, \
+            inproc.coordinator(tmp_path, **ALONE) as pool, inproc.agent(pool, "llamacpp", url, "lone"):
+        await pool.models({MODEL: 1})
+        yield {"pool": pool, "url": pool.url, "F": url}
+
+
+async def ask(pool: dict[str, Any], stream: bool, content: str) -> tuple[int, dict[str, Any] | None, str]:
+    """(HTTP status, error, outcome) of one request, within PROMPTLY seconds."""
+    if stream:
+        result = await asyncio.wait_for(achat_stream(pool["url"], MODEL, content), PROMPTLY)
+        return result.status, result.error, result.outcome
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    async with httpx.AsyncClient(timeout=PROMPTLY) as client:
+        reply = await asyncio.wait_for(client.post(pool["url"] + "/v1/chat/completions", json=body), PROMPTLY)
+    error = reply.json().get("error") if reply.status_code != 200 else None
+    return reply.status_code, error, "http_error" if error else "complete"
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_a_lone_hosts_context_error_reaches_the_client_at_once(lone: dict[str, Any], stream: bool) -> None:
+    """With no other host to ask, the rejection is the answer: 400
+    context_length_exceeded now, not after queue_timeout, and no strike."""
+    await fault(lone["F"], "ctx", count=-1, n_ctx=2048)
+    requests = (await backend_stats(lone["F"]))["requests"]
+    status, error, _ = await ask(lone, stream, "a history too long for this host")
+    assert status == 400 and error is not None and error["code"] == "context_length_exceeded", error
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages"
+    assert (await backend_stats(lone["F"]))["requests"] == requests + 1  # asked once
+    (host,) = lone["pool"].registry.hosts.values()
+    assert host.trust.strikes == 0 and lone["pool"].stats.failovers == 1
+
+
+@pytest.mark.parametrize(("mode", "stream", "expected_status", "code"), [
+    ("hang", True, 504, "timeout"),  # silent before the first token
+    ("hang", False, 504, "timeout"),
+    ("stall", True, 200, "stream_interrupted"),  # silent after content: the explicit error event
+    ("stall", False, 504, "timeout"),  # a whole answer that never comes
+], ids=["silent-streamed", "silent-whole", "stalls-mid-stream", "stalls-whole"])
+async def test_a_lone_host_that_stalls_ends_the_request_with_its_error(
+        lone: dict[str, Any], mode: str, stream: bool, expected_status: int, code: str) -> None:
+    await fault(lone["F"], mode, count=-1, after=3)
+    status, error, outcome = await ask(lone, stream, "stall one two three four five six seven")
+    assert status == expected_status and error is not None and error["code"] == code, (status, error)
+    assert outcome == ("error_event" if expected_status == 200 else "http_error")  # never a truncated success
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_a_lone_host_sending_only_empty_chunks_ends_the_request(tmp_path: Path, stream: bool) -> None:
+    async def empties(host: RawHost, job: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await host.chunk(job["id"], "")
+                await asyncio.sleep(0.05)
+
+    async with inproc.coordinator(tmp_path, **ALONE) as pool:
+        host = await join(pool.url)
+        serving = asyncio.create_task(host.serve(empties))
+        try:
+            await pool.models({MODEL: 1})
+            status, error, outcome = await ask({"url": pool.url}, stream, "are you there")
+            assert host.jobs, "the raw host was never given the job"
+            assert status == 504 and error is not None and error["code"] == "timeout", (status, error)
+            assert outcome == "http_error"
+        finally:
+            await host.ws.close()
+            serving.cancel()
+
+
+async def test_a_failover_waits_for_a_busy_host_that_is_there(tmp_path: Path) -> None:
+    """Another host could take the job but is busy: the failover waits in the queue for it."""
+    async with AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(inproc.fake("llamacpp", model=MODEL)) for _ in range(2)]
+        pool = await stack.enter_async_context(inproc.coordinator(tmp_path, **ALONE))
+        for i, url in enumerate(urls):
+            await stack.enter_async_context(inproc.agent(pool, "llamacpp", url, f"one-slot-{i}", max_concurrency=1))
+        await pool.models({MODEL: 2})
+        for url in urls:  # the first request is slow on whichever host takes it
+            await fault(url, "slow", delay=0.05)
+        slow = asyncio.create_task(achat_stream(pool.url, MODEL, "slow " + " ".join(f"s{i}" for i in range(20))))
+        await inproc.until(lambda: sum(len(h.jobs) for h in pool.registry.hosts.values()) == 1, 5, "a busy host")
+        (busy,) = [h for h in pool.registry.hosts.values() if h.jobs]
+        free_url = urls[1 - int(busy.name[-1])]
+        await fault(free_url, "500")  # the free host fails the next request; the busy one is still there
+        result = await asyncio.wait_for(achat_stream(pool.url, MODEL, "then me"), PROMPTLY)
+        assert result.outcome == "complete" and result.text == expected("then me"), result
+        assert (await slow).outcome == "complete"
+        assert busy.served == 2 and pool.stats.rescued == 1

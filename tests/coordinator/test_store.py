@@ -54,6 +54,13 @@ async def test_keys_usage_and_revocation(store: Store) -> None:
     assert await store.revoke_key(secret[:14]) is True
     assert await store.revoke_key(str(key_id)) is False  # already revoked
     assert await store.find_key(secret) is None
+    gone = await store.find_key(secret, revoked=True)  # for the 401 that says it was revoked, and when
+    assert gone is not None and gone.id == key_id and gone.revoked is not None
+    assert abs(gone.revoked - time.time()) < 60
+    live, _ = await store.create_key("live", 5, 2)
+    found = await store.find_key(live, revoked=True)
+    assert found is not None and found.revoked is None
+    assert await store.find_key(secret[:-1] + ("a" if secret[-1] != "a" else "b"), revoked=True) is None
 
 
 async def test_tokens_ledger_and_linked_keys(store: Store) -> None:
@@ -177,6 +184,8 @@ async def test_a_revocation_by_another_writer_reaches_the_cache(store_url: tuple
             await asyncio.sleep(0.01)
         took = 0.5 - (deadline - time.monotonic())
         assert took < 0.2, took
+        seen = await serving.find_key(secret, revoked=True)  # the refreshed cache knows when
+        assert seen is not None and seen.revoked is not None
     finally:
         await serving.close()
         await admin.close()

@@ -22,6 +22,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 
+from andy_host.coordinator.state import STORE
 from tests import evil, inproc
 from tests.inproc import Pool
 
@@ -383,6 +384,39 @@ async def test_a_hosts_unasked_extras_are_dropped_and_its_logprobs_bounded(tmp_p
                         assert len(token.top_logprobs) == 1  # no more alternatives than asked
             host = next(iter(pool.registry.hosts.values()))
             assert host.trust.strikes >= 2
+        finally:
+            await raw.ws.close()
+            task.cancel()
+
+
+async def test_a_strangers_made_up_model_does_not_take_model_auto(tmp_path: Path) -> None:
+    """``auto`` goes to the model with the most free slots. A raw host (tests/evil.py)
+    that makes up models and claims 1024 slots (an embedding-only one too, which
+    ``auto`` embeddings prefer) must not draw every ``auto`` request to itself: a model
+    that a trusted host serves (or one that passed answer checks) comes first."""
+    async def serve(host: evil.RawHost, job: dict[str, Any]) -> None:
+        if job["kind"] == "embed":
+            await host.send({"type": "error", "id": job["id"], "status": 500, "message": "hijacked"})
+        else:
+            await host.done(job["id"], "hijacked", completion_tokens=1)
+
+    async with AsyncExitStack() as stack:
+        llama = await stack.enter_async_context(inproc.fake("llamacpp", model="m:latest"))
+        pool = await stack.enter_async_context(inproc.coordinator(tmp_path))
+        token, _ = await pool.app[STORE].create_token("mine", trusted=True)
+        await stack.enter_async_context(inproc.agent(pool, "llamacpp", llama, "trusted-host", token=token))
+        raw = await evil.join(pool.url, evil.hello("stranger", [
+            {"name": "free-slots:latest", "loaded": True},
+            {"name": "embedder:latest", "loaded": True, "embed": True, "chat": False}], capacity=1024))
+        task = asyncio.get_running_loop().create_task(raw.serve(serve))
+        try:
+            await pool.models({"m:latest": 1, "free-slots:latest": 1, "embedder:latest": 1})
+            reply = await pool.client().chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hi"}])
+            assert reply.model == "m:latest" and reply.choices[0].message.content != "hijacked"
+            embedded = await pool.client().embeddings.create(model="auto", input="hi")
+            assert embedded.model == "m:latest"
+            assert not raw.jobs
         finally:
             await raw.ws.close()
             task.cancel()

@@ -1,7 +1,9 @@
 """A fake llama-server speaking the API of llama.cpp's tools/server (README there),
 with fault injection for the failover tests.
 
-Implements ``/health``, ``/props`` (``chat_template_caps``), ``/v1/models``,
+Implements ``/health``, ``/props`` (``chat_template_caps``; ``total_slots`` and
+``default_generation_settings.n_ctx``, a slot's context), ``/v1/models`` (``meta``:
+``n_ctx``, a slot's, and ``n_ctx_train``),
 ``/v1/chat/completions`` and ``/v1/completions`` (JSON and SSE ending in
 ``data: [DONE]``) and ``/v1/embeddings``, with OpenAI-shaped errors. As llama-server
 with ``--jinja``: tools (a call, streamed as a name then argument pieces, when
@@ -18,13 +20,20 @@ continuations) fail in mode M: ``500``, ``503`` and ``429`` (with
 Retry-After), ``reset`` (connection dropped, no answer), ``hang`` (never answers),
 ``late`` (first token after ``delay``), ``stall`` (stops mid-stream), ``cut`` (closes
 the connection mid-stream), ``malformed`` (one broken chunk mid-stream; for answers
-that are not streamed: a hang, a dropped connection, a broken body), ``no_done``
+that are not streamed: a hang, a dropped connection, a broken body), where
+mid-stream is halfway, or after ``"after": n`` tokens; ``no_done``
 (no ``data: [DONE]``), ``reject_prefix`` (400 for a final assistant message), ``ctx``
-(llama.cpp's context-size error), ``slow`` (``delay`` between tokens), ``junk`` (an
+(llama.cpp's context-size error: HTTP 400, type ``exceed_context_size_error`` with
+``n_prompt_tokens`` and ``n_ctx``, ``"n_ctx": m`` or 4096), ``slow`` (``delay`` between tokens), ``junk`` (an
 answer of random words, reported as a success), ``inflate`` (a true answer whose usage
 claims 2**31-1 completion tokens), ``400`` (a 400 whose message is ``message``).
 ``GET /_stats`` counts requests, faults served, streams the client aborted, and
-continuations. Run: ``python -m tests.fakes.llamacpp --port 0 --model NAME``.
+continuations. A slot's context is ``--ctx-size`` (what ``-c`` gives each of the
+``--parallel`` slots), capped at ``--n-ctx-train`` as llama-server caps it; a prompt
+longer than that (counted as whitespace-separated words, plus 4 a message for the chat
+template) is answered 400 ``exceed_context_size_error`` with ``n_prompt_tokens`` and
+``n_ctx``, as llama-server answers it, before any generation.
+Run: ``python -m tests.fakes.llamacpp --port 0 --model NAME``.
 """
 
 from __future__ import annotations
@@ -93,7 +102,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
         fault.clear()
         fault.update({"mode": body.get("mode"), "count": body.get("count", 1),
                       "retry_after": body.get("retry_after", 2), "delay": body.get("delay", 3.0),
-                      "fresh_only": body.get("fresh_only", False), "message": body.get("message")})
+                      "fresh_only": body.get("fresh_only", False), "message": body.get("message"),
+                      "after": body.get("after"), "n_ctx": body.get("n_ctx", 4096)})
         return web.json_response(fault)
 
     async def get_stats(_: web.Request) -> web.Response:
@@ -102,15 +112,36 @@ def make_app(args: argparse.Namespace) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    n_ctx_train = getattr(args, "n_ctx_train", 8192)
+    n_ctx = min(getattr(args, "ctx_size", 8192), n_ctx_train)  # a slot's context, as llama-server caps it
+
     async def props(_: web.Request) -> web.Response:
         caps = {"supports_tool_calls": args.tools, "supports_tools": args.tools, "supports_system_role": True}
-        return web.json_response({"model_alias": model, "total_slots": 4, "build_info": "b0-fake",
+        settings = {"id": 0, "id_task": -1, "n_ctx": n_ctx, "speculative": False, "is_processing": False,
+                    "params": {"n_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 0.95}}
+        return web.json_response({"default_generation_settings": settings, "model_alias": model,
+                                  "total_slots": getattr(args, "parallel", 4), "build_info": "b0-fake",
                                   "chat_template_caps": caps})
 
     async def models(_: web.Request) -> web.Response:
+        meta = {"vocab_type": 2, "n_vocab": 49152, "n_ctx": n_ctx, "n_ctx_train": n_ctx_train, "size": 98_000_000}
         return web.json_response(
-            {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "llamacpp", "meta": {"n_ctx_train": 8192}}]}
+            {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "llamacpp", "meta": meta}]}
         )
+
+    def prompt_count(body: dict[str, Any], messages: list[dict[str, Any]]) -> int:
+        """The prompt's tokens to this fake: a word each, and 4 a message for the template."""
+        texts = [str(m.get("content") or "") for m in messages] if messages else [str(body.get("prompt") or "")]
+        return sum(len(t.split()) for t in texts) + 4 * len(messages)
+
+    def too_long(body: dict[str, Any], messages: list[dict[str, Any]]) -> web.Response | None:
+        """llama-server's answer to a prompt longer than a slot's context (the counts it adds)."""
+        n_prompt = prompt_count(body, messages)
+        if n_prompt < n_ctx:
+            return None
+        message = f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"
+        return web.json_response({"error": {"code": 400, "message": message, "type": "exceed_context_size_error",
+                                            "n_prompt_tokens": n_prompt, "n_ctx": n_ctx}}, status=400)
 
     async def chat(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
@@ -133,9 +164,12 @@ def make_app(args: argparse.Namespace) -> web.Application:
             stats["continuations"] += 1
         f = take_fault(bool(prefix))
         mode = f["mode"] if f else None
-        refusal = await _refuse(request, mode, f)
+        refusal = await _refuse(request, mode, f, messages or [{"content": body.get("prompt", "")}])
         if refusal is not None:
             return refusal
+        overflow = too_long(body, messages)
+        if overflow is not None:
+            return overflow
         stop = body.get("stop") or []
         stop = stop if isinstance(stop, list) else [stop]
         if completion:
@@ -150,9 +184,11 @@ def make_app(args: argparse.Namespace) -> web.Application:
             tokens = [(" " if i else "") + random.choice(words) for i in range(len(tokens))]
         if mode == "late":
             await asyncio.sleep(f["delay"])  # type: ignore[index]
-        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "total_tokens": 7 + len(tokens)}
+        generated = len(tokens) - (1 if prefix and tokens[:1] == [prefix] else 0)  # an echo is not generated
+        n_prompt = prompt_count(body, messages)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": generated, "total_tokens": n_prompt + generated}
         if mode == "inflate":
-            usage = {"prompt_tokens": 7, "completion_tokens": 2**31 - 1, "total_tokens": 2**31 + 6}
+            usage = {"prompt_tokens": n_prompt, "completion_tokens": 2**31 - 1, "total_tokens": 2**31 - 1 + n_prompt}
         top = body.get("top_logprobs", 0) if not completion else body.get("logprobs") or 0
         wants_logprobs = bool(body.get("logprobs")) or (completion and body.get("logprobs") is not None)
         lps = token_logprobs(tokens, top) if wants_logprobs else None
@@ -160,7 +196,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
         if not body.get("stream"):
             return await _whole(request, mode, delay, answer)
-        return await _stream(request, body, mode, delay, answer)
+        return await _stream(request, body, mode, delay, answer, f.get("after") if f else None)
 
     def _shape(body: dict[str, Any], messages: list[dict[str, Any]], tokens: list[str], reason: str,
                ) -> tuple[list[str], str, tuple[str, dict[str, Any]] | None]:
@@ -176,7 +212,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return TOKENS.findall(structured(schema, args.label, messages)), "stop", None
         return tokens, reason, None
 
-    async def _refuse(request: web.Request, mode: str | None, f: dict[str, Any] | None) -> web.StreamResponse | None:
+    async def _refuse(request: web.Request, mode: str | None, f: dict[str, Any] | None,
+                      messages: list[dict[str, Any]]) -> web.StreamResponse | None:
         if mode == "400":
             return error(400, f.get("message") or "simulated 400")  # type: ignore[union-attr]
         if mode in ("500", "503", "429"):
@@ -190,8 +227,12 @@ def make_app(args: argparse.Namespace) -> web.Application:
             await asyncio.sleep(3600)
         if mode == "reject_prefix":
             return error(400, "Assistant response prefill is incompatible with this chat template")
-        if mode == "ctx":
-            return error(400, "the request exceeds the available context size, try increasing it", "exceed_context_size_error")
+        if mode == "ctx":  # as llama-server's format_error_response, with the counts it adds
+            limit = int(f["n_ctx"])  # type: ignore[index]
+            n_prompt = max(limit + 1, sum(len(str(m.get("content") or "").split()) for m in messages))
+            message = f"request ({n_prompt} tokens) exceeds the available context size ({limit} tokens), try increasing it"
+            return web.json_response({"error": {"code": 400, "message": message, "type": "exceed_context_size_error",
+                                                "n_prompt_tokens": n_prompt, "n_ctx": limit}}, status=400)
         return None
 
     async def _whole(request: web.Request, mode: str | None, delay: float, a: Answer) -> web.StreamResponse:
@@ -222,7 +263,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
                                   "model": model, "choices": [choice], "usage": a.usage})
 
     async def _stream(request: web.Request, body: dict[str, Any], mode: str | None, delay: float,
-                      a: Answer) -> web.StreamResponse:
+                      a: Answer, f_after: int | None) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         created = int(time.time())
@@ -238,18 +279,18 @@ def make_app(args: argparse.Namespace) -> web.Application:
                      "created": created, "model": model, "choices": [choice]}
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        half = max(1, len(a.tokens) // 2)
+        at = max(1, len(a.tokens) // 2) if f_after is None else f_after  # where a fault strikes mid-stream
         try:
             if not a.completion:
                 await resp.write(event({"role": "assistant", "content": None}, None))
             for i, token in enumerate(a.tokens):
-                if i == half and mode == "stall":
+                if i == at and mode == "stall":
                     await asyncio.sleep(3600)
-                if i == half and mode == "cut":
+                if i == at and mode == "cut":
                     assert request.transport is not None
                     request.transport.abort()
                     return resp
-                if i == half and mode == "malformed":
+                if i == at and mode == "malformed":
                     await resp.write(b'data: {"choices": [{"delta": {"content": \n\n')
                 if delay:
                     await asyncio.sleep(delay)
@@ -307,6 +348,9 @@ def main() -> None:
                         help="the chat template takes tools (/props chat_template_caps), as with --jinja")
     parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
                         help="repeat a continued prefix at the start of the answer, as llama-server does")
+    parser.add_argument("--ctx-size", type=int, default=8192, help="a slot's context (llama-server: -c / -np)")
+    parser.add_argument("--n-ctx-train", type=int, default=8192, help="the model's training context (caps a slot's)")
+    parser.add_argument("--parallel", type=int, default=4, help="slots (/props total_slots)")
     serve(make_app, parser)
 
 

@@ -11,6 +11,13 @@ quantization_level}), ``GET /api/ps``, ``POST /api/show`` (capabilities, model_i
 before the final one, for models with the "tools" capability; ``format``: "json" or a
 schema; ``logprobs``/``top_logprobs`` from 0.12.11), ``POST /api/generate`` (``raw``:
 no template), ``POST /api/embed`` (``input`` string or list -> ``embeddings``). Unknown models answer 404 ``{"error": "model 'x' not found"}``.
+A loaded model is served with ``--num-ctx`` tokens of context (Ollama's default 4096;
+``/api/ps`` says it as ``context_length``, ``/api/show``'s ``parameters`` as ``num_ctx``
+only with ``--modelfile-num-ctx``, a Modelfile that sets it); a chat longer than that
+loses its oldest messages but the system ones and the last (Ollama's truncation), and
+when even those do not fit is answered 400 ``the prompt is longer than the context
+length currently available to the model; ...``. Tokens are counted as whitespace-separated
+words, plus 4 a message.
 ``POST /_fault {"mode": "reject_prefix" | "cut", "count": n}``: the next n chats (-1:
 all) refuse a final assistant message, or drop the connection halfway through a stream.
 Run: ``python -m tests.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
@@ -44,7 +51,12 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+TOO_LONG = ("the prompt is longer than the context length currently available to the model; shorten the "
+            "prompt, adjust the context length in settings, or use a model with a longer context length")
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
+    num_ctx = getattr(args, "num_ctx", 4096)
     names = [n if ":" in n.rsplit("/", 1)[-1] else n + ":latest" for n in args.models.split(",")]
     embed_only = {n + ":latest" if ":" not in n else n for n in args.embed_only.split(",") if n}
     failing = {n + ":latest" if ":" not in n else n for n in args.failing.split(",") if n}
@@ -86,7 +98,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         return web.json_response({"models": [
             {"name": names[0], "model": names[0], "size": 5_137_025_024, "digest": "sha256:" + "0" * 64,
              "details": {"format": "gguf", "family": "llama", "quantization_level": "Q4_K_M"},
-             "expires_at": now(), "size_vram": 5_137_025_024}
+             "expires_at": now(), "size_vram": 5_137_025_024, "context_length": num_ctx}
         ]})
 
     async def show(request: web.Request) -> web.Response:
@@ -97,12 +109,25 @@ def make_app(args: argparse.Namespace) -> web.Application:
         caps = ["embedding"] if name in embed_only else ["completion", "embedding"]
         if name not in embed_only and name not in no_tools:
             caps.append("tools")
+        parameters = f"num_ctx                        {num_ctx}" if getattr(args, "modelfile_num_ctx", False) else ""
         return web.json_response({
-            "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+            "modelfile": "", "parameters": parameters, "template": "{{ .Prompt }}",
             "details": {"format": "gguf", "family": "llama", "parameter_size": "8.0B", "quantization_level": "Q4_K_M"},
             "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
             "capabilities": caps,
         })
+
+    def fitted(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The messages Ollama keeps in ``num_ctx`` (the oldest dropped, the system ones
+        and the last kept); None when even those do not fit."""
+        def count(kept: list[dict[str, Any]]) -> int:
+            return sum(len(str(m.get("content") or "").split()) + 4 for m in kept)
+
+        for start in range(len(messages)):
+            kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
+            if count(kept) <= num_ctx:
+                return kept
+        return None
 
     async def chat(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
@@ -123,6 +148,11 @@ def make_app(args: argparse.Namespace) -> web.Application:
         stop = options.get("stop") or []
         generating = request.path == "/api/generate"
         messages = body.get("messages", []) if not generating else []
+        if messages:
+            kept = fitted(messages)
+            if kept is None:
+                return web.json_response({"error": TOO_LONG}, status=400)
+            messages = kept
         call = None
         if generating:
             tokens, reason = complete(args.label, body.get("prompt", ""), options.get("num_predict"), stop) \
@@ -226,6 +256,8 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--no-tools", default="", help="models without the tools capability")
     parser.add_argument("--version", default="0.12.11", help="what /api/version says (logprobs since 0.12.11)")
+    parser.add_argument("--num-ctx", type=int, default=4096, help="the context a loaded model is served with")
+    parser.add_argument("--modelfile-num-ctx", action="store_true", help="/api/show parameters say num_ctx")
     serve(make_app, parser)
 
 

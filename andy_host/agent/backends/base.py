@@ -13,8 +13,9 @@ import orjson
 
 from andy_host.agent.backends.http import Post
 from andy_host.config import BackendConfig
-from andy_host.errors import BackendError, BackendUnavailable
+from andy_host.errors import CONTEXT_EXCEEDED, BackendError, BackendUnavailable
 from andy_host.protocol import ChatRequest, CompletionRequest, ModelInfo, TokenLogprob, ToolCall
+from andy_host.protocol.messages import MAX_CONTEXT
 
 # What the adapters catch as "the backend could not be reached or stopped answering":
 # aiohttp's connection and payload errors, OSError (refused, reset) and timeouts.
@@ -161,6 +162,27 @@ def error_message(text: str) -> str:
     return text.strip()[:500]
 
 
+def token_count(value: Any) -> int | None:
+    """A count of tokens a backend gave: a positive integer the protocol carries, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_CONTEXT:
+        return value
+    return None
+
+
+def context_counts(text: str) -> tuple[int, int] | None:
+    """llama-server's context overflow (HTTP 400, ``type: exceed_context_size_error``,
+    with ``n_prompt_tokens`` and ``n_ctx``, the slot's context): the two counts, else None."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or error.get("type") != "exceed_context_size_error":
+        return None
+    prompt, context = token_count(error.get("n_prompt_tokens")), token_count(error.get("n_ctx"))
+    return (prompt, context) if prompt is not None and context is not None else None
+
+
 async def raise_for_backend(resp: HTTPResponse) -> None:
     if resp.status < 400:
         return
@@ -172,6 +194,10 @@ async def raise_for_backend(resp: HTTPResponse) -> None:
             retry_after = float(header)
         except ValueError:
             retry_after = None
+    counts = context_counts(text) if resp.status == 400 else None
+    if counts is not None:
+        raise BackendError(400, error_message(text), retry_after, code=CONTEXT_EXCEEDED,
+                           prompt_tokens=counts[0], context=counts[1])
     raise BackendError(resp.status, error_message(text), retry_after)
 
 

@@ -1,7 +1,10 @@
 """llama.cpp's ``llama-server`` through its HTTP API.
 
 ``/health`` (200 when ready, 503 while loading), ``/v1/models``, ``/props`` (the chat
-template's capabilities: tool calls), ``/v1/chat/completions`` and ``/v1/completions``
+template's capabilities: tool calls; the context one request gets, a slot's ``n_ctx``:
+the host advertises it as the model's ``served_context``; a prompt over it is answered
+400 ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``, which the
+host passes on as counts), ``/v1/chat/completions`` and ``/v1/completions``
 with SSE, ``/v1/embeddings`` (needs ``--embeddings``). Tools, ``tool_choice``,
 ``response_format`` (a JSON object or schema, as a grammar) and log probabilities pass
 through; tools need the chat template to take them (``--jinja``, the default).
@@ -26,6 +29,7 @@ from andy_host.agent.backends.base import (
     json_object,
     line_batches,
     raise_for_backend,
+    token_count,
     token_logprobs,
 )
 from andy_host.errors import BackendError, BackendUnavailable
@@ -66,8 +70,10 @@ class LlamaCppBackend(Backend):
 
     async def discover(self) -> list[Discovered]:
         body = await self._get_json("/v1/models")
-        caps = (await self._props()).get("chat_template_caps") or {}
+        props = await self._props()
+        caps = props.get("chat_template_caps") or {}
         tools = isinstance(caps, dict) and caps.get("supports_tool_calls") is True
+        served = slot_context(props)
         found = []
         for item in body.get("data", []) if isinstance(body, dict) else []:
             backend_id = item.get("id") if isinstance(item, dict) else None
@@ -78,8 +84,9 @@ class LlamaCppBackend(Backend):
             info = ModelInfo(
                 name=modelnames.served_name(name),
                 size=meta.get("size") if isinstance(meta.get("size"), int) else None,
-                context_length=meta.get("n_ctx_train") if isinstance(meta.get("n_ctx_train"), int) else None,
+                context_length=token_count(meta.get("n_ctx_train")),
                 loaded=True, embed=self.config.embeddings, tools=tools,
+                served_context=served or token_count(meta.get("n_ctx")),
             )
             found.append(Discovered(backend_id=backend_id, info=info))
         return found
@@ -283,6 +290,14 @@ def _whole(answer: Any) -> ChatPiece:
         pieces=max(completion, 1), tool_calls=calls.whole(),
         logprobs=token_logprobs(logprobs.get("content")) if isinstance(logprobs, dict) else None,
     )
+
+
+def slot_context(props: dict[str, Any]) -> int | None:
+    """The context one request gets: ``/props`` ``default_generation_settings.n_ctx``,
+    a slot's (llama-server splits ``-c`` across its ``-np`` slots, and caps a slot at the
+    model's training context); None when it does not say (0 in router mode)."""
+    settings = props.get("default_generation_settings")
+    return token_count(settings.get("n_ctx")) if isinstance(settings, dict) else None
 
 
 def _finish_reason(reason: Any) -> str:

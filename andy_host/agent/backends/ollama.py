@@ -1,7 +1,9 @@
 """Ollama through its native API (docs/api.md in ollama/ollama).
 
-``/api/tags`` lists models with size and quantization, ``/api/ps`` the loaded ones,
-``/api/show`` capabilities ("tools", "embedding") and context length, ``/api/chat``
+``/api/tags`` lists models with size and quantization, ``/api/ps`` the loaded ones
+(with the context each was loaded with, what a request gets: the host's
+``served_context``), ``/api/show`` capabilities ("tools", "embedding"), the trained
+context length and any ``num_ctx`` the Modelfile sets, ``/api/chat``
 streams NDJSON (tools, ``format``: "json" or a JSON schema, log probabilities from
 0.12.11), ``/api/generate`` with ``raw`` continues a prompt as is, ``/api/embed``
 embeds. Options map: temperature, top_p, num_predict, stop, seed and the penalties.
@@ -27,6 +29,7 @@ from andy_host.agent.backends.base import (
     json_object,
     line_batches,
     raise_for_backend,
+    token_count,
     token_logprobs,
 )
 from andy_host.errors import BackendError, BackendUnavailable
@@ -80,21 +83,22 @@ class OllamaBackend(Backend):
 
     async def discover(self) -> list[Discovered]:
         body = await self._get_json("/api/tags")
-        loaded = set(await self.loaded())
+        running = await self._running()
         found = []
         for item in body.get("models", []) if isinstance(body, dict) else []:
             name = item.get("name") or item.get("model")
             if isinstance(name, str):
-                found.append(Discovered(backend_id=name, info=await self._info(name, item, name in loaded)))
+                found.append(Discovered(backend_id=name, info=await self._info(name, item, running)))
         return found
 
-    async def _info(self, name: str, item: dict[str, Any], loaded: bool) -> ModelInfo:
+    async def _info(self, name: str, item: dict[str, Any], running: dict[str, int | None]) -> ModelInfo:
         details = item.get("details") or {}
         show = await self._show(name)
         capabilities = show.get("capabilities")
         info = show.get("model_info") or {}
         arch = info.get("general.architecture")
-        context = info.get(f"{arch}.context_length") if arch else None
+        context = token_count(info.get(f"{arch}.context_length") if arch else None)
+        loaded = name in running
         known = isinstance(capabilities, list)
         caps: list[Any] = capabilities if isinstance(capabilities, list) else []
         return ModelInfo(
@@ -102,18 +106,27 @@ class OllamaBackend(Backend):
             size=item.get("size") if isinstance(item.get("size"), int) else None,
             quantization=details.get("quantization_level"),
             family=details.get("family"),
-            context_length=context if isinstance(context, int) else None,
+            context_length=context,
             loaded=loaded,
+            served_context=running.get(name) or _num_ctx(show.get("parameters"), context),
             embed="embedding" in caps if known else True,
             tools="tools" in caps,
+            chat="completion" in caps if known else True,
         )
 
     async def loaded(self) -> list[str]:
+        return list(await self._running())
+
+    async def _running(self) -> dict[str, int | None]:
+        """The loaded models (``/api/ps``), each with the context it was loaded with
+        (``context_length``, in Ollama since 0.6; None where not said)."""
         try:
             body = await self._get_json("/api/ps")
         except BackendError:
-            return []
-        return [m["name"] for m in body.get("models", []) if isinstance(m, dict) and "name" in m]
+            return {}
+        models = body.get("models", []) if isinstance(body, dict) else []
+        return {m["name"]: token_count(m.get("context_length")) for m in models
+                if isinstance(m, dict) and isinstance(m.get("name"), str)}
 
     def chat(self, backend_id: str, request: ChatRequest) -> AsyncIterator[ChatPiece]:
         return self._generate("/api/chat", chat_body(backend_id, request), request.stream)
@@ -265,6 +278,17 @@ def _final(event: dict[str, Any], pieces: _Pieces) -> ChatPiece:
         "completion_tokens": int(event.get("eval_count", 0)),
     }
     return piece
+
+
+def _num_ctx(parameters: Any, trained: int | None) -> int | None:
+    """The context a model not loaded now will be served with, when its Modelfile sets
+    it (``/api/show`` ``parameters``: ``num_ctx 8192``; Ollama caps it at the trained
+    context); None otherwise (the server's default, OLLAMA_CONTEXT_LENGTH, is not told)."""
+    if not isinstance(parameters, str):
+        return None
+    found = re.search(r"^\s*num_ctx\s+(\d{1,10})\s*$", parameters, re.MULTILINE)
+    value = token_count(int(found.group(1))) if found else None
+    return min(value, trained) if value is not None and trained else value
 
 
 def _version_tuple(version: str | None) -> tuple[int, ...]:
