@@ -106,6 +106,42 @@ def test_streamed_answer_equals_the_whole_one(real_pool: dict[str, Any]) -> None
         assert streamed_text(client, messages, max_tokens=40) == whole
 
 
+def test_a_stream_rescued_from_a_killed_backend_is_as_long_as_an_uninterrupted_one(
+        real_pool: dict[str, Any]) -> None:
+    """The llama-server serving a stream is killed after 20 chunks; the other host
+    continues it. Its usage counts as many tokens as the uninterrupted answer's, and it
+    ends the same way (the text after the cut may differ: the prefix is tokenized anew)."""
+    client, coordinator = real_pool["client"], real_pool["coordinator"]
+    asked = {"max_tokens": 120, "stream": True, "stream_options": {"include_usage": True}}
+
+    def run(kill_after: int | None) -> tuple[str, int, str | None]:
+        text, usage, finish = "", 0, None
+        for n, chunk in enumerate(greedy(client, PROMPT, **asked)):
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+            if n == kill_after:
+                status = httpx.get(coordinator.url + "/api/andy/pool_status",
+                                   headers={"Authorization": f"Bearer {coordinator.key}"}).json()
+                busy = next(h["name"] for h in status["hosts"] if h["load"])
+                agent = next(a for a in real_pool["agents"] if a.name == busy)
+                os.kill(_llama_child(agent).pid, signal.SIGKILL)
+        return text, usage, finish
+
+    whole = run(None)
+    before = httpx.get(coordinator.url + "/health").json()["stats"]["rescued"]
+    rescued = run(20)
+    assert httpx.get(coordinator.url + "/health").json()["stats"]["rescued"] == before + 1  # it was continued
+    print(f"uninterrupted: {whole[1]} tokens, {len(whole[0])} chars; rescued: {rescued[1]} tokens, "
+          f"{len(rescued[0])} chars")
+    assert whole[2] == "length" and whole[1] == 120
+    assert rescued[1:] == whole[1:], (whole, rescued)
+    assert rescued[0][:40] == whole[0][:40]
+    wait_models(coordinator.url, {MODEL: 2}, timeout=90)  # the killed one is back for the next tests
+
+
 class Capital(BaseModel):
     city: str
 

@@ -457,9 +457,20 @@ class Relay:
                 job.counts.append(counted)
                 # the client is told the count as believed, not a host's unbounded one
                 job.last_error = context_exceeded(failover.context_tokens, counted or None)
+                if job.rejected and not self._roomier(job, assignment.host):
+                    raise job.last_error  # a second host agrees, and none left serves more
             elif job.rejected:  # a second host rejects it too: it is the request
                 raise failover.error
             job.rejected.append(assignment.host)
+
+    def _roomier(self, job: _Job, host: Host) -> bool:
+        """Is a host left to try that serves a larger context than every host that said
+        the prompt does not fit (so it might hold it)?"""
+        model = job.work.model
+        served = [info.served_context or 0 for h in (*job.rejected, host) if (info := h.models.get(model))]
+        largest = max(served, default=0)
+        return any((h.models[model].served_context or 0) > largest
+                   for h in self.scheduler.candidates(model, job.tried, job.work.kind, frozenset(), job.trusted_only))
 
     @staticmethod
     def _believed_prompt(job: _Job, counted: int | None) -> int:

@@ -212,6 +212,27 @@ async def test_one_hosts_count_cannot_keep_a_prompt_from_every_host_that_holds_i
             task.cancel()
 
 
+async def test_a_lone_hosts_count_reaches_the_client_only_as_far_as_it_is_plausible(tmp_path: Path) -> None:
+    async def liar(host: evil.RawHost, job: dict[str, Any]) -> None:
+        await host.send({"type": "error", "id": job["id"], "status": 400, "code": "context_length_exceeded",
+                         "message": "the request exceeds the available context size", "prompt_tokens": 2**31 - 1,
+                         "context_tokens": 4096})
+
+    async with inproc.coordinator(tmp_path) as pool:
+        raw = await evil.join(pool.url, evil.hello("liar", [{"name": MODEL, "loaded": True}]))
+        task = asyncio.get_running_loop().create_task(raw.serve(liar))
+        try:
+            await pool.models({MODEL: 1})
+            with pytest.raises(openai.BadRequestError) as err:
+                await pool.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            assert err.value.code == "context_length_exceeded"
+            assert message(err.value) == ("This model's context is 4096 tokens per request on the hosts serving it; "
+                                         "your prompt is 4104 tokens. Shorten the messages.")  # 4 a character + 4096
+        finally:
+            await raw.ws.close()
+            task.cancel()
+
+
 async def test_two_hosts_counts_decide_only_as_far_as_both_go(tmp_path: Path) -> None:
     """A liar's huge count, then an honest small host's true one: the prompt goes on to
     the big host that holds what the honest count says, not refused for the lie."""
