@@ -261,15 +261,22 @@ def test_concurrent_requests_use_both_hosts(real_pool: dict[str, Any]) -> None:
     coordinator: Proc = real_pool["coordinator"]
     before = len(coordinator.events())
 
-    def ask(i: int) -> str:
-        reply = real_pool["client"].chat.completions.create(
+    def ask(i: int) -> tuple[str, str]:
+        raw = real_pool["client"].chat.completions.with_raw_response.create(
             model=SHORT, messages=[{"role": "user", "content": f"Count to {i}"}], max_tokens=8
         )
-        return reply.choices[0].finish_reason
+        return raw.parse().choices[0].finish_reason, raw.headers["X-Request-Id"]
 
     with ThreadPoolExecutor(6) as ex:
-        assert all(r in ("stop", "length") for r in ex.map(ask, range(6)))
-    done = [e for e in coordinator.events()[before:] if e.get("event") == "job.done"]
+        answers = list(ex.map(ask, range(6)))
+    assert all(finish in ("stop", "length") for finish, _ in answers)
+    ours = {request_id for _, request_id in answers}  # not a late line of an earlier test's request
+    deadline = time.monotonic() + 10
+    while True:  # job.done is logged just after the answer went out
+        done = [e for e in coordinator.events()[before:] if e.get("event") == "job.done" and e.get("request_id") in ours]
+        if len(done) >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(done) == 6
     assert len({e["host_id"] for e in done}) == 2
 
