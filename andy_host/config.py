@@ -67,7 +67,7 @@ class CoordinatorConfig:
     shutdown_grace: float = 10.0
     require_keys: bool = True
     anon_per_minute: int = 10
-    anonymous_endpoints: list[str] = field(default_factory=lambda: ["pool_status=60"])
+    anonymous_endpoints: list[str] = field(default_factory=list)
     default_model: str = ""
     default_embedding_model: str = ""
     rate_window: float = 60.0
@@ -341,12 +341,14 @@ ANONYMOUS_GROUPS: dict[str, tuple[str, ...]] = {
     "models": ("models", "ollama_models"),  # /v1/models, /api/tags, /api/ps, /api/show
     "pool_status": ("pool_status",),  # the public totals of /api/andy/pool_status (never its host list)
 }
+ANONYMOUS_DEFAULTS = {"pool_status": 60}  # what anonymous_endpoints' entries add to or override
 
 
 def anonymous_limits(c: CoordinatorConfig) -> dict[str, tuple[str, int]]:
-    """``anonymous_endpoints`` read: endpoint -> (its group, requests per rate_window per
-    client address). Raises ConfigError for an entry that is not ``NAME=N``."""
-    limits: dict[str, tuple[str, int]] = {}
+    """``anonymous_endpoints`` over :data:`ANONYMOUS_DEFAULTS` read: endpoint -> (its group,
+    requests per rate_window per client address); ``NAME=0`` closes a default. Raises
+    ConfigError for an entry that is not ``NAME=N``."""
+    groups = dict(ANONYMOUS_DEFAULTS)
     for entry in c.anonymous_endpoints:
         name, _, number = entry.partition("=")
         name = name.strip()
@@ -354,15 +356,14 @@ def anonymous_limits(c: CoordinatorConfig) -> dict[str, tuple[str, int]]:
             raise ConfigError(f"coordinator.anonymous_endpoints: {name!r} is not one of "
                               f"{', '.join(sorted(ANONYMOUS_GROUPS))} (chat is always open, at anon_per_minute)")
         try:
-            limit = int(number)
+            groups[name] = int(number)
         except ValueError:
-            limit = 0
-        if limit <= 0:
+            groups[name] = -1
+        if groups[name] < 0:
             raise ConfigError(f"coordinator.anonymous_endpoints: {entry!r} must be NAME=N with N requests per "
-                              "rate_window per client address, N at least 1 (leave the name out to close it)")
-        for endpoint in ANONYMOUS_GROUPS[name]:
-            limits[endpoint] = (name, limit)
-    return limits
+                              "rate_window per client address (0 closes it)")
+    return {endpoint: (name, limit) for name, limit in groups.items() if limit > 0
+            for endpoint in ANONYMOUS_GROUPS[name]}
 
 
 # A managed llama-server's context per slot (backend.ctx_size, join/demo --ctx-size) and

@@ -22,7 +22,15 @@ import aiohttp
 from andy_host import logs
 from andy_host.agent.daemon import run_agent
 from andy_host.agent.identity import state_dir
-from andy_host.config import AgentConfig, BackendConfig, Config, CoordinatorConfig, LogConfig, validate_backend
+from andy_host.config import (
+    AgentConfig,
+    BackendConfig,
+    Config,
+    CoordinatorConfig,
+    LogConfig,
+    anonymous_limits,
+    validate_backend,
+)
 from andy_host.coordinator.app import serve
 from andy_host.coordinator.secrets import new_secret
 from andy_host.errors import BuildError, ModelError
@@ -135,8 +143,13 @@ async def _main(config: Config, show_token: bool = False) -> int:
         _say(f"({DEFAULT_MODEL} is SmolLM2-135M-Instruct: tiny and fast, right on simple questions.)")
         context = await _served_context(url, DEFAULT_MODEL)
         _say(f"Context: {context or '?'} tokens per request, {config.backend.parallel} requests at once "
-             "(--ctx-size to change).\n")
-        _say(f"Base URL for OpenAI clients and Mindcraft: {api}\n")
+             "(--ctx-size to change).")
+        if context and context < config.backend.ctx_size:
+            _say(f"  (--ctx-size {config.backend.ctx_size} was asked for; llama-server caps a slot at the model's "
+                 f"training context, {context})")
+        _say(f"\nBase URL for OpenAI clients and Mindcraft's older Andy class: {api}")
+        _say(f"  Mindcraft-CE's Andy class and Mindcraft's Ollama class: {url}")
+        _say(f"  Mindcraft's GPT class (the Responses API): {url}/v1\n")
         _say("  curl:")
         _say(f"    curl {api}/chat/completions -H 'Content-Type: application/json' \\")
         example = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hello"}]}
@@ -166,10 +179,11 @@ async def _main(config: Config, show_token: bool = False) -> int:
 
 
 def run_demo(host: str = "127.0.0.1", port: int = 8080, threads: int = 0, ctx_size: int = 8192,
-             admin_token: str = "", admin: bool = False) -> int:
+             admin_token: str = "", admin: bool = False, anonymous: list[str] | None = None) -> int:
     """``ctx_size``: llama-server's context per slot (2 slots), validated as backend.ctx_size.
     ``admin_token`` turns the admin API on (``coordinator status`` works against the demo);
-    ``admin`` without one makes a token for this run, printed once with the examples."""
+    ``admin`` without one makes a token for this run, printed once with the examples.
+    ``anonymous``: coordinator.anonymous_endpoints (None: its default)."""
     backend = BackendConfig(kind="llamacpp", managed=True, model=DEFAULT_MODEL, threads=threads, parallel=2,
                             ctx_size=ctx_size)
     validate_backend(backend)  # ConfigError before anything is built or started
@@ -182,9 +196,13 @@ def run_demo(host: str = "127.0.0.1", port: int = 8080, threads: int = 0, ctx_si
     except (BuildError, ModelError) as exc:
         print(f"andy-host demo: {exc}", file=sys.stderr)
         return 1
+    coordinator = CoordinatorConfig(host=host, port=port, db=str(cache_dir() / "demo.db"),
+                                    admin_token=admin_token or (new_secret(ADMIN_TOKEN_PREFIX) if admin else ""))
+    if anonymous is not None:
+        coordinator.anonymous_endpoints = anonymous
+        anonymous_limits(coordinator)  # ConfigError for a malformed entry, before anything starts
     config = Config(
-        coordinator=CoordinatorConfig(host=host, port=port, db=str(cache_dir() / "demo.db"),
-                                      admin_token=admin_token or (new_secret(ADMIN_TOKEN_PREFIX) if admin else "")),
+        coordinator=coordinator,
         agent=AgentConfig(name="demo-host", max_concurrency=2),
         backend=backend,
         log=LogConfig(format="console", level="warning"),

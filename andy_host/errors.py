@@ -143,7 +143,8 @@ def model_not_found(model: str) -> APIError:
     return APIError(
         404,
         f"The model `{model}` does not exist or is not served by any host of this pool. "
-        "GET /api/andy/v1/models lists the models available now.",
+        "GET /api/andy/v1/models lists the models available now (with an API key; /api/andy/pool_status "
+        "lists them to anyone).",
         code="model_not_found",
         param="model",
     )

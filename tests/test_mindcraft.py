@@ -104,6 +104,19 @@ async def test_ollama_class_chats_without_headers_and_embeds_once_the_admin_open
         assert [a["embed_status"] for a in answers] == [200, 200, 429]  # its own count per address
         assert answers[0]["embedding_length"] > 0
         assert [a["chat_status"] for a in answers] == [200, 200, 200]  # chat is counted apart
+        async with opened.http() as http:  # opening embeddings leaves the default pool_status totals open
+            assert (await http.get("/api/andy/pool_status")).status_code == 200
+
+
+async def test_an_admin_may_close_the_keyless_pool_status(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        pool = await _pool(tmp_path, stack, anonymous_endpoints=["pool_status=0"])
+        answer = await jsclients.run("mindcraft.mjs", "andy-sdk", BASE_URL=pool.url)
+        assert answer["content"].endswith("heard: hello there")  # chat stays open
+        assert answer["pool_status"] == 401
+        async with pool.http() as http:
+            keyed = await http.get("/api/andy/pool_status", headers={"Authorization": f"Bearer {pool.key}"})
+        assert keyed.status_code == 200 and "hosts" in keyed.json()
 
 
 async def test_the_ollama_npm_client(pool: Pool) -> None:

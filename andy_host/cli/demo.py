@@ -28,16 +28,20 @@ def demo(
         help="Turn the admin API on with this token (andy-host coordinator status --admin-token).")] = "",
     admin: Annotated[bool, typer.Option(
         "--admin", help="Turn the admin API on with a token made for this run, printed once.")] = False,
+    anonymous_endpoints: Annotated[str | None, typer.Option(
+        metavar="NAME=N,...", help="What clients without a key may use besides chat (coordinator."
+        "anonymous_endpoints), e.g. 'embeddings=30' for Mindcraft's Ollama class.")] = None,
 ) -> None:
     """Install what is missing, start a coordinator and a host with the small model, and serve."""
     from andy_host.demo import run_demo
 
     try:
-        code = run_demo(host, port, threads, ctx_size, admin_token=admin_token, admin=admin)
+        anonymous = None if anonymous_endpoints is None else anonymous_endpoints.replace(",", " ").split()
+        code = run_demo(host, port, threads, ctx_size, admin_token=admin_token, admin=admin, anonymous=anonymous)
     except ListenError as exc:  # a port in use: one line, as for coordinator serve
         typer.echo(f"andy-host demo: {exc}", err=True)
         raise typer.Exit(2) from None
-    except ConfigError as exc:  # a --ctx-size out of bounds
+    except ConfigError as exc:  # a --ctx-size out of bounds, a malformed --anonymous-endpoints
         typer.echo(f"andy-host demo: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)

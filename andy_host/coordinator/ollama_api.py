@@ -4,7 +4,8 @@ large Ollama server.
 
 ``/api/chat`` and ``/api/generate`` stream NDJSON unless ``stream: false``; the last
 object says ``done: true`` with ``done_reason`` and durations in nanoseconds (measured
-here: time to first token as ``prompt_eval_duration``, the rest as ``eval_duration``),
+here: time to first token as ``prompt_eval_duration``, the rest as ``eval_duration``; a
+whole answer's time is all ``eval_duration``),
 and a failure after content ends the stream with an ``{"error": ...}`` line. They run
 with the same routing, failover, limits and keys as the OpenAI API: free within the
 anonymous limit, like chat completions. ``/api/tags``, ``/api/ps`` and ``/api/show``
@@ -76,7 +77,7 @@ class Timing:
 
     def stats(self, done: Done) -> dict[str, Any]:
         end = time.monotonic_ns()
-        first = self.first or end
+        first = self.first or self.started  # a whole answer: its time is all generation
         return {"done": True, "done_reason": done.finish_reason if done.finish_reason != "tool_calls" else "stop",
                 "total_duration": end - self.started, "load_duration": 0,
                 "prompt_eval_count": done.usage.get("prompt_tokens", 0), "prompt_eval_duration": first - self.started,
@@ -127,7 +128,6 @@ async def _answer(request: web.Request, work: Work, chat: bool) -> web.StreamRes
     if work.request.get("stream", True):
         return await streamed(request, work, writer)
     answer = await whole(request, work)
-    writer.timing.seen()
     body = writer.line(answer.text, answer.logprobs, **writer.timing.stats(answer.done))
     if chat and answer.done.tool_calls:
         body["message"]["tool_calls"] = _calls(answer.done)

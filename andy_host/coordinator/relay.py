@@ -596,7 +596,12 @@ class Relay:
             except TimeoutError:
                 waited = loop.time() - (progress if progress is not None else sent)
                 log.info("job.host_silent", job_id=assignment.id, host_id=host.id, waited=round(waited, 1), what=what)
-                yield Failover(timeout_error(f"the host sent no content for {waited:.1f}s {what}"), "slow")
+                if stream:
+                    message = f"the host sent no content for {waited:.1f}s {what}"
+                else:  # a whole answer shows nothing until it is done: a long one looks like a silent host
+                    message = (f"the answer was not complete after {waited:.1f}s (the pool's answer_timeout): "
+                               "ask with stream: true to see it as it comes, or bound it with max_tokens")
+                yield Failover(timeout_error(message), "slow")
                 return
             if isinstance(event, (Done, JobError)):
                 assignment.finished = True  # the host's work on it is over

@@ -71,7 +71,7 @@ def _refuse(param: str, why: str) -> APIError:
 
 def _shown(value: Any) -> str:
     """A client's value, quoted in an error message (cut short)."""
-    text = repr(value)
+    text = orjson.dumps(value, default=str).decode()
     return text if len(text) <= 60 else text[:57] + "..."
 
 
