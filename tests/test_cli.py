@@ -138,6 +138,20 @@ def test_join_needs_a_coordinator_and_says_what_to_check_when_it_is_not_there(tm
     assert "Connect call failed" not in json.dumps([first, again])  # aiohttp's raw words
 
 
+def test_a_bad_flag_or_value_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """As the README promises: a usage error is one line on stderr naming the command and
+    what to read, not click's three-line usage block."""
+    cases = [(("demo", "--ctx-size", "abc"), "Invalid value for '--ctx-size'"),
+             (("coordinator", "serve", "--port", "eighty"), "Invalid value for '--port'"),
+             (("join", "--bogus"), "No such option: --bogus"),
+             (("nosuch",), "No such command 'nosuch'")]
+    for args, words in cases:
+        result = cli(tmp_path, *args)
+        assert result.returncode == 2, (args, result)
+        assert result.stderr.strip().count("\n") == 0 and words in result.stderr, result.stderr
+        assert result.stderr.startswith("andy-host") and "-h shows the options" in result.stderr
+
+
 def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -5,6 +5,8 @@ One module per command group; each registers its commands on the shared ``app``.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import typer
@@ -32,5 +34,23 @@ def command() -> Any:
     return built
 
 
+# click's exceptions, from wherever this typer takes click (recent typers carry their own)
+CLICK_ERRORS: Any = importlib.import_module(typer.BadParameter.__module__)
+
+
 def main() -> None:
-    command()(prog_name="andy-host")
+    """Run the command line; a usage error (an unknown flag, a value that is not a number)
+    is one line on stderr and exit code 2, as every other usage error of ours."""
+    try:
+        code = command().main(prog_name="andy-host", standalone_mode=False)
+    except CLICK_ERRORS.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "andy-host"
+        print(f"{where}: {exc.format_message()} ({where} -h shows the options)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except CLICK_ERRORS.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CLICK_ERRORS.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
