@@ -69,7 +69,7 @@ def pool_choice(request: web.Request, kind: JobKind) -> str:
                 and (h.models[name].embed if kind == "embed" else h.models[name].chat)]
         if not able or not allows(request.get(KEY_SCOPE, ()), name):
             continue
-        free = sum(max(0, h.capacity - len(h.jobs)) for h in able if serving(h, now))
+        free = sum(max(0, h.free) for h in able if serving(h, now))
         chats = kind == "embed" and any(h.models[name].chat for h in hosts if h.trust.quarantined is None)
         rank = (name not in established, chats, -free, -len(able), name)
         if best is None or rank < best[0]:

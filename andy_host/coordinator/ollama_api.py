@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from andy_host.coordinator import ollama_bodies
+from andy_host.coordinator import bodies, ollama_bodies
 from andy_host.coordinator.answers import check_supported, resolve_model, streamed, whole
 from andy_host.coordinator.auth import visible_models
 from andy_host.coordinator.httputil import json_response, read_json
@@ -37,7 +37,7 @@ from andy_host.coordinator.limits import limited
 from andy_host.coordinator.openai_api import embed
 from andy_host.coordinator.state import CONFIG, REGISTRY
 from andy_host.coordinator.work import Work, chat_work, completion_work
-from andy_host.errors import APIError, bad_request
+from andy_host.errors import APIError
 from andy_host.protocol import ChatRequest, Chunk, Done, JobKind, ModelInfo, TokenLogprob
 
 OLLAMA_VERSION = "0.12.11"  # the Ollama API version whose shapes this pool speaks
@@ -135,13 +135,9 @@ async def _answer(request: web.Request, work: Work, chat: bool) -> web.StreamRes
 
 
 def _model(request: web.Request, body: dict[str, Any], kind: JobKind = "chat") -> str:
-    requested = body.get("model") or body.get("name") or ""
-    if not isinstance(requested, str):
-        raise bad_request("`model` must be a model's name, or \"auto\" to let the pool choose", param="model")
-    if requested.strip().lower() == "auto":
-        requested = ""
+    requested = bodies.parse_model({"model": body.get("model") or body.get("name")})  # "": auto
     try:
-        return resolve_model(request, requested.strip(), kind)
+        return resolve_model(request, requested, kind)
     except APIError as exc:
         if exc.status != 404:  # a key scoped to other models: its 403
             raise
@@ -243,8 +239,9 @@ async def show(request: web.Request) -> web.Response:
     info = _info(request, _model(request, body))
     capabilities = ["completion"] + (["tools"] if info.tools else []) + (["embedding"] if info.embed else [])
     model_info: dict[str, Any] = {"general.architecture": info.family or "unknown"}
-    if _context(info):
-        model_info[f"{info.family or 'unknown'}.context_length"] = _context(info)
+    context = _context(info)
+    if context:
+        model_info[f"{info.family or 'unknown'}.context_length"] = context
     parameters = f"num_ctx {info.served_context}" if info.served_context else ""
     return json_response({"modelfile": "", "parameters": parameters, "template": "", "details": _details(info),
                           "model_info": model_info, "capabilities": capabilities, "modified_at": _now()})

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts import Assignment, Host, Registry
 from andy_host.coordinator.trust import TrustPolicy
-from andy_host.coordinator.work import CONTEXT_NEED, NEED_TOOLS, feature_needs, needed_context
+from andy_host.coordinator.work import NEED_TOOLS, feature_needs, needed_context, split_needs
 from andy_host.errors import APIError, context_exceeded, no_available_hosts
 
 MAX_REMEMBERED_CLIENTS = 100_000
@@ -75,11 +75,12 @@ def supports(host: Host, model: str, needs: frozenset[str]) -> bool:
     """Does ``host`` offer every feature in ``needs`` for ``model`` (tools: the model's
     template), and a context that can hold the prompt (unless its context is not known)?"""
     info = host.models[model]
-    if NEED_TOOLS in needs and not info.tools:
+    features, context = split_needs(needs)
+    if NEED_TOOLS in features and not info.tools:
         return False
-    if info.served_context is not None and info.served_context < needed_context(needs):
+    if info.served_context is not None and info.served_context < context:
         return False
-    return all(need in host.features for need in needs if need != NEED_TOOLS and not need.startswith(CONTEXT_NEED))
+    return all(need in host.features for need in features if need != NEED_TOOLS)
 
 
 class Scheduler:

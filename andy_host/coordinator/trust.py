@@ -69,9 +69,15 @@ class HostTrust:
         return 1.0 / (1.0 + policy.suspect_share * self.score)
 
 
+def least_tokens(chars: int) -> int:
+    """A lower bound on the tokens ``chars`` characters take in any tokenizer (no token
+    is longer than ``MAX_CHARS_PER_TOKEN`` characters)."""
+    return chars // MAX_CHARS_PER_TOKEN
+
+
 def plausible_tokens(reported: int, chars: int) -> bool:
     """Could ``reported`` tokens have spelled ``chars`` characters?"""
-    return chars // MAX_CHARS_PER_TOKEN <= reported <= MAX_TOKENS_PER_CHAR * chars + SLACK_TOKENS
+    return least_tokens(chars) <= reported <= MAX_TOKENS_PER_CHAR * chars + SLACK_TOKENS
 
 
 def measured_tokens(reported: int | None, chars: int, chunks: int) -> tuple[int, bool]:

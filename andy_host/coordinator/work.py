@@ -3,10 +3,11 @@ support to take it."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from andy_host.coordinator.trust import MAX_CHARS_PER_TOKEN
+from andy_host.coordinator.trust import least_tokens
 from andy_host.protocol import (
     FEATURE_COMPLETION,
     FEATURE_CONTINUE,
@@ -33,18 +34,25 @@ CONTEXT_NEED = "context>="
 
 def context_floor(chars: int) -> int:
     """The fewest tokens ``chars`` characters of prompt can be."""
-    return chars // MAX_CHARS_PER_TOKEN
+    return least_tokens(chars)
+
+
+@functools.lru_cache(maxsize=4096)
+def split_needs(needs: frozenset[str]) -> tuple[frozenset[str], int]:
+    """``needs`` as the features a host must offer and the served context the prompt
+    asks for (0: none); read once per set of needs, not once per host a pick weighs."""
+    features, context = set(), 0
+    for need in needs:
+        if not need.startswith(CONTEXT_NEED):
+            features.add(need)
+        elif need[len(CONTEXT_NEED):].isdigit():
+            context = int(need[len(CONTEXT_NEED):])
+    return frozenset(features), context
 
 
 def needed_context(needs: frozenset[str]) -> int:
     """The served context ``needs`` asks for (0: none)."""
-    for need in needs:
-        if need.startswith(CONTEXT_NEED):
-            try:
-                return int(need[len(CONTEXT_NEED):])
-            except ValueError:
-                return 0
-    return 0
+    return split_needs(needs)[1]
 
 
 def with_context(needs: frozenset[str], tokens: int) -> frozenset[str]:
@@ -57,7 +65,7 @@ def with_context(needs: frozenset[str], tokens: int) -> frozenset[str]:
 
 def feature_needs(needs: frozenset[str]) -> frozenset[str]:
     """``needs`` without the prompt's context: what a host's features must cover."""
-    return frozenset(n for n in needs if not n.startswith(CONTEXT_NEED))
+    return split_needs(needs)[0]
 
 
 @dataclass(frozen=True, slots=True)
