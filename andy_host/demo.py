@@ -31,10 +31,10 @@ from andy_host.config import (
     anonymous_limits,
     validate_backend,
 )
-from andy_host.coordinator.app import serve
-from andy_host.coordinator.secrets import new_secret
+from andy_host.coordinator.access.credentials import new_secret
+from andy_host.coordinator.runtime.app import serve
 from andy_host.errors import BuildError, ModelError
-from andy_host.serviceplan import ADMIN_TOKEN_PREFIX
+from andy_host.service.plan import ADMIN_TOKEN_PREFIX
 from andy_host.tools.cache import cache_dir
 from andy_host.tools.llama_build import build, find_llama_server
 from andy_host.tools.model import DEFAULT_MODEL, ensure_model

@@ -28,7 +28,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store  # noqa: E402
+from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store  # noqa: E402
 from tests.procs import Processes  # noqa: E402
 
 MODEL = "stub:latest"

@@ -240,8 +240,8 @@ def scale_section(tmp: Path, hosts: int, interval: float) -> dict[str, Any]:
 def decision_section(hosts: int, models: int) -> dict[str, float]:
     """Time one scheduling decision with the real Scheduler over N hosts, M models."""
     from andy_host.config import CoordinatorConfig
-    from andy_host.coordinator.hosts import Host, Registry
-    from andy_host.coordinator.scheduler import Scheduler
+    from andy_host.coordinator.hosts.registry import Host, Registry
+    from andy_host.coordinator.pool.scheduler import Scheduler
     from andy_host.protocol import ModelInfo
 
     async def noop(*_: Any) -> None:
@@ -278,8 +278,8 @@ def _simulate(policy: str, load: float, seed: int) -> dict[str, float]:
     import heapq
 
     from andy_host.config import CoordinatorConfig
-    from andy_host.coordinator.hosts import Host, Registry
-    from andy_host.coordinator.scheduler import Scheduler
+    from andy_host.coordinator.hosts.registry import Host, Registry
+    from andy_host.coordinator.pool.scheduler import Scheduler
     from andy_host.protocol import ModelInfo
 
     async def noop(*_: Any) -> None:

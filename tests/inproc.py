@@ -26,9 +26,9 @@ from aiohttp.test_utils import TestServer
 
 from andy_host.agent.daemon import Agent
 from andy_host.config import AgentConfig, BackendConfig, Config, ControlsConfig, CoordinatorConfig
-from andy_host.coordinator.app import build_app
-from andy_host.coordinator.hosts import Registry
-from andy_host.coordinator.state import REGISTRY, STATS, STORE
+from andy_host.coordinator.hosts.registry import Registry
+from andy_host.coordinator.runtime.app import build_app
+from andy_host.coordinator.runtime.state import REGISTRY, STATS, STORE
 from tests.fakes import llamacpp, ollama
 
 FAST = CoordinatorConfig(

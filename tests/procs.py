@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
+from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

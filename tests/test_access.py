@@ -17,9 +17,9 @@ import httpx
 import openai
 import pytest
 
-from andy_host.coordinator.secrets import new_secret
-from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
-from andy_host.coordinator.sqlite_store import SQLiteStore
+from andy_host.coordinator.access.credentials import new_secret
+from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
+from andy_host.coordinator.store.sqlite import SQLiteStore
 from andy_host.protocol import EXIT_REFUSED
 from tests.procs import ROOT, Proc, Processes, get_json, wait_models
 
@@ -309,7 +309,7 @@ def test_hardened_input_gets_a_400_naming_the_field(procs: Processes, body: byte
 
 def test_openapi_document_describes_every_route(procs: Processes) -> None:
     from andy_host.config import CoordinatorConfig
-    from andy_host.coordinator.app import build_app
+    from andy_host.coordinator.runtime.app import build_app
 
     app = build_app(CoordinatorConfig())
     routes: set[tuple[str, str]] = set()

@@ -283,8 +283,7 @@ def test_the_summary_of_a_replica_on_every_address() -> None:
     import socket
 
     from andy_host.config import CoordinatorConfig
-    from andy_host.coordinator import startup
-
+    from andy_host.coordinator.runtime import startup
     config = CoordinatorConfig(host="0.0.0.0", redis_url="redis://:hunter2@cache.example:6380/2",
                                replica_secret="s" * 20, replica_id="a",
                                database_url="postgresql://andy:hunter2@db.example:5432/andy")

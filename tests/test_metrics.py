@@ -30,8 +30,8 @@ from prometheus_client.samples import Sample
 
 import andy_host
 from andy_host.agent import hardware
-from andy_host.coordinator.hosts import Host
-from andy_host.coordinator.hostseries import MAX_LABEL_CHARS, OTHER, HostSeries, host_label
+from andy_host.coordinator.hosts.registry import Host
+from andy_host.coordinator.observe.hostseries import MAX_LABEL_CHARS, OTHER, HostSeries, host_label
 from tests.inproc import Pool, agent, coordinator, fake, until
 from tests.procs import ROOT
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from andy_host.coordinator.hostseries import OTHER, HostSeries, ModelLabels
-from andy_host.coordinator.state import METRICS
+from andy_host.coordinator.observe.hostseries import OTHER, HostSeries, ModelLabels
+from andy_host.coordinator.runtime.state import METRICS
 from tests.evil import RawHost, hello, join
 from tests.inproc import Pool, coordinator, until
 from tests.test_metrics import fake_host, samples, scrape, total

@@ -24,7 +24,7 @@ import psutil
 import pytest
 from pydantic import BaseModel
 
-from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
+from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.tools.llama_build import find_llama_server
 from tests.procs import Proc, Processes, wait_models
 

@@ -35,8 +35,8 @@ from andy_host.agent.status import shown_status, socket_path, status_server
 from andy_host.aio import run_loop
 from andy_host.config import Config
 from andy_host.errors import Refused
-from andy_host.notify import Notifier
 from andy_host.protocol import EXIT_REFUSED, FEATURE_CONTINUE, Heartbeat, Hello, Models, encode, read_hardware
+from andy_host.service.notify import Notifier
 
 log = structlog.get_logger("andy_host.agent")
 

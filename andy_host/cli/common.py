@@ -15,7 +15,7 @@ import typer
 
 from andy_host import logs
 from andy_host.config import Config, load_config
-from andy_host.coordinator.store import Store, open_store
+from andy_host.coordinator.store.interface import Store, open_store
 from andy_host.errors import ConfigError
 
 # -h is --help on every command (inherited by sub-contexts; cli.helptext sets it too)

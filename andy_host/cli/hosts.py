@@ -21,8 +21,8 @@ from andy_host.cli.common import (
     _with_store,
     coordinator_app,
 )
-from andy_host.coordinator.moderation import MAX_KICK_SECONDS
-from andy_host.coordinator.store import Store
+from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS
+from andy_host.coordinator.store.interface import Store
 
 hosts_app = typer.Typer(help="Hosts: the ledger and each host's standing; release, ban or kick one.")
 coordinator_app.add_typer(hosts_app, name="hosts")

@@ -58,7 +58,7 @@ def _host_settings(
     coordinator: str | None, backend: str, backend_url: str | None, managed: bool, llama_server: str | None,
     agent: dict[str, object], model: str | None,
 ) -> dict[str, dict[str, object]]:
-    from andy_host.serviceplan import check_backend, needs_local_backend
+    from andy_host.service.plan import check_backend, needs_local_backend
 
     if not coordinator:
         raise _fail("--coordinator URL is required for a host", 2)
@@ -102,7 +102,7 @@ def service_install(
     """Write the role's config and unit, create the user, enable and start the service.
 
     The coordinator role also gets an admin token (coordinator.admin_token), printed once."""
-    from andy_host.serviceplan import execute, plan_install
+    from andy_host.service.plan import execute, plan_install
 
     _check_role(role)
     _check_root("install", root, dry_run)
@@ -112,7 +112,7 @@ def service_install(
         agent: dict[str, object] = {"name": name, "max_concurrency": max_concurrency, "token": token}
         settings = _host_settings(coordinator, backend, backend_url, managed, llama_server, agent, model)
     else:
-        from andy_host.serviceplan import loopback_proxies
+        from andy_host.service.plan import loopback_proxies
 
         settings = {"coordinator": {"host": host, "port": port, "db": "/var/lib/andy-host/pool.db",
                                     "trusted_proxies": loopback_proxies(host)},
@@ -132,7 +132,7 @@ def service_uninstall(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Stop and disable the service and remove its unit; config and data stay unless --purge."""
-    from andy_host.serviceplan import execute, plan_uninstall
+    from andy_host.service.plan import execute, plan_uninstall
 
     _check_role(role)
     _check_root("uninstall", root, dry_run)
@@ -150,7 +150,7 @@ def service_status(
     as_json: JsonOpt = False,
 ) -> None:
     """Whether each role's service is installed, enabled and active."""
-    from andy_host.servicestatus import role_status
+    from andy_host.service.status import role_status
 
     if role is not None:
         _check_role(role)

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from andy_host.coordinator import secrets as sec
-from andy_host.coordinator.moderation import MAX_KICK_SECONDS
-from andy_host.coordinator.state import MODERATION, STORE
+from andy_host.coordinator.access import credentials as sec
+from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS
+from andy_host.coordinator.runtime.state import MODERATION, STORE
 from tests.inproc import agent, coordinator, fake
 from tests.procs import ROOT
 

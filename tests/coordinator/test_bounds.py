@@ -7,14 +7,14 @@ import asyncio
 
 import pytest
 
-from andy_host.coordinator.addresses import address_group, client_address, parse_networks
-from andy_host.coordinator.admission import Gate
-from andy_host.coordinator.enrolment import Admitted, Credential, Identity, Policy, Refusal, admit_host
-from andy_host.coordinator.events import JobEvents, Overflow
-from andy_host.coordinator.hosts import HostLost, Registry
-from andy_host.coordinator.periodic import Periodic
-from andy_host.coordinator.relay import Abort, Answer, Failover, classify
-from andy_host.coordinator.work import Work
+from andy_host.coordinator.hosts.admission import Gate
+from andy_host.coordinator.hosts.enrolment import Admitted, Credential, Identity, Policy, Refusal, admit_host
+from andy_host.coordinator.hosts.registry import HostLost, Registry
+from andy_host.coordinator.pool.events import JobEvents, Overflow
+from andy_host.coordinator.pool.relay import Abort, Answer, Failover, classify
+from andy_host.coordinator.pool.work import Work
+from andy_host.coordinator.runtime.periodic import Periodic
+from andy_host.coordinator.web.addresses import address_group, client_address, parse_networks
 from andy_host.protocol import (
     CLOSE_BANNED,
     CLOSE_FULL,
@@ -249,7 +249,7 @@ async def test_a_crashed_periodic_job_is_reported_not_silent() -> None:
     ("", "anything", None),
 ])
 def test_answer_comparison_tolerates_honest_drift_only(reference: str, answer: str, agree: bool | None) -> None:
-    from andy_host.coordinator.trust import similar
+    from andy_host.coordinator.trust.standing import similar
 
     assert similar(reference, answer) is agree
 
@@ -257,8 +257,8 @@ def test_answer_comparison_tolerates_honest_drift_only(reference: str, answer: s
 async def test_a_send_to_a_host_that_does_not_read_is_bounded() -> None:
     """The coordinator's frames to a host: a host that stops reading is cut off within
     host_send_timeout, and the caller (a job) sees a lost connection, not a hang."""
-    from andy_host.coordinator.hostlink import _bounded
-    from andy_host.coordinator.hosts import Host
+    from andy_host.coordinator.hosts.link import _bounded
+    from andy_host.coordinator.hosts.registry import Host
 
     class Deaf:
         async def send_str(self, text: str) -> None:
@@ -275,7 +275,7 @@ async def test_a_send_to_a_host_that_does_not_read_is_bounded() -> None:
 def test_registry_counts_hosts_per_group_and_trusted_hosts_per_model() -> None:
     """The counts admission and answer checks read instead of scanning every host (a
     reconnect storm of 10,000 hosts made those scans quadratic)."""
-    from andy_host.coordinator.hosts import Host
+    from andy_host.coordinator.hosts.registry import Host
     from andy_host.protocol import ModelInfo
 
     def make(ident: str, group: str, trusted: bool = False) -> Host:

@@ -17,11 +17,11 @@ import openai
 import pytest
 
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.directory import Offer, Peer, rank
-from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.scheduler import Scheduler, supports
-from andy_host.coordinator.state import STORE
-from andy_host.coordinator.work import CONTEXT_NEED, chat_work, context_floor, needed_context
+from andy_host.coordinator.hosts.registry import Host, Registry
+from andy_host.coordinator.pool.scheduler import Scheduler, supports
+from andy_host.coordinator.pool.work import CONTEXT_NEED, chat_work, context_floor, needed_context
+from andy_host.coordinator.replication.directory import Offer, Peer, rank
+from andy_host.coordinator.runtime.state import STORE
 from andy_host.errors import APIError, context_exceeded
 from andy_host.protocol import ChatRequest, Message, ModelInfo
 from tests import evil, inproc

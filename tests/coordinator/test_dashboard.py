@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from andy_host.coordinator.capacity import serving, slots
-from andy_host.coordinator.history import TTFT_BUCKETS, History, quantile
-from andy_host.coordinator.hosts import Host
-from andy_host.coordinator.sqlite_store import MIGRATIONS, SQLiteDatabase
-from andy_host.coordinator.store import LEDGER_HOURS_KEPT, ledger_hour
+from andy_host.coordinator.hosts.registry import Host
+from andy_host.coordinator.observe.history import TTFT_BUCKETS, History, quantile
+from andy_host.coordinator.pool.capacity import serving, slots
+from andy_host.coordinator.store.interface import LEDGER_HOURS_KEPT, ledger_hour
+from andy_host.coordinator.store.sqlite import MIGRATIONS, SQLiteDatabase
 from tests.browser import Browser
 from tests.procs import ROOT, Proc, Processes, wait_models
 from tests.sse import chat_stream

@@ -6,11 +6,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from andy_host.coordinator.directory import Offer, Peer, offers, parse_peer, rank
-from andy_host.coordinator.hosts import Host
-from andy_host.coordinator.relay import RESTART
-from andy_host.coordinator.replica_wire import CrossJob, Lines, failure_line, item_line, job_body, read_job, read_line
-from andy_host.coordinator.work import Work
+from andy_host.coordinator.hosts.registry import Host
+from andy_host.coordinator.pool.relay import RESTART
+from andy_host.coordinator.pool.work import Work
+from andy_host.coordinator.replication.directory import Offer, Peer, offers, parse_peer, rank
+from andy_host.coordinator.replication.wire import (
+    CrossJob,
+    Lines,
+    failure_line,
+    item_line,
+    job_body,
+    read_job,
+    read_line,
+)
 from andy_host.errors import APIError, ProtocolError, StreamBroken
 from andy_host.protocol import Chunk, Done, ModelInfo
 
@@ -109,7 +117,7 @@ def test_lines_are_split_and_bounded() -> None:
 def test_lines_are_split_in_linear_time_however_the_bytes_are_cut() -> None:
     import time
 
-    from andy_host.coordinator.replica_wire import Lines
+    from andy_host.coordinator.replication.wire import Lines
     from andy_host.errors import ProtocolError
 
     whole = b'{"type":"chunk"}\n\n{"type":"done"}\npartial'
@@ -128,7 +136,7 @@ def test_lines_are_split_in_linear_time_however_the_bytes_are_cut() -> None:
 
 
 def test_a_merged_chunk_too_long_for_one_line_is_cut_without_losing_a_character() -> None:
-    from andy_host.coordinator.replica_wire import Lines, item_line, read_line, split_chunk
+    from andy_host.coordinator.replication.wire import Lines, item_line, read_line, split_chunk
     from andy_host.protocol import Chunk, TokenLogprob
 
     text = "雪" * 25 + "\x01" * 25  # 3 bytes a char in UTF-8; 6 as a JSON escape
@@ -147,7 +155,7 @@ def test_a_merged_chunk_too_long_for_one_line_is_cut_without_losing_a_character(
 
 def test_directory_entries_are_signed_with_the_replica_secret() -> None:
     """Write access to Redis without the secret cannot point the pool at another server."""
-    from andy_host.coordinator.directory import sign, verified
+    from andy_host.coordinator.replication.directory import sign, verified
 
     payload = orjson.dumps({"id": "b", "url": "http://10.0.0.2:8080", "models": {}})
     signed = sign("s" * 20, payload)
@@ -164,7 +172,7 @@ def test_a_replica_on_every_address_without_replica_url_is_warned() -> None:
 
     from structlog.testing import capture_logs
 
-    from andy_host.coordinator.federation import FEDERATION, advertise
+    from andy_host.coordinator.replication.federation import FEDERATION, advertise
 
     for replica_url, listening, warned in (("", "http://0.0.0.0:8080", True), ("", "http://[::]:8080", True),
                                            ("", "http://10.0.0.5:8080", False),

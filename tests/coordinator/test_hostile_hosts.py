@@ -580,7 +580,7 @@ def test_new_host_ids_per_address_are_limited(procs: Processes) -> None:
 
 
 def test_a_stranger_cannot_squat_an_established_models_short_name(procs: Processes) -> None:
-    from andy_host.coordinator.sqlite_store import SQLiteDatabase
+    from andy_host.coordinator.store.sqlite import SQLiteDatabase
 
     backend = procs.fake("ollama", "--models", "sweaterdog/andy-4:latest", "--label", "honest")
     coordinator = procs.coordinator()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from andy_host.coordinator import secrets as sec
-from andy_host.coordinator.keyscope import NEVER, ScopeError, allows, expired, parse_expires, parse_models
-from andy_host.coordinator.sqlite_store import MIGRATIONS, SQLiteDatabase
-from andy_host.coordinator.store import KeyChanges
+from andy_host.coordinator.access import credentials as sec
+from andy_host.coordinator.access.keyscope import NEVER, ScopeError, allows, expired, parse_expires, parse_models
+from andy_host.coordinator.store.interface import KeyChanges
+from andy_host.coordinator.store.sqlite import MIGRATIONS, SQLiteDatabase
 
 NOW = 1_750_000_000.0
 

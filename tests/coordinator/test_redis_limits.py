@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from andy_host.coordinator.meter import Ask, LocalMeter
-from andy_host.coordinator.redis_limits import RedisMeter, day_key
-from andy_host.coordinator.store import Store, open_store, utc_day
+from andy_host.coordinator.access.meter import Ask, LocalMeter
+from andy_host.coordinator.access.redis_limits import RedisMeter, day_key
+from andy_host.coordinator.store.interface import Store, open_store, utc_day
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from andy_host.coordinator.openai_api import API_PREFIXES
+from andy_host.coordinator.api.openai import API_PREFIXES
 from tests import inproc, jsclients
 from tests.inproc import Pool, fault
 

@@ -10,9 +10,9 @@ import pytest
 
 from andy_host.agent.link import Backoff
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.hosts import Host, Registry
-from andy_host.coordinator.ratelimit import SlidingWindow
-from andy_host.coordinator.scheduler import Scheduler
+from andy_host.coordinator.access.ratelimit import SlidingWindow
+from andy_host.coordinator.hosts.registry import Host, Registry
+from andy_host.coordinator.pool.scheduler import Scheduler
 from andy_host.errors import APIError
 from andy_host.protocol import ModelInfo
 

@@ -8,8 +8,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from andy_host.coordinator.hosthealth import HealthPolicy, HostHealth
-from andy_host.coordinator.state import SCHEDULER, STORE
+from andy_host.coordinator.hosts.health import HealthPolicy, HostHealth
+from andy_host.coordinator.runtime.state import SCHEDULER, STORE
 from tests import inproc
 from tests.inproc import Pool, backend_stats, fault, until
 from tests.sse import achat_stream

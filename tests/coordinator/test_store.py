@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from andy_host.coordinator import secrets as sec
-from andy_host.coordinator.keyscope import NEVER
-from andy_host.coordinator.store import AmbiguousIdent, KeyChanges, Store, open_store, utc_day
-from andy_host.coordinator.trust import HostTrust
+from andy_host.coordinator.access import credentials as sec
+from andy_host.coordinator.access.keyscope import NEVER
+from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges, Store, open_store, utc_day
+from andy_host.coordinator.trust.standing import HostTrust
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

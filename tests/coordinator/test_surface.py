@@ -22,7 +22,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 
-from andy_host.coordinator.state import STORE
+from andy_host.coordinator.runtime.state import STORE
 from tests import evil, inproc
 from tests.inproc import Pool
 

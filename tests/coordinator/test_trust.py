@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from andy_host.coordinator.sqlite_store import SQLiteDatabase as Store
+from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from tests.procs import Proc, Processes, wait_models
 from tests.sse import chat_stream
 

@@ -1,0 +1,1 @@
+"""The admin's HTTP API and the actions on hosts every replica applies."""

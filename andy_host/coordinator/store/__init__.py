@@ -1,0 +1,1 @@
+"""Durable state behind one interface, on SQLite (the default) or PostgreSQL."""

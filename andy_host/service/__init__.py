@@ -1,0 +1,1 @@
+"""Running as a systemd service: unit files, install plans, status and the notify protocol."""
