@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store  # noqa: E402
-from tests.procs import Processes  # noqa: E402
+from tests.harness.procs import Processes  # noqa: E402
 
 MODEL = "stub:latest"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -35,7 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import Processes, get_json, wait_models  # noqa: E402
+from tests.harness.procs import Processes, get_json, wait_models  # noqa: E402
 
 MODEL = "stub:latest"
 QUIET_ENV: dict[str, str] = {}  # logs at the shipped default level (info)

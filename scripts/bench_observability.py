@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from storm import free_port, wait_registered  # noqa: E402
 
-from tests.procs import Processes  # noqa: E402
+from tests.harness.procs import Processes  # noqa: E402
 
 
 def get(url: str, key: str | None = None) -> tuple[float, int]:

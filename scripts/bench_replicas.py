@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench  # noqa: E402
 
-from tests.procs import Processes, get_json  # noqa: E402
-from tests.servers import start_redis  # noqa: E402
+from tests.harness.procs import Processes, get_json  # noqa: E402
+from tests.harness.servers import start_redis  # noqa: E402
 
 SECRET = "bench-replica-secret-0123456789"
 CHUNKS = 50

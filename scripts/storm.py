@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import Proc, Processes  # noqa: E402
+from tests.harness.procs import Proc, Processes  # noqa: E402
 
 SIM_GRACE = 30.0  # seconds the simulator's own view may lag the coordinator's count
 QUIET: dict[str, str] = {}  # the listening event is an info line

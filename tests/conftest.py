@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Processes
-from tests.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.harness.procs import Processes
+from tests.harness.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

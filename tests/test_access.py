@@ -21,7 +21,7 @@ from andy_host.coordinator.access.credentials import new_secret
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.coordinator.store.sqlite import SQLiteStore
 from andy_host.protocol import EXIT_REFUSED
-from tests.procs import ROOT, Proc, Processes, get_json, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, get_json, wait_models
 
 MODEL = "m:latest"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -17,7 +17,7 @@ import ollama
 import openai
 import pytest
 
-from tests.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
 
 MODELS = "m:latest,other:latest"
 ADMIN = "s3cret-admin"

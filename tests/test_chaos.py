@@ -10,8 +10,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.procs import Processes, get_json, wait_models
-from tests.sse import chat_stream
+from tests.harness.procs import Processes, get_json, wait_models
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 CHAOS_ENV = {

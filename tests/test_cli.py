@@ -25,7 +25,7 @@ from andy_host import __version__
 from andy_host.cli import LAYOUTS
 from andy_host.cli.helptext import default_of, env_name
 from andy_host.config import ENV_PREFIX, SECTIONS
-from tests.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
 
 MODEL = "m:latest"
 REAL = [((), "-h"), (("join",), "-h"), (("coordinator", "keys"), "-h"), (("status",), "--help")]

@@ -1,7 +1,7 @@
 """``andy-host demo`` without building or starting llama-server: the real command (its
 flags, ``run_demo``, the coordinator and the host agent in one process), with only the
-managed llama-server swapped for the fake one (``tests/fakes/llamacpp.py``) serving the
-demo's model. The real llama-server and model are ``tests/test_wheel.py``'s (e2e).
+managed llama-server swapped for the fake one (``tests/harness/fakes/llamacpp.py``) serving the
+demo's model. The real llama-server and model are ``tests/system/test_wheel.py``'s (e2e).
 
 It turns the admin API on (``--admin``: a token made for the run, printed once; or
 ``--admin-token``) so that ``andy-host coordinator status`` works against it, and two
@@ -28,7 +28,7 @@ import pytest
 
 from andy_host.config import ENV_PREFIX
 from andy_host.tools.model import DEFAULT_MODEL
-from tests.procs import ROOT, Proc, Processes
+from tests.harness.procs import ROOT, Proc, Processes
 
 # The CLI's `demo`, with the managed llama-server replaced by the fake at argv[1].
 DEMO = """

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from andy_host.errors import ProtocolError
 from andy_host.protocol import PROTOCOL_VERSION, decode_host
-from tests.procs import Processes, get_json, wait_models
+from tests.harness.procs import Processes, get_json, wait_models
 
 TYPES = ["hello", "heartbeat", "models", "chunk", "done", "error", "job", "cancel", "welcome", "x"]
 json_values = st.recursive(

@@ -1,6 +1,6 @@
 """Hardware probing and the owner's controls. No GPU here: NVML is faked at the pynvml
-boundary (tests/fakes/nvml/pynvml.py) from fixture files of real card models
-(tests/fixtures/gpus/; their "source" field says where the values came from)."""
+boundary (tests/harness/fakes/nvml/pynvml.py) from fixture files of real card models
+(tests/harness/fixtures/gpus/; their "source" field says where the values came from)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import pytest
 from andy_host.agent import hardware
 from andy_host.agent.controls import Pause, pause_reasons, shared
 from andy_host.config import ControlsConfig
-from tests.procs import ROOT, Proc, Processes, wait_models
-from tests.sse import chat_stream
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.sse import chat_stream
 
-FIXTURES = ROOT / "tests" / "fixtures" / "gpus"
-FAKE_NVML = ROOT / "tests" / "fakes" / "nvml"
+FIXTURES = ROOT / "tests" / "harness" / "fixtures" / "gpus"
+FAKE_NVML = ROOT / "tests" / "harness" / "fakes" / "nvml"
 MODEL = "m:latest"
 
 

@@ -3,8 +3,8 @@
 bounded by ``metrics_max_hosts`` with the rest under ``host="(other)"``, and the Grafana
 board in docs/grafana, every query of which runs on a real Prometheus scraping a pool.
 
-The pools run in-process (tests/inproc.py); hosts read an H100 through the fake NVML
-(tests/fakes/nvml), so GPU series come from the real heartbeat path.
+The pools run in-process (tests/harness/inproc.py); hosts read an H100 through the fake NVML
+(tests/harness/fakes/nvml), so GPU series come from the real heartbeat path.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ import andy_host
 from andy_host.agent import hardware
 from andy_host.coordinator.hosts.registry import Host
 from andy_host.coordinator.observe.hostseries import MAX_LABEL_CHARS, OTHER, HostSeries, host_label
-from tests.inproc import Pool, agent, coordinator, fake, until
-from tests.procs import ROOT
+from tests.harness.inproc import Pool, agent, coordinator, fake, until
+from tests.harness.procs import ROOT
 
 MODEL = "m:latest"
 GRAFANA = ROOT / "docs" / "grafana" / "andy-host.json"
 SCRAPE_EXAMPLE = ROOT / "docs" / "prometheus.yml"
 PROMETHEUS = shutil.which("prometheus")
-H100_USED = 1073741824  # tests/fixtures/gpus/h100-80gb.json
+H100_USED = 1073741824  # tests/harness/fixtures/gpus/h100-80gb.json
 EVIL = 'evil\t"host"\\\n' + "x" * 150  # hello names are at most 200 characters
 Families = dict[str, Any]  # family name -> prometheus_client Metric
 
@@ -47,12 +47,12 @@ Families = dict[str, Any]  # family name -> prometheus_client Metric
 @pytest.fixture
 def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every in-process host reads one H100 (12% busy, 1 GiB used, 34 °C)."""
-    spec = importlib.util.spec_from_file_location("fake_pynvml", ROOT / "tests" / "fakes" / "nvml" / "pynvml.py")
+    spec = importlib.util.spec_from_file_location("fake_pynvml", ROOT / "tests" / "harness" / "fakes" / "nvml" / "pynvml.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(hardware, "pynvml", module)
-    monkeypatch.setenv("ANDY_HOST_TEST_NVML", str(ROOT / "tests" / "fixtures" / "gpus" / "h100-80gb.json"))
+    monkeypatch.setenv("ANDY_HOST_TEST_NVML", str(ROOT / "tests" / "harness" / "fixtures" / "gpus" / "h100-80gb.json"))
 
 
 async def scrape(pool: Pool) -> Families:

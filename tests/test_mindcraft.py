@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests import inproc, jsclients
-from tests.inproc import Pool
+from tests.harness import inproc, jsclients
+from tests.harness.inproc import Pool
 
 ANDY = "sweaterdog/andy-4:latest"
 EMBEDDER = "nomic-embed-text:latest"

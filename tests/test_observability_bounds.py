@@ -4,7 +4,7 @@ them series of their own, the rest under ``model="(other)"``; the public dashboa
 lists at most ``dashboard_max_rows`` hosts and models and is built at most once every
 ``dashboard_cache_seconds``, whatever the pool's size and the number of viewers.
 
-Hosts are raw websocket clients (tests/evil.py), /metrics is read with
+Hosts are raw websocket clients (tests/harness/evil.py), /metrics is read with
 prometheus_client's parser (tests/test_metrics.py's ``scrape``).
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from andy_host.coordinator.observe.hostseries import OTHER, HostSeries, ModelLabels
 from andy_host.coordinator.runtime.state import METRICS
-from tests.evil import RawHost, hello, join
-from tests.inproc import Pool, coordinator, until
+from tests.harness.evil import RawHost, hello, join
+from tests.harness.inproc import Pool, coordinator, until
 from tests.test_metrics import fake_host, samples, scrape, total
 
 EVIL_MODEL = 'evil"\\\nname:latest'  # a quote, a backslash and a newline in a label value

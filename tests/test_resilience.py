@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from andy_host.protocol import PROTOCOL_VERSION
-from tests.procs import Processes, wait_models
+from tests.harness.procs import Processes, wait_models
 
 SOLO = "solo:latest"
 

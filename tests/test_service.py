@@ -20,8 +20,8 @@ import pytest
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.service.units import render_unit, unit_name
 from andy_host.tools.llama_build import cached_binary
-from tests.procs import ROOT, Proc, Processes, wait_models
-from tests.sse import chat_stream
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 

@@ -21,7 +21,7 @@ from andy_host.cli import app
 from andy_host.config import BackendConfig, Config, load_config, validate_backend
 from andy_host.errors import CONTEXT_EXCEEDED, BackendError, ConfigError
 from andy_host.protocol import ChatRequest, Message
-from tests import inproc
+from tests.harness import inproc
 
 
 def managed_config(tmp_path: Path, **fields: Any) -> BackendConfig:

@@ -22,8 +22,8 @@ from andy_host.agent.continuation import PROBE_PREFIX, Continuation, EchoStrippe
 from andy_host.agent.jobs import JobRunner
 from andy_host.config import BackendConfig
 from andy_host.protocol import ChatRequest, Job, ModelInfo, decode_host
-from tests.agent.standin import StandIn
-from tests.fakes import llamacpp, ollama
+from tests.harness.fakes import llamacpp, ollama
+from tests.harness.standin import StandIn
 
 
 def llama_args(**overrides: Any) -> argparse.Namespace:

@@ -12,7 +12,7 @@ from andy_host.agent.catalog import Catalog
 from andy_host.agent.jobs import JobRunner, clamp_status
 from andy_host.errors import BackendError, FrameTooLarge
 from andy_host.protocol import ChatRequest, Done, Job, JobError, decode_host
-from tests.agent.standin import StandIn
+from tests.harness.standin import StandIn
 
 
 class Broken(StandIn):

@@ -1,6 +1,6 @@
 """``agent.ca_file`` / ``--ca-file``: a CA file that cannot be used stops ``join`` at once
 with one line naming the option (exit 2), before any connection is tried. Joining
-through TLS with a good one is in tests/test_nginx.py, behind a real nginx."""
+through TLS with a good one is in tests/system/test_nginx.py, behind a real nginx."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from andy_host.agent.tls import client_context
 from andy_host.errors import ConfigError
-from tests.procs import ROOT
+from tests.harness.procs import ROOT
 
 
 def join(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:

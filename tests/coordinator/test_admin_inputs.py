@@ -20,8 +20,8 @@ import pytest
 from andy_host.coordinator.access import credentials as sec
 from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS
 from andy_host.coordinator.runtime.state import MODERATION, STORE
-from tests.inproc import agent, coordinator, fake
-from tests.procs import ROOT
+from tests.harness.inproc import agent, coordinator, fake
+from tests.harness.procs import ROOT
 
 ADMIN = "adm1n"
 NOW_MS = time.time() * 1000  # a JavaScript Date.now(): milliseconds, not seconds

@@ -1,4 +1,4 @@
-"""The pool's spine in one event loop (tests/inproc.py): a coordinator, two host agents
+"""The pool's spine in one event loop (tests/harness/inproc.py): a coordinator, two host agents
 and faked backends (Ollama's documented API; llama.cpp's server API) as tasks; clients
 are the official ``openai`` package (its async client) and plain HTTP."""
 
@@ -14,8 +14,8 @@ import openai
 import pytest
 import structlog
 
-from tests import inproc
-from tests.inproc import Pool
+from tests.harness import inproc
+from tests.harness.inproc import Pool
 
 ANDY = "sweaterdog/andy-4:latest"
 

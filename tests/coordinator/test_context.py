@@ -2,7 +2,7 @@
 (``/api/show``, ``/v1/models/{id}``), routing that keeps a long prompt off hosts that
 cannot hold it, an impossible prompt refused at once without reaching any host, and a
 backend's own overflow told with its counts, in the coordinator's words. Hosts run on
-the fake backends in-process (tests/inproc.py)."""
+the fake backends in-process (tests/harness/inproc.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from andy_host.coordinator.replication.directory import Offer, Peer, rank
 from andy_host.coordinator.runtime.state import STORE
 from andy_host.errors import APIError, context_exceeded
 from andy_host.protocol import ChatRequest, Message, ModelInfo
-from tests import evil, inproc
-from tests.inproc import Pool, backend_stats
+from tests.harness import evil, inproc
+from tests.harness.inproc import Pool, backend_stats
 
 MODEL = "m:latest"
 WORD = "abcdefghijklmnopqrstuvwxyzabcdef "  # 33 characters, one token to the fakes
@@ -181,7 +181,7 @@ async def test_a_host_whose_context_is_not_known_may_take_any_prompt(tmp_path: P
 
 
 async def test_one_hosts_count_cannot_keep_a_prompt_from_every_host_that_holds_it(tmp_path: Path) -> None:
-    """A hostile host (tests/evil.py, its context not said) rejects every job as too long
+    """A hostile host (tests/harness/evil.py, its context not said) rejects every job as too long
     for its context, counting the prompt at 2**31-1 tokens. Believed alone, the count
     (bounded at 4 tokens a character, 16,096 for this prompt) would keep the prompt off
     the honest 8192-token host that holds it (1,500 tokens to the fake), and the client
@@ -257,7 +257,7 @@ async def test_two_hosts_counts_decide_only_as_far_as_both_go(tmp_path: Path) ->
 
 
 async def test_a_strangers_claimed_context_is_not_what_clients_are_told(tmp_path: Path) -> None:
-    """A raw host (tests/evil.py) claims to serve 2**31-1 tokens of the model a trusted
+    """A raw host (tests/harness/evil.py) claims to serve 2**31-1 tokens of the model a trusted
     host serves with 4096. Clients size their prompts by what /api/show and /v1/models
     say: told the stranger's number, they would send prompts only the stranger takes.
     Where hosts with standing (trusted, or past answer checks) serve the model, theirs

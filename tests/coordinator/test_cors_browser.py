@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests import inproc
+from tests.harness import inproc
 
 PAGE = """<!doctype html><html><body><div id="out">waiting</div><script>
 fetch("%(api)s/api/andy/v1/chat/completions", {method: "POST",

@@ -21,15 +21,15 @@ from andy_host.coordinator.observe.history import TTFT_BUCKETS, History, quantil
 from andy_host.coordinator.pool.capacity import serving, slots
 from andy_host.coordinator.store.interface import LEDGER_HOURS_KEPT, ledger_hour
 from andy_host.coordinator.store.sqlite import MIGRATIONS, SQLiteDatabase
-from tests.browser import Browser
-from tests.procs import ROOT, Proc, Processes, wait_models
-from tests.sse import chat_stream
+from tests.harness.browser import Browser
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 ARTIFACTS = ROOT / "test-artifacts"
 EVIL = "<img src=x onerror=\"document.title='pwned'\"><b>evil</b>"
-NVML = {"ANDY_HOST_TEST_NVML": str(ROOT / "tests" / "fixtures" / "gpus" / "no-driver.json"),
-        "PYTHONPATH": str(ROOT / "tests" / "fakes" / "nvml"), "ANDY_HOST_CONTROLS_CHECK_INTERVAL": "0.2"}
+NVML = {"ANDY_HOST_TEST_NVML": str(ROOT / "tests" / "harness" / "fixtures" / "gpus" / "no-driver.json"),
+        "PYTHONPATH": str(ROOT / "tests" / "harness" / "fakes" / "nvml"), "ANDY_HOST_CONTROLS_CHECK_INTERVAL": "0.2"}
 
 # What the page shows, read by the browser from the rendered DOM.
 READ_PAGE = """(() => {

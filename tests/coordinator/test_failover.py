@@ -1,4 +1,4 @@
-"""Failover in one event loop (tests/inproc.py): every fault a backend can show, before
+"""Failover in one event loop (tests/harness/inproc.py): every fault a backend can show, before
 the first token and mid-stream, streamed and not; the client sees a complete answer
 or an explicit error event, never a truncated success. Each test has a pool of its
 own, so no host's health carries over from another test."""
@@ -17,11 +17,11 @@ import openai
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests import inproc
-from tests.evil import RawHost, join
-from tests.fakes.common import TOKENS
-from tests.inproc import backend_stats, fault
-from tests.sse import achat_stream
+from tests.harness import inproc
+from tests.harness.evil import RawHost, join
+from tests.harness.fakes.common import TOKENS
+from tests.harness.inproc import backend_stats, fault
+from tests.harness.sse import achat_stream
 
 MODEL = "m:latest"
 FAILOVER = {"ttft_timeout": 1.5, "token_timeout": 1.0, "answer_timeout": 1.5, "eject_after": 1000}

@@ -22,13 +22,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from andy_host.protocol import CLOSE_ID_REFUSED, EXIT_REFUSED
-from tests.evil import RawHost, hello, join, refused
-from tests.procs import Proc, Processes, wait_models
-from tests.sse import chat_stream
-from tests.test_observability import ARTIFACTS, chromium
+from tests.harness.evil import RawHost, hello, join, refused
+from tests.harness.procs import Proc, Processes, wait_models
+from tests.harness.sse import chat_stream
+from tests.system.test_observability import ARTIFACTS, chromium
 
 MODEL = "m:latest"
-DEFAULTS = {  # the shipped defaults, where tests.procs.FAST_ENV shortens them
+DEFAULTS = {  # the shipped defaults, where tests.harness.procs.FAST_ENV shortens them
     "ANDY_HOST_COORDINATOR_HEARTBEAT_INTERVAL": "10", "ANDY_HOST_COORDINATOR_HOST_TIMEOUT": "30",
     "ANDY_HOST_COORDINATOR_QUEUE_TIMEOUT": "30", "ANDY_HOST_COORDINATOR_TTFT_TIMEOUT": "60",
     "ANDY_HOST_AGENT_HEARTBEAT_INTERVAL": "10",
@@ -326,7 +326,7 @@ def test_connections_before_hello_are_capped_and_timed_out(procs: Processes) -> 
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
-    from tests.evil import ws_url
+    from tests.harness.evil import ws_url
 
     async def attack() -> tuple[int, float]:
         idle = [await connect(ws_url(coordinator.url)) for _ in range(4)]
@@ -351,7 +351,7 @@ def test_a_full_gate_lines_hosts_up_instead_of_refusing_them(procs: Processes) -
     from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import InvalidStatus
 
-    from tests.evil import ws_url
+    from tests.harness.evil import ws_url
 
     async def storm() -> tuple[int, float]:
         idle = [await connect(ws_url(coordinator.url)) for _ in range(2)]  # silent: hold both places
@@ -516,7 +516,7 @@ def test_pings_do_not_stretch_the_hello_timeout(procs: Processes) -> None:
     coordinator, _ = honest_pool(procs, {"ANDY_HOST_COORDINATOR_HELLO_TIMEOUT": "1.5"})
     from websockets.asyncio.client import connect
 
-    from tests.evil import ws_url
+    from tests.harness.evil import ws_url
 
     async def attack() -> float:
         ws = await connect(ws_url(coordinator.url), ping_interval=None)

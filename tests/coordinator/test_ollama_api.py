@@ -2,7 +2,7 @@
 to it the pool is one large Ollama server (list, show, ps, chat whole and streamed,
 generate, embed, tools, structured output), with the same routing, failover, limits and
 keys. Hosts run on the fake backends (Ollama's documented API, llama.cpp's server
-API), in-process (tests/inproc.py)."""
+API), in-process (tests/harness/inproc.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import httpx
 import ollama
 import pytest
 
-from tests import inproc
-from tests.inproc import Pool
+from tests.harness import inproc
+from tests.harness.inproc import Pool
 
 ANDY = "sweaterdog/andy-4:latest"
 

@@ -1,4 +1,4 @@
-"""The Responses API (``POST <prefix>/responses``) in one event loop (tests/inproc.py): a
+"""The Responses API (``POST <prefix>/responses``) in one event loop (tests/harness/inproc.py): a
 coordinator, host agents and fake llama.cpp backends; clients are the official ``openai``
 Python package, plain HTTP, and the ``openai`` npm package v4 as Mindcraft's GPT class
 uses it (tests/js/responses.mjs)."""
@@ -16,8 +16,8 @@ import pytest
 from pydantic import BaseModel
 
 from andy_host.coordinator.api.openai import API_PREFIXES
-from tests import inproc, jsclients
-from tests.inproc import Pool, fault
+from tests.harness import inproc, jsclients
+from tests.harness.inproc import Pool, fault
 
 MODEL = "m:latest"
 INSTRUCTIONS = "You are a Minecraft bot. Answer briefly."

@@ -1,4 +1,4 @@
-"""Routing, capacity, fairness, ejection and drain, in one event loop (tests/inproc.py)."""
+"""Routing, capacity, fairness, ejection and drain, in one event loop (tests/harness/inproc.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from andy_host.coordinator.hosts.health import HealthPolicy, HostHealth
 from andy_host.coordinator.runtime.state import SCHEDULER, STORE
-from tests import inproc
-from tests.inproc import Pool, backend_stats, fault, until
-from tests.sse import achat_stream
+from tests.harness import inproc
+from tests.harness.inproc import Pool, backend_stats, fault, until
+from tests.harness.sse import achat_stream
 
 MODEL = "m:latest"
 

@@ -1,11 +1,11 @@
 """Every client's language (issue 16): OpenAI tools, structured output, log
 probabilities, ``n``, text completions, model lookup, request ids, CORS and honest
 404s, with the official ``openai`` package against the in-process pool
-(tests/inproc.py). Hosts run on the fake backends, which follow llama.cpp's server
+(tests/harness/inproc.py). Hosts run on the fake backends, which follow llama.cpp's server
 API (with ``--jinja``: tools, grammars, logprobs) and Ollama's documented API (tools,
 ``format``, logprobs since 0.12.11; no ``tool_choice``); neither server runs here
 in-process. The same JSON-schema path against the real llama-server is in
-tests/test_real_model.py."""
+tests/system/test_real_model.py."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import structlog
 from pydantic import BaseModel
 
 from andy_host.coordinator.runtime.state import STORE
-from tests import evil, inproc
-from tests.inproc import Pool
+from tests.harness import evil, inproc
+from tests.harness.inproc import Pool
 
 ANDY = "sweaterdog/andy-4:latest"
 WEATHER = {"type": "function", "function": {
@@ -348,7 +348,7 @@ async def test_openapi_lists_every_endpoint(pool: Pool) -> None:
 
 
 async def test_a_hosts_unasked_extras_are_dropped_and_its_logprobs_bounded(tmp_path: Path) -> None:
-    """A raw host (tests/evil.py) answers a plain request with tool calls and log
+    """A raw host (tests/harness/evil.py) answers a plain request with tool calls and log
     probabilities nobody asked for, more alternatives than asked, and more log
     probabilities in all than ``max_logprobs``."""
     async def serve(host: evil.RawHost, job: dict[str, Any]) -> None:
@@ -390,7 +390,7 @@ async def test_a_hosts_unasked_extras_are_dropped_and_its_logprobs_bounded(tmp_p
 
 
 async def test_a_strangers_made_up_model_does_not_take_model_auto(tmp_path: Path) -> None:
-    """``auto`` goes to the model with the most free slots. A raw host (tests/evil.py)
+    """``auto`` goes to the model with the most free slots. A raw host (tests/harness/evil.py)
     that makes up models and claims 1024 slots (an embedding-only one too, which
     ``auto`` embeddings prefer) must not draw every ``auto`` request to itself: a model
     that a trusted host serves (or one that passed answer checks) comes first."""

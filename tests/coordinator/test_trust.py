@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
-from tests.procs import Proc, Processes, wait_models
-from tests.sse import chat_stream
+from tests.harness.procs import Proc, Processes, wait_models
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -224,7 +224,7 @@ def test_a_ban_survives_reconnects_and_applies_to_the_credential(procs: Processe
     import subprocess
     import sys
 
-    from tests.procs import ROOT
+    from tests.harness.procs import ROOT
 
     out = subprocess.run([sys.executable, "-m", "andy_host.cli", "coordinator", "hosts", "ban", stranger_id,
                           "--reason", "junk answers", "--db", str(procs.tmp / "coordinator.db")],

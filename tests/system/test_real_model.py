@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.tools.llama_build import find_llama_server
-from tests.procs import Proc, Processes, wait_models
+from tests.harness.procs import Proc, Processes, wait_models
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m:latest"

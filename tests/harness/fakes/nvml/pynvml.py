@@ -1,7 +1,7 @@
 """A fake ``pynvml`` (the nvidia-ml-py module) for machines without a GPU.
 
 Put this directory first on PYTHONPATH and point ``ANDY_HOST_TEST_NVML`` at a fixture
-JSON (tests/fixtures/gpus/*.json). The fixture is re-read on every call, so a test can
+JSON (tests/harness/fixtures/gpus/*.json). The fixture is re-read on every call, so a test can
 change readings (temperature, memory, a GPU falling off the bus) while a daemon runs.
 Names, signatures, units (bytes, mW, °C) and error behaviour follow nvidia-ml-py's
 pynvml.py; only the calls andy-host makes are implemented.

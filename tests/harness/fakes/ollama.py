@@ -20,7 +20,7 @@ length currently available to the model; ...``. Tokens are counted as whitespace
 words, plus 4 a message.
 ``POST /_fault {"mode": "reject_prefix" | "cut", "count": n}``: the next n chats (-1:
 all) refuse a final assistant message, or drop the connection halfway through a stream.
-Run: ``python -m tests.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
+Run: ``python -m tests.harness.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import (
+from tests.harness.fakes.common import (
     TOKENS,
     complete,
     continuation,

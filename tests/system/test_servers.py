@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.servers import PostgresServer, RedisServer
+from tests.harness.servers import PostgresServer, RedisServer
 
 
 def test_redis_answers(redis_server: RedisServer, redis_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Two coordinator replicas sharing a real Redis (tests/servers.py): a request at A runs
+"""Two coordinator replicas sharing a real Redis (tests/harness/servers.py): a request at A runs
 on a host connected to B, token-exact; B SIGKILLed mid-stream: its host moves to A
 within 10 s and the stream is rescued (or ends with the explicit error event, never a
 truncated success); replicas refuse callers without the shared secret."""
@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import Proc, Processes, get_json
-from tests.servers import RedisServer
-from tests.sse import StreamResult, _event
+from tests.harness.procs import Proc, Processes, get_json
+from tests.harness.servers import RedisServer
+from tests.harness.sse import StreamResult, _event
 
 MODEL = "cross:latest"
 SECRET = "replica-secret-for-tests-0123456789"

@@ -33,7 +33,7 @@ continuations. A slot's context is ``--ctx-size`` (what ``-c`` gives each of the
 longer than that (counted as whitespace-separated words, plus 4 a message for the chat
 template) is answered 400 ``exceed_context_size_error`` with ``n_prompt_tokens`` and
 ``n_ctx``, as llama-server answers it, before any generation.
-Run: ``python -m tests.fakes.llamacpp --port 0 --model NAME``.
+Run: ``python -m tests.harness.fakes.llamacpp --port 0 --model NAME``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.common import (
+from tests.harness.fakes.common import (
     TOKENS,
     complete,
     continuation,

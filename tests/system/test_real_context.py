@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from andy_host.tools.llama_build import find_llama_server
-from tests.procs import Processes, wait_models
+from tests.harness.procs import Processes, wait_models
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m:latest"

@@ -12,8 +12,8 @@ import sys
 import httpx
 import pytest
 
-from tests.procs import ROOT, Processes, wait_models
-from tests.sse import chat_stream
+from tests.harness.procs import ROOT, Processes, wait_models
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
 
 MODEL = "m:latest"
 ADMIN = "admin-token-for-the-replica-tests"

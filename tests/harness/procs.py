@@ -20,7 +20,7 @@ from typing import Any
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 FAST_ENV = {
     "ANDY_HOST_COORDINATOR_HEARTBEAT_INTERVAL": "0.5",
@@ -142,7 +142,7 @@ class Processes:
 
     def fake(self, kind: str, *args: str, name: str | None = None) -> Proc:
         name = name or f"fake-{kind}-{len(self.all)}"
-        proc = Proc(name, [sys.executable, "-m", f"tests.fakes.{kind}", "--port", "0", *args], self.tmp / f"{name}.log")
+        proc = Proc(name, [sys.executable, "-m", f"tests.harness.fakes.{kind}", "--port", "0", *args], self.tmp / f"{name}.log")
         proc.start(capture_stdout=True)
         self.all.append(proc)
         proc.url = f"http://127.0.0.1:{proc.read_port()}"

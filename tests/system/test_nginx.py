@@ -25,7 +25,7 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models
 
 SITE = ROOT / "docs" / "nginx" / "andy-host.conf"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 
 
 def ready() -> str | None:

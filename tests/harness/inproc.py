@@ -29,7 +29,7 @@ from andy_host.config import AgentConfig, BackendConfig, Config, ControlsConfig,
 from andy_host.coordinator.hosts.registry import Registry
 from andy_host.coordinator.runtime.app import build_app
 from andy_host.coordinator.runtime.state import REGISTRY, STATS, STORE
-from tests.fakes import llamacpp, ollama
+from tests.harness.fakes import llamacpp, ollama
 
 FAST = CoordinatorConfig(
     host="127.0.0.1", port=0, heartbeat_interval=0.5, host_timeout=3, queue_timeout=2, ttft_timeout=20,

@@ -1,5 +1,5 @@
 """Replicated mode against failures and a hostile peer: real coordinator processes, a
-real Redis and a real PostgreSQL (tests/servers.py), and a scripted "replica" that
+real Redis and a real PostgreSQL (tests/harness/servers.py), and a scripted "replica" that
 answers the internal job route with whatever a test gives it.
 
 - a replica whose answer restarts in the middle of a stream, or that sends more log
@@ -28,9 +28,9 @@ import pytest
 from aiohttp import web
 
 from andy_host.coordinator.replication.directory import sign
-from tests.procs import Proc, Processes, get_json
-from tests.servers import PostgresServer, RedisServer, start_postgres
-from tests.sse import chat_stream
+from tests.harness.procs import Proc, Processes, get_json
+from tests.harness.servers import PostgresServer, RedisServer, start_postgres
+from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
 SECRET = "replica-secret-for-the-fault-tests"

@@ -29,7 +29,7 @@ from andy_host.tools.cache import cache_dir
 from andy_host.tools.llama_build import cached_binary
 from andy_host.tools.model import DEFAULT_MODEL, SMOLLM2, model_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "scripts" / "install.sh"
 QUESTION = "What is the capital of France? Answer in one word."
 
