@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from andy_host.coordinator.observe.hostseries import OTHER, HostSeries, ModelLabels
-from andy_host.coordinator.runtime.state import METRICS
+from andy_host.coordinator.observe.metrics import METRICS
 from tests.harness.evil import RawHost, hello, join
 from tests.harness.inproc import Pool, coordinator, until
 from tests.test_metrics import fake_host, samples, scrape, total

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from andy_host.coordinator.access import credentials as sec
-from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS
-from andy_host.coordinator.runtime.state import MODERATION, STORE
+from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS, MODERATION
+from andy_host.coordinator.runtime.state import STORE
 from tests.harness.inproc import agent, coordinator, fake
 from tests.harness.procs import ROOT
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from andy_host.coordinator.hosts.health import HealthPolicy, HostHealth
-from andy_host.coordinator.runtime.state import SCHEDULER, STORE
+from andy_host.coordinator.pool.scheduler import SCHEDULER
+from andy_host.coordinator.runtime.state import STORE
 from tests.harness import inproc
 from tests.harness.inproc import Pool, backend_stats, fault, until
 from tests.harness.sse import achat_stream

@@ -26,9 +26,10 @@ from aiohttp.test_utils import TestServer
 
 from andy_host.agent.daemon import Agent
 from andy_host.config import AgentConfig, BackendConfig, Config, ControlsConfig, CoordinatorConfig
-from andy_host.coordinator.hosts.registry import Registry
+from andy_host.coordinator.hosts.registry import REGISTRY, Registry
+from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.runtime.app import build_app
-from andy_host.coordinator.runtime.state import REGISTRY, STATS, STORE
+from andy_host.coordinator.runtime.state import STORE
 from tests.harness.fakes import llamacpp, ollama
 
 FAST = CoordinatorConfig(

@@ -36,6 +36,7 @@ from andy_host.coordinator.access.meter import Ask, LocalMeter, Meter, Taken
 from andy_host.coordinator.access.ratelimit import Decision
 from andy_host.coordinator.store.interface import ApiKey, Store, StoreUnavailable, utc_day
 from andy_host.coordinator.web.addresses import address_group, client_address, parse_networks
+from andy_host.coordinator.web.context import context
 from andy_host.errors import APIError
 
 log = structlog.get_logger("andy_host.auth")
@@ -44,10 +45,6 @@ KEYED_ENDPOINTS = {"models", "embeddings", "pool_status", "ollama_models", "olla
 # Endpoints that generate text: free within the anonymous limit, and under a key's
 # per-minute limit as well as its daily one.
 GENERATING = {"chat", "completions", "ollama_chat", "ollama_generate"}
-CLIENT = web.RequestKey("client", str)  # who the request is from, for fair queueing
-TRUSTED_ONLY = web.RequestKey("trusted_only", bool)  # the key keeps its requests on trusted hosts
-KEY_SCOPE = web.RequestKey("key_scope", tuple)  # the key's model patterns; () or absent: every model
-KEYLESS = web.RequestKey("keyless", bool)  # no key, where keys are required: public answers only
 
 
 def invalid_api_key(message: str, code: str = "invalid_api_key") -> APIError:
@@ -63,13 +60,13 @@ def model_not_allowed(model: str) -> APIError:
 
 def check_model(request: web.Request, model: str) -> None:
     """403 when the request's key is scoped to models that exclude ``model``."""
-    if not allows(request.get(KEY_SCOPE, ()), model):
+    if not allows(context(request).key_scope, model):
         raise model_not_allowed(model)
 
 
 def visible_models(request: web.Request, names: Iterable[str]) -> list[str]:
     """The served names the request's key may use (all of them without a scope)."""
-    scope = request.get(KEY_SCOPE, ())
+    scope = context(request).key_scope
     return [n for n in names if allows(scope, n)]
 
 
@@ -151,16 +148,17 @@ class Access:
                 f"This endpoint needs an API key (Authorization: Bearer andy_sk_…). Chat and text "
                 f"completions work without one, at {self.config.anon_per_minute} requests per minute."
             )
-        request[CLIENT] = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
-        request[TRUSTED_ONLY] = key is not None and key.trusted_only
-        request[KEY_SCOPE] = key.models if key is not None else ()
-        request[KEYLESS] = key is None and self.config.require_keys
+        ctx = context(request)
+        ctx.client = f"key:{key.id}" if key is not None else "ip:" + self.client_address(request)
+        ctx.trusted_only = key is not None and key.trusted_only
+        ctx.key_scope = tuple(key.models) if key is not None else ()
+        ctx.keyless = key is None and self.config.require_keys
         if key is not None:
             return await self._admit_key(key, endpoint, time.time())
         if endpoint in KEYED_ENDPOINTS and opened is not None and self.config.require_keys:
             group, limit = opened  # opened by anonymous_endpoints: a count of its own per address
-            return await self._admit_anonymous(f"{request[CLIENT]}/{group}", limit, time.time())
-        return await self._admit_anonymous(request[CLIENT], self.config.anon_per_minute, time.time())
+            return await self._admit_anonymous(f"{ctx.client}/{group}", limit, time.time())
+        return await self._admit_anonymous(ctx.client, self.config.anon_per_minute, time.time())
 
     async def _admit_anonymous(self, who: str, per_minute: int, now: float) -> Permit:
         ask = Ask(who=who, per_minute=per_minute)
@@ -215,3 +213,6 @@ def _limited(decision: Decision, what: str) -> APIError:
         code="rate_limit_exceeded",
         headers={**_headers(decision), "Retry-After": str(decision.retry_after)},
     )
+
+
+ACCESS = web.AppKey("access", Access)

@@ -9,13 +9,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from andy_host.coordinator.runtime.state import ACCESS, METRICS
+from andy_host.coordinator.access.auth import ACCESS
+from andy_host.coordinator.observe.metrics import METRICS
+from andy_host.coordinator.web.context import CONTEXT, context
 from andy_host.errors import APIError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PERMIT_HEADERS = web.RequestKey("ratelimit_headers", dict[str, str])
-POOL_FAILED = web.RequestKey("pool_failed", bool)  # a stream ended with an error event the pool caused
-MODEL = web.RequestKey("model", str)  # the resolved model, for metrics
 
 
 def limited(endpoint: str) -> Callable[[Handler], Handler]:
@@ -23,12 +22,12 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
 
     def wrap(handler: Handler) -> Handler:
         async def limited_handler(request: web.Request) -> web.StreamResponse:
-            access, metrics = request.app[ACCESS], request.app[METRICS]
+            access, metrics, ctx = request.app[ACCESS], request.app[METRICS], context(request)
             started = time.monotonic()
             status = 500
             try:
                 permit = await access.admit(request, endpoint)
-                request[PERMIT_HEADERS] = permit.headers
+                ctx.permit_headers = permit.headers
                 try:
                     response = await handler(request)
                 except APIError as exc:
@@ -37,7 +36,7 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
                     exc.headers = {**permit.headers, **exc.headers}
                     raise
                 status = response.status
-                if status >= 500 or request.get(POOL_FAILED):
+                if status >= 500 or ctx.pool_failed:
                     await access.refund(permit)
                     status = 502 if status < 500 else status  # a stream that ended in an error event
                 return response
@@ -45,7 +44,7 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
                 status = exc.status
                 raise
             finally:
-                metrics.observe(endpoint, request.get(MODEL, ""), status, time.monotonic() - started)
+                metrics.observe(endpoint, ctx.model, status, time.monotonic() - started)
 
         return limited_handler
 
@@ -54,5 +53,6 @@ def limited(endpoint: str) -> Callable[[Handler], Handler]:
 
 async def add_permit_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: rate-limit headers on every answer of a limited endpoint."""
-    for name, value in request.get(PERMIT_HEADERS, {}).items():
+    found = request.get(CONTEXT)
+    for name, value in (found.permit_headers if found is not None else {}).items():
         response.headers.setdefault(name, value)

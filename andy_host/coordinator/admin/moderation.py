@@ -17,6 +17,7 @@ action to the store's ``admin_events``; each coordinator reads the new ones ever
 from __future__ import annotations
 
 import structlog
+from aiohttp import web
 
 from andy_host.coordinator.hosts.enrolment import Kicks, credential_key
 from andy_host.coordinator.hosts.registry import Host, Registry
@@ -84,3 +85,6 @@ class Moderation:
         log.warning("host.dropped_by_admin", host_id=host.id, reason=reason)
         self.registry.remove(host, reason)
         await host.close(code, reason)
+
+
+MODERATION = web.AppKey("moderation", Moderation)

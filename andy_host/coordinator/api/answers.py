@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.access.auth import CLIENT, KEY_SCOPE, TRUSTED_ONLY, check_model
+from andy_host.coordinator.access.auth import check_model
 from andy_host.coordinator.access.keyscope import allows
-from andy_host.coordinator.access.limits import MODEL, POOL_FAILED
 from andy_host.coordinator.api.sse import StreamWriter
-from andy_host.coordinator.observe.metrics import Metrics
+from andy_host.coordinator.hosts.registry import REGISTRY
+from andy_host.coordinator.observe.metrics import METRICS, Metrics
 from andy_host.coordinator.pool.capacity import serving
 from andy_host.coordinator.pool.relay import Restart
 from andy_host.coordinator.pool.scheduler import supports
 from andy_host.coordinator.pool.work import NEED_WORDS, Work, feature_needs
 from andy_host.coordinator.replication.federation import FEDERATION
-from andy_host.coordinator.runtime.state import CONFIG, METRICS, REGISTRY, RELAY
-from andy_host.coordinator.web.requestids import REQUEST_ID
+from andy_host.coordinator.runtime.state import RELAY
+from andy_host.coordinator.web.appconfig import CONFIG
+from andy_host.coordinator.web.context import context
 from andy_host.errors import APIError, bad_request, model_not_found
 from andy_host.protocol import Chunk, Done, JobKind, TokenLogprob
 
@@ -45,7 +46,7 @@ def resolve_model(request: web.Request, requested: str, kind: JobKind = "chat") 
     if model is None:
         raise model_not_found(requested)
     check_model(request, model)  # 403 for a key scoped to other models
-    request[MODEL] = model
+    context(request).model = model
     return model
 
 
@@ -67,7 +68,7 @@ def pool_choice(request: web.Request, kind: JobKind) -> str:
     for name, hosts in registry.by_model.items():
         able = [h for h in hosts if h.trust.quarantined is None  # a quarantined host gets checks only
                 and (h.models[name].embed if kind == "embed" else h.models[name].chat)]
-        if not able or not allows(request.get(KEY_SCOPE, ()), name):
+        if not able or not allows(context(request).key_scope, name):
             continue
         free = sum(max(0, h.free) for h in able if serving(h, now))
         chats = kind == "embed" and any(h.models[name].chat for h in hosts if h.trust.quarantined is None)
@@ -104,8 +105,8 @@ def submit(request: web.Request, work: Work, stream: bool) -> Items:
     federation = request.app.get(FEDERATION)
     run = request.app[RELAY].run if federation is None else federation.run
     return run(
-        work, request.get(CLIENT, ""), stream=stream, on_stall=lambda: _drop_client(request, work.model),
-        trusted_only=request.get(TRUSTED_ONLY, False), trace=request.get(REQUEST_ID),
+        work, context(request).client, stream=stream, on_stall=lambda: _drop_client(request, work.model),
+        trusted_only=context(request).trusted_only, trace=context(request).request_id or None,
     )
 
 
@@ -187,7 +188,7 @@ async def streamed(request: web.Request, work: Work, writer: StreamWriter) -> we
             if response is None:
                 raise
             log.warning("stream.error_event", model=work.model, message=error.message)
-            request[POOL_FAILED] = error.status >= 500
+            context(request).pool_failed = error.status >= 500
             await response.write(writer.error(error))
     assert response is not None
     await response.write_eof()

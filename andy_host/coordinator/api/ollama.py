@@ -35,8 +35,9 @@ from andy_host.coordinator.api import ollama_bodies
 from andy_host.coordinator.api import openai_bodies as bodies
 from andy_host.coordinator.api.answers import check_supported, resolve_model, streamed, whole
 from andy_host.coordinator.api.openai import embed
+from andy_host.coordinator.hosts.registry import REGISTRY
 from andy_host.coordinator.pool.work import Work, chat_work, completion_work
-from andy_host.coordinator.runtime.state import CONFIG, REGISTRY
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import json_response, read_json
 from andy_host.errors import APIError
 from andy_host.protocol import ChatRequest, Chunk, Done, JobKind, ModelInfo, TokenLogprob

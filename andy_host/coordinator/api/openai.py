@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from andy_host.coordinator.access.auth import check_model, visible_models
-from andy_host.coordinator.access.limits import MODEL, add_permit_headers, limited
+from andy_host.coordinator.access.limits import add_permit_headers, limited
 from andy_host.coordinator.api import openai_bodies as bodies
 from andy_host.coordinator.api.answers import Whole, check_supported, resolve_model, streamed, submit, whole
 from andy_host.coordinator.api.sse import (
@@ -25,10 +25,12 @@ from andy_host.coordinator.api.sse import (
     tool_calls_json,
     usage_of,
 )
-from andy_host.coordinator.hosts.registry import Registry
+from andy_host.coordinator.hosts.registry import REGISTRY, Registry
+from andy_host.coordinator.observe.metrics import METRICS
 from andy_host.coordinator.observe.poolstatus import pool_status
 from andy_host.coordinator.pool.work import Work, chat_work, completion_work
-from andy_host.coordinator.runtime.state import CONFIG, METRICS, REGISTRY
+from andy_host.coordinator.web.appconfig import CONFIG
+from andy_host.coordinator.web.context import context
 from andy_host.coordinator.web.json import json_response, read_json
 from andy_host.errors import APIError, bad_request, model_not_found
 from andy_host.protocol import Done
@@ -137,7 +139,7 @@ async def embeddings(request: web.Request) -> web.Response:
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": _encode_vector(vec, encoding)}
                  for i, vec in enumerate(done.embeddings)],
-        "model": request[MODEL],
+        "model": context(request).model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     })
 

@@ -37,7 +37,7 @@ from andy_host.coordinator.api.answers import Whole, check_supported, resolve_mo
 from andy_host.coordinator.api.openai import API_PREFIXES
 from andy_host.coordinator.api.sse import SSE_HEADERS, usage_of
 from andy_host.coordinator.pool.work import chat_work
-from andy_host.coordinator.runtime.state import CONFIG
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import json_response, read_json
 from andy_host.errors import APIError, bad_request
 from andy_host.protocol import ChatRequest, Chunk, Done, ToolCall

@@ -16,6 +16,10 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
+from andy_host.coordinator.access.ratelimit import SlidingWindow
+
 
 @dataclass(slots=True)
 class Gate:
@@ -86,3 +90,9 @@ class Gate:
             self.groups[group] = left
         else:
             self.groups.pop(group, None)
+
+
+GATE = web.AppKey("gate", Gate)
+
+
+NEW_HOSTS = web.AppKey("new_hosts", SlidingWindow)  # new host identities per address group per hour

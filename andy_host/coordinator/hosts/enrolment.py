@@ -17,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from andy_host.protocol import (
     CLOSE_BANNED,
     CLOSE_FULL,
@@ -150,3 +152,6 @@ def credential_key(token_id: int | None, secret_hash: str | None, host_id: str) 
     if token_id is not None:
         return f"token:{token_id}:{host_id}"
     return f"secret:{secret_hash}" if secret_hash else f"id:{host_id}"
+
+
+KICKS = web.AppKey("kicks", Kicks)

@@ -29,10 +29,22 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from andy_host.coordinator.access import credentials as sec
-from andy_host.coordinator.hosts.enrolment import Admitted, Credential, Policy, Refusal, admit_host, credential_key
-from andy_host.coordinator.hosts.registry import Host, Registry
-from andy_host.coordinator.runtime.state import ACCESS, CHECKER, CONFIG, GATE, KICKS, NEW_HOSTS, REGISTRY, STORE
+from andy_host.coordinator.access.auth import ACCESS
+from andy_host.coordinator.hosts.admission import GATE, NEW_HOSTS
+from andy_host.coordinator.hosts.enrolment import (
+    KICKS,
+    Admitted,
+    Credential,
+    Policy,
+    Refusal,
+    admit_host,
+    credential_key,
+)
+from andy_host.coordinator.hosts.registry import REGISTRY, Host, Registry
+from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.trust.checks import CHECKER
 from andy_host.coordinator.web.addresses import address_group, client_address
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import ProtocolError, VersionError
 from andy_host.protocol import (
     CLOSE_FULL,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from andy_host import modelnames
 from andy_host.coordinator.hosts.health import HostHealth
@@ -270,3 +271,5 @@ class Registry:
         if self.on_capacity is not None:
             self.on_capacity()
 
+
+REGISTRY = web.AppKey("registry", Registry)

@@ -33,12 +33,15 @@ import orjson
 from aiohttp import web
 
 from andy_host.coordinator.admin.api import has_admin_token
-from andy_host.coordinator.hosts.registry import Host, Registry
+from andy_host.coordinator.hosts.registry import REGISTRY, Host, Registry
 from andy_host.coordinator.observe.leaderboard import Leaderboard
+from andy_host.coordinator.observe.metrics import METRICS
+from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.pool.capacity import model_rows, pool_totals, resting, serving
-from andy_host.coordinator.pool.scheduler import Scheduler
+from andy_host.coordinator.pool.scheduler import SCHEDULER, Scheduler
 from andy_host.coordinator.replication.federation import with_peers
-from andy_host.coordinator.runtime.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS, STORE
+from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError
 from andy_host.protocol import GpuReading
 

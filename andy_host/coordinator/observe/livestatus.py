@@ -13,11 +13,15 @@ from typing import Any
 from aiohttp import web
 
 from andy_host import __version__
+from andy_host.coordinator.hosts.registry import REGISTRY
 from andy_host.coordinator.observe.history import Point
+from andy_host.coordinator.observe.metrics import METRICS
 from andy_host.coordinator.observe.scrape import STATUSES
+from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.pool.capacity import model_rows, pool_totals
+from andy_host.coordinator.pool.scheduler import SCHEDULER
 from andy_host.coordinator.replication.federation import with_peers
-from andy_host.coordinator.runtime.state import CONFIG, METRICS, REGISTRY, SCHEDULER, STATS
+from andy_host.coordinator.web.appconfig import CONFIG
 
 RATE_SECONDS = 60.0  # the window of the request and token rates
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import Metric
 
@@ -110,3 +111,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.prom))
+
+
+METRICS = web.AppKey("metrics", Metrics)

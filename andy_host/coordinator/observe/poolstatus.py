@@ -8,13 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from andy_host.coordinator.access.auth import KEYLESS
 from andy_host.coordinator.access.limits import limited
-from andy_host.coordinator.hosts.registry import Host
+from andy_host.coordinator.hosts.registry import REGISTRY, Host
 from andy_host.coordinator.observe.dashboard import pause_words
+from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.pool.capacity import model_rows, pool_totals, serving
+from andy_host.coordinator.pool.scheduler import SCHEDULER
 from andy_host.coordinator.replication.federation import with_peers
-from andy_host.coordinator.runtime.state import REGISTRY, SCHEDULER, STATS
+from andy_host.coordinator.web.context import context
 from andy_host.coordinator.web.json import json_response
 
 
@@ -39,7 +40,7 @@ async def pool_status(request: web.Request) -> web.Response:
         "tokens_per_second": round(sum((h.health.tps or 0.0) * len(h.jobs) for h in hosts), 1),
         "models": model_rows(registry, scheduler),
     }
-    if request.get(KEYLESS, False):
+    if context(request).keyless:
         return json_response(public)
     return json_response({**public, "stats": request.app[STATS].as_dict(), "hosts": _host_rows(hosts)})
 

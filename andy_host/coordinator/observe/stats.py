@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from aiohttp import web
+
 
 @dataclass(slots=True)
 class PoolStats:
@@ -22,3 +24,6 @@ class PoolStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+STATS = web.AppKey("stats", PoolStats)

@@ -26,6 +26,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.registry import Assignment, Host, Registry
 from andy_host.coordinator.pool.work import NEED_TOOLS, feature_needs, needed_context, split_needs
@@ -275,3 +277,6 @@ class Scheduler:
                         break
                 else:
                     break  # nobody waiting can be served now
+
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -25,7 +25,8 @@ from andy_host.coordinator.replication.wire import (
     read_job,
     split_chunk,
 )
-from andy_host.coordinator.runtime.state import CONFIG, RELAY
+from andy_host.coordinator.runtime.state import RELAY
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError, ProtocolError, timeout_error
 from andy_host.protocol import Chunk
 

@@ -14,7 +14,10 @@ import structlog
 from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.runtime.state import ACCESS, MODERATION, PERIODIC, STORE
+from andy_host.coordinator.access.auth import ACCESS
+from andy_host.coordinator.admin.moderation import MODERATION
+from andy_host.coordinator.runtime.periodic import PERIODIC
+from andy_host.coordinator.runtime.state import STORE
 
 log = structlog.get_logger("andy_host.replicated")
 

@@ -12,48 +12,33 @@ from aiohttp import WSCloseCode, web
 
 from andy_host.aio import run_loop
 from andy_host.config import CoordinatorConfig
-from andy_host.coordinator.access.auth import Access
+from andy_host.coordinator.access.auth import ACCESS, Access
 from andy_host.coordinator.access.ratelimit import SlidingWindow
 from andy_host.coordinator.admin.api import add_admin_routes
-from andy_host.coordinator.admin.moderation import Moderation
+from andy_host.coordinator.admin.moderation import MODERATION, Moderation
 from andy_host.coordinator.api import ollama as ollama_api
 from andy_host.coordinator.api import openai as openai_api
 from andy_host.coordinator.api import responses as responses_api
 from andy_host.coordinator.api.openapi import openapi_spec
-from andy_host.coordinator.hosts.admission import Gate
-from andy_host.coordinator.hosts.enrolment import Kicks
+from andy_host.coordinator.hosts.admission import GATE, NEW_HOSTS, Gate
+from andy_host.coordinator.hosts.enrolment import KICKS, Kicks
 from andy_host.coordinator.hosts.link import drop_frozen, host_websocket
-from andy_host.coordinator.hosts.registry import Host, Registry
+from andy_host.coordinator.hosts.registry import REGISTRY, Host, Registry
 from andy_host.coordinator.observe.dashboard import add_dashboard_routes
-from andy_host.coordinator.observe.metrics import Metrics
-from andy_host.coordinator.observe.stats import PoolStats
+from andy_host.coordinator.observe.metrics import METRICS, Metrics
+from andy_host.coordinator.observe.stats import STATS, PoolStats
 from andy_host.coordinator.pool.relay import Relay
-from andy_host.coordinator.pool.scheduler import Scheduler
+from andy_host.coordinator.pool.scheduler import SCHEDULER, Scheduler
 from andy_host.coordinator.replication import wiring as replicated
 from andy_host.coordinator.replication.endpoint import add_replica_routes
 from andy_host.coordinator.replication.federation import FEDERATION, advertise, start_federation
 from andy_host.coordinator.runtime import startup
-from andy_host.coordinator.runtime.periodic import Periodic, Tick
-from andy_host.coordinator.runtime.state import (
-    ACCESS,
-    CHECKER,
-    CONFIG,
-    GATE,
-    KICKS,
-    LEDGER,
-    METRICS,
-    MODERATION,
-    NEW_HOSTS,
-    PERIODIC,
-    REGISTRY,
-    RELAY,
-    SCHEDULER,
-    STATS,
-    STORE,
-)
+from andy_host.coordinator.runtime.periodic import PERIODIC, Periodic, Tick
+from andy_host.coordinator.runtime.state import RELAY, STORE
 from andy_host.coordinator.store.interface import open_store
-from andy_host.coordinator.trust.checks import Checker
-from andy_host.coordinator.trust.ledger import Ledger
+from andy_host.coordinator.trust.checks import CHECKER, Checker
+from andy_host.coordinator.trust.ledger import LEDGER, Ledger
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.cors import add_cors_headers, cors
 from andy_host.coordinator.web.json import errors_middleware
 from andy_host.coordinator.web.requestids import add_request_id, request_ids

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 
 import structlog
+from aiohttp import web
 
 log = structlog.get_logger("andy_host.periodic")
 
@@ -61,3 +62,6 @@ class Periodic:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+PERIODIC = web.AppKey("periodic", Periodic)

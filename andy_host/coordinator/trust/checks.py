@@ -30,6 +30,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.registry import Host, Registry
@@ -303,3 +304,6 @@ class Checker:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+CHECKER = web.AppKey("checker", Checker)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from andy_host.coordinator.hosts.registry import Host
 from andy_host.coordinator.store.interface import Store
 
@@ -54,3 +56,6 @@ class Ledger:
         for host in departed:
             self.flushed.pop(host.conn, None)
         self.departed = [h for h in self.departed if all(h is not d for d in departed)]  # left while writing
+
+
+LEDGER = web.AppKey("ledger", Ledger)

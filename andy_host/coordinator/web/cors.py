@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from andy_host.coordinator.runtime.state import CONFIG
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import Handler
 from andy_host.protocol import HOSTS_WS_PATH
 

@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from andy_host.coordinator.runtime.state import CONFIG
+from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError, bad_request
 
 log = structlog.get_logger("andy_host.http")

@@ -15,10 +15,10 @@ import secrets
 import structlog
 from aiohttp import web
 
+from andy_host.coordinator.web.context import CONTEXT, context
 from andy_host.coordinator.web.json import Handler
 from andy_host.protocol import HOSTS_WS_PATH
 
-REQUEST_ID = web.RequestKey("request_id", str)
 HEADER = "X-Request-Id"
 VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -30,7 +30,7 @@ def new_id() -> str:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(HEADER, "")
-    request[REQUEST_ID] = request_id = given if VALID.match(given) else new_id()
+    context(request).request_id = request_id = given if VALID.match(given) else new_id()
     if request.path == HOSTS_WS_PATH:  # a host's session, not a request: its lines carry host_id
         return await handler(request)
     with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -39,6 +39,7 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the id on every answer, errors and streams included."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
+    found = request.get(CONTEXT)
+    request_id = found.request_id if found is not None else ""
+    if request_id:
         response.headers[HEADER] = request_id
