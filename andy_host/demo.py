@@ -32,7 +32,7 @@ from andy_host.config import (
     validate_backend,
 )
 from andy_host.coordinator.access.credentials import new_secret
-from andy_host.coordinator.runtime.app import serve
+from andy_host.coordinator.runtime.serve import serve
 from andy_host.errors import BuildError, ModelError
 from andy_host.service.plan import ADMIN_TOKEN_PREFIX
 from andy_host.tools.cache import cache_dir

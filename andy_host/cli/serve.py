@@ -54,7 +54,7 @@ def coordinator_serve(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Start the coordinator: the OpenAI API, the host websocket, the scheduler, the dashboard."""
-    from andy_host.coordinator.runtime.app import run_coordinator
+    from andy_host.coordinator.runtime.serve import run_coordinator
 
     loaded = _load(config, _sections(locals(), SERVE_FLAGS))
     try:

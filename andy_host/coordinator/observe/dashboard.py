@@ -1,5 +1,4 @@
-"""What people and operators see: the live dashboard at ``/``, its public JSON feed,
-and ``/metrics`` for Prometheus.
+"""What people see: the live dashboard at ``/`` and its public JSON feed.
 
 The public feed carries only what the page shows: aggregates, host names, models and
 typed readings, the recent history (requests, errors, tokens, time to first token;
@@ -13,13 +12,10 @@ viewers or the pool: it is built at most once every ``dashboard_cache_seconds`` 
 shared, and its host and model tables hold at most ``dashboard_max_rows`` rows each
 (the serving hosts that served most, the models with most hosts; the totals count
 them all).
-Who may read ``/metrics`` is ``coordinator.metrics_access``: public, admin (the admin
-token) or off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -32,8 +28,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from andy_host.coordinator.admin.api import has_admin_token
 from andy_host.coordinator.hosts.registry import REGISTRY, Host, Registry
+from andy_host.coordinator.observe.feedcache import FeedCache
 from andy_host.coordinator.observe.leaderboard import Leaderboard
 from andy_host.coordinator.observe.metrics import METRICS
 from andy_host.coordinator.observe.stats import STATS
@@ -42,7 +38,6 @@ from andy_host.coordinator.pool.scheduler import SCHEDULER, Scheduler
 from andy_host.coordinator.replication.federation import with_peers
 from andy_host.coordinator.runtime.state import STORE
 from andy_host.coordinator.web.appconfig import CONFIG
-from andy_host.errors import APIError
 from andy_host.protocol import GpuReading
 
 PAUSE_WORDS = {
@@ -59,21 +54,7 @@ RATE_POINTS = 300  # the chart's seconds of history
 LEADERBOARD = web.AppKey("leaderboard", Leaderboard)
 
 
-class FeedCache:
-    """The last feed built, shared by every viewer for ``seconds``; one build at a time."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.body = b""
-        self.built_at = -float("inf")
-        self.lock = asyncio.Lock()
-
-    def fresh(self) -> bool:
-        return time.monotonic() - self.built_at < self.seconds
-
-
 FEED = web.AppKey("dashboard_feed", FeedCache)
-SCRAPE = web.AppKey("metrics_scrape", FeedCache)  # the last /metrics rendered
 
 
 def _gpu(gpu: GpuReading) -> dict[str, Any]:
@@ -166,23 +147,9 @@ async def _feed(app: web.Application) -> dict[str, Any]:
     }
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    if config.metrics_access == "off":
-        raise APIError(404, "Metrics are off (coordinator.metrics_access).", code="metrics_disabled")
-    if config.metrics_access == "admin" and not has_admin_token(request):
-        raise APIError(401, "Metrics need `Authorization: Bearer <admin_token>`.", code="invalid_admin_token")
-    cache = request.app[SCRAPE]
-    if not cache.fresh():  # one render per metrics_cache_seconds, whoever scrapes
-        cache.body, cache.built_at = request.app[METRICS].render(), time.monotonic()
-    return web.Response(body=cache.body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-
 def add_dashboard_routes(app: web.Application) -> None:
     config = app[CONFIG]
     app[LEADERBOARD] = Leaderboard(config.leaderboard_size, config.leaderboard_refresh)
     app[FEED] = FeedCache(config.dashboard_cache_seconds)
-    app[SCRAPE] = FeedCache(config.metrics_cache_seconds)
     app.router.add_get("/", dashboard_page)
     app.router.add_get("/api/andy/dashboard", dashboard_data)
-    app.router.add_get("/metrics", metrics_endpoint)
