@@ -1,7 +1,9 @@
-"""Where downloaded and built artefacts are cached (``ANDY_HOST_CACHE`` overrides)."""
+"""Where downloaded and built artefacts are cached (``ANDY_HOST_CACHE`` overrides), and how
+a cached file is checked (its SHA-256)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,3 +14,12 @@ def cache_dir() -> Path:
         return Path(override).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "andy-host"
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

