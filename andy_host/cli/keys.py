@@ -28,7 +28,8 @@ from andy_host.cli.common import (
     coordinator_app,
 )
 from andy_host.coordinator.access.keyscope import ScopeError, parse_expires, parse_models, when_text
-from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges, Store, key_listing, token_listing
+from andy_host.coordinator.admin.listing import key_listing, token_listing
+from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges, Store
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; shown once).")
 tokens_app = typer.Typer(no_args_is_help=True, help="Host tokens for pools with enrolment = 'token'.")

@@ -1,18 +1,35 @@
-"""The Store contract, run against SQLite and against a real PostgreSQL."""
+"""What each store does on its own, beyond the contract (test_store_contract.py): the key
+cache both keep (its bound, its read-through, its recheck timer, on an injected clock),
+how another writer's revocation reaches it (SQLite's data_version, PostgreSQL's NOTIFY
+and its listener), and SQLite's worker-thread calls."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import inspect
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from andy_host.coordinator.access import credentials as sec
-from andy_host.coordinator.access.keyscope import NEVER
-from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges, Store, open_store, utc_day
-from andy_host.coordinator.trust.standing import HostTrust
+from andy_host.coordinator.store.interface import ApiKey, Store, StoreUnavailable, open_store, utc_day
+from andy_host.coordinator.store.keycache import KeyCache
+from andy_host.coordinator.store.sqlite import SQLiteDatabase, SQLiteStore, on_worker
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -23,169 +40,116 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]
     return "", request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture
-async def store(store_url: tuple[str, str]) -> AsyncIterator[Store]:
-    opened = await open_store(*store_url)
-    yield opened
-    await opened.close()
+def a_key(key_id: int, revoked: float | None = None) -> ApiKey:
+    return ApiKey(key_id, "andy_sk_x", f"k{key_id}", 1, 1, None, revoked=revoked)
 
 
-async def test_schema_is_migrated_once_and_reopens(store: Store, store_url: tuple[str, str]) -> None:
-    version = await store.schema_version()
-    assert version >= 1
-    again = await open_store(*store_url)
-    try:
-        assert await again.schema_version() == version
-    finally:
-        await again.close()
+# the key cache ------------------------------------------------------------------------
+
+def test_the_cache_is_due_a_recheck_every_interval_of_its_clock() -> None:
+    clock = Clock()
+    cache = KeyCache(0.5, clock)  # (steps of 1/4 s: exact in binary)
+    assert not cache.due()  # counted from when it was made
+    clock.advance(0.25)
+    assert not cache.due()
+    clock.advance(0.25)
+    assert cache.due() and not cache.due()  # and counted again from then
+    clock.advance(0.5)
+    assert cache.due()
+    assert KeyCache(0.5, clock, due_at_once=True).due()  # PostgreSQL's: try the listener at once
 
 
-async def test_keys_usage_and_revocation(store: Store) -> None:
-    secret, key_id = await store.create_key("bot", daily_limit=5, per_minute=2, trusted_only=True)
-    key = await store.find_key(secret)
-    assert key is not None and (key.id, key.name, key.daily_limit, key.per_minute, key.trusted_only) == (
-        key_id, "bot", 5, 2, True)
-    assert await store.find_key(secret[:-1] + ("a" if secret[-1] != "a" else "b")) is None
-    await store.add_usage({(key_id, utc_day()): 3}, {key_id: time.time()})
-    await store.add_usage({(key_id, utc_day()): 2}, {})
-    assert await store.usage_today(key_id) == 5
-    [listed] = await store.list_keys()
-    assert listed["used_today"] == 5 and listed["prefix"] == secret[:14] and listed["last_used"] is not None
-    assert await store.revoke_key(secret[:14]) is True
-    assert await store.revoke_key(str(key_id)) is False  # already revoked
-    assert await store.find_key(secret) is None
-    gone = await store.find_key(secret, revoked=True)  # for the 401 that says it was revoked, and when
-    assert gone is not None and gone.id == key_id and gone.revoked is not None
-    assert abs(gone.revoked - time.time()) < 60
-    live, _ = await store.create_key("live", 5, 2)
-    found = await store.find_key(live, revoked=True)
-    assert found is not None and found.revoked is None
-    assert await store.find_key(secret[:-1] + ("a" if secret[-1] != "a" else "b"), revoked=True) is None
+def test_the_cache_is_bounded_and_forgets_what_the_database_no_longer_has() -> None:
+    cache = KeyCache(0.05, Clock(), size=2)
+    cache.remember("a", a_key(1))
+    cache.remember("b", a_key(2))
+    cache.remember("c", a_key(3))  # full: it starts again empty
+    assert list(cache.keys) == ["c"]
+    cache.remember("c", None)
+    assert cache.keys == {}
 
 
-async def test_tokens_ledger_and_linked_keys(store: Store) -> None:
-    token, token_id = await store.create_token("alice", trusted=True)
-    found = await store.find_token(token)
-    assert found is not None and found.id == token_id and found.trusted and found.banned is None
-    await store.create_key("linked", 10, 10, host_token=token[:14])
-    assert (await store.list_keys())[0]["host_token"] == token[:14]
-    with pytest.raises(KeyError):
-        await store.create_key("nope", 1, 1, host_token="andy_ht_nothere")
-    await store.add_ledger([("h1", "box", token_id, 2, 100, 1, 5.0)])
-    await store.add_ledger([("h1", "box", token_id, 1, 50, 0, 2.5)])
-    assert await store.tokens_served_by_token(token_id) == 150
-    [row] = await store.ledger()
-    assert (row["host_id"], row["requests"], row["tokens"], row["failures"], row["connected_seconds"]) == (
-        "h1", 3, 150, 1, 7.5)
-    assert (await store.list_tokens())[0]["tokens"] == 150 and await store.host_in_ledger("h1")
-    assert await store.revoke_token(str(token_id)) and await store.revoked_tokens() == {token_id}
-    assert await store.find_token(token) is None
+async def test_the_cache_reads_through_on_a_miss_and_when_not_trusted() -> None:
+    cache = KeyCache(0.05, Clock())
+    live = sec.new_secret(sec.API_KEY_PREFIX)
+    reads: list[str] = []
+    answer: ApiKey | None = a_key(1)
+
+    async def read(digest: str) -> ApiKey | None:
+        reads.append(digest)
+        return answer
+
+    assert await cache.find(live, read) == a_key(1)
+    assert await cache.find(live, read) == a_key(1) and len(reads) == 1  # cached
+    answer = a_key(1, revoked=5.0)
+    assert await cache.find(live, read, trusted=False) is None and len(reads) == 2  # read, and cached, revoked
+    assert await cache.find(live, read) is None and len(reads) == 2
+    assert await cache.find(live, read, revoked=True) == a_key(1, revoked=5.0)
+    answer = None
+    assert await cache.find(live, read, trusted=False) is None and cache.keys == {}
+    assert await cache.find("andy_sk_malformed", read) is None and len(reads) == 3  # never read, never cached
 
 
-async def test_identities_standing_bans_and_events(store: Store) -> None:
-    token, token_id = await store.create_token("t")
-    first = await store.last_event()
-    await store.register_identity("h1", token_id, None)
-    await store.register_identity("h1", None, "other")  # the first credential stays bound
-    identity = await store.identity("h1")
-    assert identity is not None and identity.token_id == token_id and identity.banned is None
-    await store.save_standing("h1", HostTrust(score=2.5, strikes=1, checks_passed=3, quarantined="slow"))
-    standing = await store.standing("h1")
-    assert (standing.score, standing.strikes, standing.checks_passed, standing.quarantined) == (2.5, 1, 3, "slow")
-    assert (await store.standings())["h1"]["quarantined"] == "slow"
-    assert await store.release_host("h1") and (await store.standing("h1")).quarantined is None
-    assert await store.ban_host("h1", "junk") == f"token {token_id}"
-    assert await store.ban_host("nobody", "x") is None
-    await store.add_event("kick", "h1", "60")
-    events = await store.events_after(first)
-    assert [(e.kind, e.target, e.reason) for e in events] == [("release", "h1", None), ("ban", "h1", "junk"),
-                                                               ("kick", "h1", "60")]
-    assert await store.last_event() == events[-1].id
-    banned = await store.find_token(token)
-    assert banned is not None and banned.banned == "junk"
-    assert (await store.identity("h1")).banned == "junk"  # type: ignore[union-attr]
-    assert await store.host_credential("h1") == (token_id, None)
+async def test_the_cache_serves_a_key_read_before_while_the_database_cannot_answer() -> None:
+    cache = KeyCache(0.05, Clock())
+    known, unknown = sec.new_secret(sec.API_KEY_PREFIX), sec.new_secret(sec.API_KEY_PREFIX)
+
+    async def down(digest: str) -> ApiKey | None:
+        raise StoreUnavailable("ConnectionRefusedError")
+
+    cache.remember(sec.digest(known), a_key(1))
+    assert await cache.find(known, down, trusted=False) == a_key(1)
+    with pytest.raises(StoreUnavailable):
+        await cache.find(unknown, down, trusted=False)
 
 
-async def test_key_expiry_scope_and_updates(store: Store) -> None:
-    secret, key_id = await store.create_key("scoped", 5, 2, expires=2e9, models=("llama*", "qwen3:8b"))
-    key = await store.find_key(secret)
-    assert key is not None and key.expires == 2e9 and key.models == ("llama*", "qwen3:8b")
-    changes = KeyChanges(name="renamed", daily_limit=50, expires=NEVER, models=(), trusted_only=True)
-    assert await store.update_key(secret[:14], changes)
-    key = await store.find_key(secret)  # the store's own write empties its cache
-    assert key is not None and (key.name, key.daily_limit, key.per_minute, key.expires, key.models,
-                                key.trusted_only) == ("renamed", 50, 2, None, (), True)
-    [listed] = await store.list_keys()
-    assert (listed["expires"], listed["models"], listed["trusted_only"]) == (None, [], True)
-    assert await store.update_key(str(key_id), KeyChanges()) is True  # exists, nothing to change
-    assert await store.revoke_key(str(key_id))
-    assert await store.update_key(str(key_id), KeyChanges(name="x")) is False
-
-
-async def test_a_prefix_that_two_keys_share_changes_neither(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A listed prefix holds 30 random bits: with thousands of keys two share one. An
-    update or revocation by that prefix must reach no key (it named none of them for
-    sure); by id it reaches that key only."""
-    real = sec.new_secret
-
-    def colliding(prefix: str) -> str:
-        body = "same22" + real(prefix)[len(prefix) + 6: len(prefix) + 32]
-        return f"{prefix}{body}{sec._checksum(body)}"
-
-    monkeypatch.setattr(sec, "new_secret", colliding)
-    first, first_id = await store.create_key("alice", 5, 2)
-    second, second_id = await store.create_key("bob", 5, 2)
-    token, _ = await store.create_token("t1")
-    await store.create_token("t2")
-    prefix = first[: sec.DISPLAY_LEN]
-    assert second[: sec.DISPLAY_LEN] == prefix and token[: sec.DISPLAY_LEN] != prefix
-    for change in (store.update_key(prefix, KeyChanges(daily_limit=10**6)), store.revoke_key(prefix),
-                   store.revoke_token(token[: sec.DISPLAY_LEN]), store.create_key("c", 1, 1, token[: sec.DISPLAY_LEN])):
-        with pytest.raises(AmbiguousIdent, match=r"give the id"):
-            await change
-    assert [(k["daily_limit"], k["revoked"]) for k in await store.list_keys()] == [(5, None), (5, None)]
-    assert await store.revoke_key(str(first_id))
-    assert await store.find_key(first) is None and await store.find_key(second) is not None
-    assert await store.update_key(prefix, KeyChanges(name="bob2"))  # now one live key has it
-    assert [k["name"] for k in await store.list_keys() if k["id"] == second_id] == ["bob2"]
-
-
-async def test_leaderboard_by_period(store: Store) -> None:
-    _, token_id = await store.create_token("t")
-    await store.add_ledger([("h1", "alice", token_id, 2, 100, 0, 1.0), ("h2", "bob", None, 1, 300, 0, 1.0),
-                            ("h3", "idle", None, 0, 0, 0, 1.0)])
-    await store.add_ledger([("h1", "alice", token_id, 1, 50, 0, 1.0)])
-    assert await store.leaderboard(None, 10) == [{"name": "bob", "tokens": 300, "requests": 1},
-                                                 {"name": "alice", "tokens": 150, "requests": 3}]
-    assert await store.leaderboard(time.time() - 60, 1) == [{"name": "bob", "tokens": 300, "requests": 1}]
-    assert await store.leaderboard(time.time() + 7200, 10) == []
-    await store.register_identity("h2", None, "s")
-    await store.ban_host("h2", "junk")
-    assert [r["name"] for r in await store.leaderboard(None, 10)] == ["alice"]
-
-
-async def test_models(store: Store) -> None:
-    await store.change_models(["a", "b"], [])
-    await store.touch_models({"a": 123.0}, ["b"])
-    assert await store.known_models() == [("a", 123.0)]
-
+# another writer's revocation ------------------------------------------------------------
 
 async def test_a_revocation_by_another_writer_reaches_the_cache(store_url: tuple[str, str]) -> None:
-    """A second store (another replica, or the CLI) revokes; the first refuses within 50 ms."""
-    serving, admin = await open_store(*store_url, key_recheck=0.05), await open_store(*store_url)
+    """A second store (another replica, or the CLI) revokes; the first refuses the key
+    after its next recheck on SQLite (key_recheck on its clock), at the NOTIFY on PostgreSQL."""
+    clock = Clock()
+    serving, admin = await open_store(*store_url, key_recheck=0.5, clock=clock), await open_store(*store_url)
     try:
         secret, _ = await admin.create_key("k", 10, 10)
         assert await serving.find_key(secret) is not None  # now cached
-        assert await admin.revoke_key(secret[:14])
-        deadline = time.monotonic() + 0.5
-        while await serving.find_key(secret) is not None:
-            assert time.monotonic() < deadline, "the revoked key is still accepted"
-            await asyncio.sleep(0.01)
-        took = 0.5 - (deadline - time.monotonic())
-        assert took < 0.2, took
+        if store_url[1]:
+            notified, cache = asyncio.Event(), serving.cache  # type: ignore[attr-defined]
+            assert isinstance(cache, KeyCache)
+            clear = cache.clear
+            cache.clear = lambda: (clear(), notified.set())  # type: ignore[method-assign]  # the NOTIFY empties it
+            assert await admin.revoke_key(secret[:14])
+            await asyncio.wait_for(notified.wait(), timeout=30)
+        else:
+            assert await admin.revoke_key(secret[:14])
+            clock.advance(0.25)
+            assert await serving.find_key(secret) is not None  # the cache may be this stale, no more
+            clock.advance(0.25)
+        assert await serving.find_key(secret) is None
         seen = await serving.find_key(secret, revoked=True)  # the refreshed cache knows when
         assert seen is not None and seen.revoked is not None
+    finally:
+        await serving.close()
+        await admin.close()
+
+
+async def test_while_the_listener_is_down_keys_are_read_and_it_reopens_when_due(postgres_url: str) -> None:
+    from andy_host.coordinator.store.postgres import PostgresStore
+
+    clock = Clock()
+    serving = await PostgresStore.open(postgres_url, key_recheck=5.0, clock=clock)
+    admin = await open_store("", postgres_url)
+    try:
+        assert serving.listener.conn is not None
+        secret, key_id = await admin.create_key("k", 10, 10)
+        assert await serving.find_key(secret) is not None
+        await serving.listener.close()  # as if it were lost
+        assert not await serving.listener.usable()  # not yet due: no new connection
+        assert await admin.revoke_key(str(key_id))
+        assert await serving.find_key(secret) is None  # read through: refused at once
+        assert serving.listener.conn is None
+        clock.advance(5.0)
+        assert await serving.listener.usable() and serving.listener.conn is not None
     finally:
         await serving.close()
         await admin.close()
@@ -201,3 +165,54 @@ async def test_closing_a_store_logs_no_lost_listener(store_url: tuple[str, str])
         await opened.close()
         await asyncio.sleep(0.05)
     assert [e for e in logs if e["event"] == "postgres.listener_lost"] == []
+
+
+# SQLite's worker thread -------------------------------------------------------------------
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = await SQLiteStore.open(str(tmp_path / "c.db"))
+    yield opened
+    await opened.close()
+
+
+def test_every_other_sqlite_method_is_one_query_on_the_worker() -> None:
+    """The store writes by hand only what its key cache is part of; the rest of the
+    protocol is SQLiteDatabase's queries, each through on_worker."""
+    protocol = {name for name, member in vars(Store).items() if inspect.iscoroutinefunction(member)}
+    by_hand = {name for name in protocol if not isinstance(vars(SQLiteStore).get(name), on_worker)}
+    assert by_hand == {"close", "find_key", "update_key", "revoke_key"}
+    for name in protocol - by_hand:
+        assert vars(SQLiteStore)[name].query is getattr(SQLiteDatabase, name)
+
+
+async def test_worker_calls_keep_the_querys_signature_and_run_on_the_worker(sqlite_store: SQLiteStore) -> None:
+    method = sqlite_store.tokens_served_by_token
+    assert method is sqlite_store.tokens_served_by_token  # bound once
+    assert str(inspect.signature(method)) == "(token_id: 'int') -> 'int'"
+    assert method.__doc__ == SQLiteDatabase.tokens_served_by_token.__doc__
+    threads: list[str] = []
+    real = sqlite_store._db.last_event
+    sqlite_store._db.last_event = lambda: (threads.append(threading.current_thread().name), real())[1]  # type: ignore[method-assign]
+    assert await sqlite_store._call(sqlite_store._db.last_event) == 0
+    assert threads[0].startswith("sqlite") and threads[0] != threading.current_thread().name
+
+
+async def test_worker_calls_copy_their_arguments_first(sqlite_store: SQLiteStore) -> None:
+    """The coordinator goes on counting into its dicts while the worker writes them: the
+    worker writes them as they were when the call was made."""
+    _, key_id = await sqlite_store.create_key("k", 100, 100)
+    busy, release = threading.Event(), threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(sqlite_store._executor,
+                                                         lambda: (busy.set(), release.wait(10)))
+    counts = {(key_id, utc_day()): 3}
+    writing = asyncio.create_task(sqlite_store.add_usage(counts, {key_id: 1.0}))
+    await asyncio.sleep(0)  # the call is made (and queued behind the blocked worker)
+    assert busy.wait(10)
+    counts[(key_id, utc_day())] = 100
+    counts[(key_id + 1, utc_day())] = 5
+    release.set()
+    await blocked
+    await writing
+    assert await sqlite_store.usage_today(key_id) == 3
+    assert await sqlite_store.usage_today(key_id + 1) == 0

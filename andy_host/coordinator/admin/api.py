@@ -13,12 +13,13 @@ from aiohttp import web
 
 from andy_host.coordinator.access.credentials import DISPLAY_LEN, same
 from andy_host.coordinator.access.keyscope import NEVER, ScopeError, check_expires, parse_expires, parse_models
+from andy_host.coordinator.admin.listing import key_listing, token_listing
 from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS, MODERATION
 from andy_host.coordinator.hosts.registry import REGISTRY, Host
 from andy_host.coordinator.observe.livestatus import live_status
 from andy_host.coordinator.replication import wiring as replicated
 from andy_host.coordinator.runtime.state import STORE
-from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges, key_listing, token_listing
+from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges
 from andy_host.coordinator.trust.checks import CHECKER
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import read_json

@@ -1,52 +1,77 @@
 """The coordinator's durable state, behind one interface: keys, host tokens, usage, the
 ledger, host identities and standing, the models ever served, the admin's actions.
 
-:class:`Store` is what the coordinator and the CLI use; every method is a coroutine,
-so no query ever runs on the event loop. Two implementations:
+This module owns the :class:`Store` protocol and the values that cross it (:class:`ApiKey`,
+:class:`LedgerRow`, :class:`Created`, ...), which both stores return alike. The package:
 
-- ``sqlite_store.SQLiteStore``: one file (or memory), the zero-setup default; its
-  queries run on one worker thread;
-- ``postgres_store.PostgresStore``: PostgreSQL through asyncpg, for replicated
-  coordinators (``--database-url postgresql://...``).
+- ``schema``: both databases' migrations side by side, and the typed rows read from them;
+- ``keycache``: the one cache of live keys both stores keep in memory;
+- ``sqlite.SQLiteStore``: one file (or memory), the zero-setup default; its queries run
+  on one worker thread;
+- ``postgres.PostgresStore``: PostgreSQL through asyncpg, for replicated coordinators
+  (``--database-url postgresql://...``).
 
-:func:`open_store` picks one from the configuration.
+:func:`open_store` picks one from the configuration. How a listed key or token is shown
+is ``admin.listing``'s.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from andy_host.coordinator.access.keyscope import expired
 from andy_host.coordinator.hosts.enrolment import Identity
 from andy_host.coordinator.trust.standing import HostTrust
 
 KEY_CACHE_SIZE = 10_000  # live keys remembered in memory
 KEY_RECHECK = 0.05  # seconds: how stale the cache of live keys may be, at most
-
-# (host id, name, token id, requests, tokens, failures, seconds connected)
-LedgerRow = tuple[str, str, int | None, int, int, int, float]
 LEDGER_HOURS_KEPT = 8 * 24  # hourly ledger rows kept: enough for the last week's leaderboard
+
+Clock = Callable[[], float]  # seconds, monotonic: when the key cache is due a recheck
+
+
+class LedgerRow(NamedTuple):
+    """What a host did since the last flush, for ``add_ledger`` (which also takes the
+    plain tuple of these fields, :data:`LedgerTuple`)."""
+
+    host_id: str
+    name: str
+    token_id: int | None
+    requests: int
+    tokens: int
+    failures: int
+    connected_seconds: float
+
+
+LedgerTuple = tuple[str, str, int | None, int, int, int, float]  # a LedgerRow's fields, unnamed
+
+
+class KnownModel(NamedTuple):
+    """A model served before (``known_models``), and when it was last served."""
+
+    name: str
+    last_seen: float
+
+
+class Created(NamedTuple):
+    """A new key or host token: its secret (shown once, stored only as a digest) and id."""
+
+    secret: str
+    id: int
+
+
+class Credential(NamedTuple):
+    """What a host registered with (``host_credential``): its token, else its own secret's hash."""
+
+    token_id: int | None
+    secret_hash: str | None
 
 
 def ledger_hour(at: float) -> int:
     """The start of the UTC hour holding ``at`` (epoch seconds): the ledger's time dimension."""
     return int(at // 3600) * 3600
-
-
-def key_listing(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """A row of ``list_keys`` as the CLI's ``--json`` and the admin API show it: with its
-    status (active, expired or revoked)."""
-    gone = expired(row.get("expires"), now)
-    return {**row, "status": "revoked" if row["revoked"] else "expired" if gone else "active"}
-
-
-def token_listing(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of ``list_tokens`` as shown: ``trusted`` a boolean, with its status."""
-    status = "revoked" if row["revoked"] else ("banned" if row["banned"] else "active")
-    return {**row, "trusted": bool(row["trusted"]), "status": status}
 
 
 class StoreUnavailable(Exception):
@@ -136,14 +161,14 @@ class Store(Protocol):
     async def schema_version(self) -> int: ...
 
     # models
-    async def known_models(self) -> list[tuple[str, float]]: ...
+    async def known_models(self) -> list[KnownModel]: ...
     async def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None: ...
     async def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None: ...
 
     # API keys and usage
     async def create_key(self, name: str, daily_limit: int, per_minute: int,
                          host_token: str | None = None, trusted_only: bool = False,
-                         expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]: ...
+                         expires: float | None = None, models: tuple[str, ...] = ()) -> Created: ...
     # expired keys too, and with revoked=True revoked ones (ApiKey.revoked set): the caller says so
     async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None: ...
     async def list_keys(self) -> list[dict[str, Any]]: ...
@@ -153,7 +178,7 @@ class Store(Protocol):
     async def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None: ...
 
     # host tokens
-    async def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]: ...
+    async def create_token(self, name: str, trusted: bool = False) -> Created: ...
     async def find_token(self, secret: str) -> HostToken | None: ...
     async def revoked_tokens(self) -> set[int]: ...
     async def list_tokens(self) -> list[dict[str, Any]]: ...
@@ -167,7 +192,7 @@ class Store(Protocol):
     async def standing(self, host_id: str) -> HostTrust: ...
     async def save_standing(self, host_id: str, trust: HostTrust) -> None: ...
     async def standings(self) -> dict[str, dict[str, Any]]: ...
-    async def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None: ...
+    async def host_credential(self, host_id: str) -> Credential | None: ...
 
     # the admin's actions
     async def ban_host(self, host_id: str, reason: str) -> str | None: ...
@@ -177,7 +202,7 @@ class Store(Protocol):
     async def last_event(self) -> int: ...
 
     # the contribution ledger
-    async def add_ledger(self, rows: Iterable[LedgerRow]) -> None: ...
+    async def add_ledger(self, rows: Iterable[LedgerTuple]) -> None: ...  # LedgerRows, or plain tuples
     async def ledger(self) -> list[dict[str, Any]]: ...
     async def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
         """``[{"name", "tokens", "requests"}]`` per host name, most tokens first, at most
@@ -189,14 +214,15 @@ class Store(Protocol):
 
 
 async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_RECHECK,
-                     pool_size: int = 10, connect_timeout: float = 5.0) -> Store:
+                     pool_size: int = 10, connect_timeout: float = 5.0, clock: Clock = time.monotonic) -> Store:
     """The store the configuration names: PostgreSQL when ``database_url`` is set,
-    else SQLite at ``db`` ("" or ":memory:" keeps it in memory)."""
+    else SQLite at ``db`` ("" or ":memory:" keeps it in memory). ``clock`` times the key
+    cache's rechecks (tests pass their own)."""
     if database_url:
         from andy_host.coordinator.store.postgres import PostgresStore
 
-        store: Store = await PostgresStore.open(database_url, key_recheck, pool_size, connect_timeout)
+        store: Store = await PostgresStore.open(database_url, key_recheck, pool_size, connect_timeout, clock=clock)
         return store
     from andy_host.coordinator.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(db, key_recheck)
+    return await SQLiteStore.open(db, key_recheck, clock=clock)

@@ -1,14 +1,15 @@
 """The store on PostgreSQL (asyncpg): durable state shared by coordinator replicas.
 
-The same :class:`~andy_host.coordinator.store.interface.Store` as ``sqlite_store``, on a pool of
-``database_pool_size`` connections. The schema is ``postgres_schema.MIGRATIONS``,
-applied at open under an advisory lock. Live API keys are cached in memory, so a
-request costs no query; one more connection LISTENs on ``andy_invalidate``, which
-triggers notify on every change to keys or host tokens (from any replica, the CLI or
-psql), and each notification empties the cache: a revoked key stops working on every
-replica within milliseconds. While that connection is down, each request reads its key
-(refreshing the cache), and it is re-opened at most every ``key_recheck`` seconds; while
-the database itself is down, a key read before is served from the cache.
+The same :class:`~andy_host.coordinator.store.interface.Store` as ``sqlite``, on a pool of
+``database_pool_size`` connections: this module owns the queries, the migration runner and
+the :class:`Listener`. The schema is ``schema.POSTGRES_MIGRATIONS``, applied at open under
+an advisory lock. Live API keys are cached in memory (``keycache``), so a request costs no
+query; one more connection LISTENs on ``andy_invalidate``, which triggers notify on every
+change to keys or host tokens (from any replica, the CLI or psql), and each notification
+empties the cache: a revoked key stops working on every replica within milliseconds.
+While that connection is down, each request reads its key (refreshing the cache), and it
+is re-opened at most every ``key_recheck`` seconds; while the database itself is down, a
+key read before is served from the cache.
 """
 
 from __future__ import annotations
@@ -24,20 +25,45 @@ from andy_host.coordinator.access import credentials as sec
 from andy_host.coordinator.access.keyscope import NEVER
 from andy_host.coordinator.hosts.enrolment import Identity
 from andy_host.coordinator.store.interface import (
-    KEY_CACHE_SIZE,
     KEY_RECHECK,
     LEDGER_HOURS_KEPT,
     AdminEvent,
     ApiKey,
+    Clock,
+    Created,
+    Credential,
     HostToken,
     KeyChanges,
+    KnownModel,
     LedgerRow,
+    LedgerTuple,
     StoreUnavailable,
     ledger_hour,
     one_id,
     utc_day,
 )
-from andy_host.coordinator.store.postgres_schema import INVALIDATE_CHANNEL, MIGRATION_LOCK, MIGRATIONS
+from andy_host.coordinator.store.keycache import KeyCache
+from andy_host.coordinator.store.schema import (
+    IDENTITY_COLUMNS,
+    INVALIDATE_CHANNEL,
+    KEY_COLUMNS,
+    KEY_LISTING,
+    LEDGER_LISTING,
+    LEDGER_QUERY,
+    MIGRATION_LOCK,
+    POSTGRES_MIGRATIONS,
+    STANDING_COLUMNS,
+    STANDINGS_QUERY,
+    TOKEN_COLUMNS,
+    TOKEN_LISTING,
+    KeyRow,
+    TokenRow,
+    identity_of,
+    leaderboard_of,
+    listing,
+    standing_of,
+    standings_of,
+)
 from andy_host.coordinator.trust.standing import HostTrust
 
 log = structlog.get_logger("andy_host.postgres")
@@ -59,52 +85,40 @@ async def migrate(conn: asyncpg.Connection) -> int:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-        for version, statements in enumerate(MIGRATIONS, start=1):
+        for version, statements in enumerate(POSTGRES_MIGRATIONS, start=1):
             if version <= current:
                 continue
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
             log.info("postgres.migrated", version=version)
-    return max(int(current), len(MIGRATIONS))
+    return max(int(current), len(POSTGRES_MIGRATIONS))
 
 
-class KeyCache:
-    """Keys by digest (live ones, and revoked ones so their 401 can say so), emptied by
-    NOTIFY; while nobody listens, read through (and used alone only when the database
-    cannot answer)."""
+class Listener:
+    """The connection that LISTENs on :data:`~.schema.INVALIDATE_CHANNEL` for ``cache``:
+    each notification empties it; while it is down the cache is not trusted (each request
+    reads its key), and it is re-opened when the cache is due a recheck."""
 
-    def __init__(self, dsn: str, recheck: float, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.dsn, self.recheck, self.timeout = dsn, recheck, timeout
-        self.keys: dict[str, ApiKey] = {}
-        self.listener: asyncpg.Connection | None = None
-        self.tried = -float("inf")
+    def __init__(self, dsn: str, cache: KeyCache, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.dsn, self.cache, self.timeout = dsn, cache, timeout
+        self.conn: asyncpg.Connection | None = None
 
-    def _notified(self, *_: Any) -> None:
-        self.keys.clear()
+    def _notified(self, *_: object) -> None:
+        self.cache.clear()
 
     def _lost(self, _conn: asyncpg.Connection) -> None:
         """Not emptied: while nobody listens, the keys are read from the database at each
         request (and kept up to date from it), and used only when it cannot answer."""
         log.warning("postgres.listener_lost")
-        self.listener = None
-
-    def remember(self, digest: str, key: ApiKey | None) -> None:
-        if key is None:
-            self.keys.pop(digest, None)
-            return
-        if len(self.keys) >= KEY_CACHE_SIZE:
-            self.keys.clear()
-        self.keys[digest] = key
+        self.conn = None
 
     async def usable(self) -> bool:
         """Whether the cache may be trusted now (re-opening the listener when due)."""
-        if self.listener is not None and not self.listener.is_closed():
+        if self.conn is not None and not self.conn.is_closed():
             return True
-        now = time.monotonic()
-        if now - self.tried < self.recheck:
+        if not self.cache.due():
             return False
-        self.tried = now
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
             await conn.add_listener(INVALIDATE_CHANNEL, self._notified)
@@ -112,13 +126,13 @@ class KeyCache:
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("postgres.listener_failed", error=str(exc))
             return False
-        self.keys.clear()  # changes made while nobody listened
-        self.listener = conn
+        self.cache.clear()  # changes made while nobody listened
+        self.conn = conn
         return True
 
     async def close(self) -> None:
-        if self.listener is not None:
-            conn, self.listener = self.listener, None
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
             conn.remove_termination_listener(self._lost)  # closing it is no loss to warn of
             await conn.close()
 
@@ -126,24 +140,25 @@ class KeyCache:
 class PostgresStore:
     """The :class:`~andy_host.coordinator.store.interface.Store` on PostgreSQL (see the module docs)."""
 
-    def __init__(self, pool: asyncpg.Pool, cache: KeyCache) -> None:
-        self.pool, self.cache = pool, cache
+    def __init__(self, pool: asyncpg.Pool, cache: KeyCache, listener: Listener) -> None:
+        self.pool, self.cache, self.listener = pool, cache, listener
 
     @classmethod
     async def open(cls, dsn: str, key_recheck: float = KEY_RECHECK, pool_size: int = DEFAULT_POOL_SIZE,
-                   connect_timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
+                   connect_timeout: float = DEFAULT_TIMEOUT, *, clock: Clock = time.monotonic) -> PostgresStore:
         # connecting (and each statement) gives up after ``connect_timeout``: an unreachable
         # database must cost a request seconds, not asyncpg's default minute
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(1, pool_size), timeout=connect_timeout,
                                          command_timeout=connect_timeout * 6)
         async with pool.acquire() as conn:
             await migrate(conn)
-        store = cls(pool, KeyCache(dsn, key_recheck, connect_timeout))
-        await store.cache.usable()
+        cache = KeyCache(key_recheck, clock, due_at_once=True)
+        store = cls(pool, cache, Listener(dsn, cache, connect_timeout))
+        await store.listener.usable()
         return store
 
     async def close(self) -> None:
-        await self.cache.close()
+        await self.listener.close()
         await self.pool.close()
 
     async def schema_version(self) -> int:
@@ -151,9 +166,9 @@ class PostgresStore:
 
     # models ----------------------------------------------------------------------
 
-    async def known_models(self) -> list[tuple[str, float]]:
+    async def known_models(self) -> list[KnownModel]:
         rows = await self.pool.fetch("SELECT name, COALESCE(last_seen, first_seen) FROM models_seen ORDER BY name")
-        return [(str(r[0]), float(r[1])) for r in rows]
+        return [KnownModel(str(r[0]), float(r[1])) for r in rows]
 
     async def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None:
         now = time.time()
@@ -175,7 +190,7 @@ class PostgresStore:
 
     async def create_key(self, name: str, daily_limit: int, per_minute: int,
                          host_token: str | None = None, trusted_only: bool = False,
-                         expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]:
+                         expires: float | None = None, models: tuple[str, ...] = ()) -> Created:
         token_id = await self._token_id(host_token) if host_token else None
         secret = sec.new_secret(sec.API_KEY_PREFIX)
         key_id = await self.pool.fetchval(
@@ -184,40 +199,22 @@ class PostgresStore:
             secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id,
             trusted_only, expires or None, list(models) or None,
         )
-        return secret, int(key_id)
+        return Created(secret, int(key_id))
 
     async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None:
         """The live key for this secret, or None (malformed, unknown or revoked); with
         ``revoked``, a revoked key too (``ApiKey.revoked`` set: the caller says so)."""
-        key = await self._lookup_key(secret)
-        return None if key is None or (key.revoked is not None and not revoked) else key
+        return await self.cache.find(secret, self._read_key, revoked, trusted=await self.listener.usable())
 
-    async def _lookup_key(self, secret: str) -> ApiKey | None:
-        wanted = sec.digest(secret)
-        cached = await self.cache.usable()
-        key = self.cache.keys.get(wanted) if cached else None
-        if key is not None:  # only well-formed keys are ever cached (live or revoked: revocation is final)
-            return key
-        if not sec.well_formed(secret, sec.API_KEY_PREFIX):
-            return None
+    async def _read_key(self, digest: str) -> ApiKey | None:
         try:
-            row = await self.pool.fetchrow(
-                "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, expires, models,"
-                " revoked FROM api_keys WHERE hash = $1", wanted,
-            )
+            row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = $1", digest)
         except UNAVAILABLE as exc:
-            # PostgreSQL is down, so no key can be revoked meanwhile: a key this replica
-            # read before keeps working; an unknown one cannot be checked
-            kept = self.cache.keys.get(wanted)
-            if kept is None:
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            return kept
-        key = None
-        if row is not None and sec.same(row[7], wanted):
-            key = ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=row[6], expires=row[8],
-                         models=tuple(row[9] or ()), revoked=row[10])
-        self.cache.remember(wanted, key)
-        return key
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if row is None:
+            return None
+        key = KeyRow.of(row, tuple(row[9] or ()))
+        return key.api_key() if sec.same(key.hash, digest) else None
 
     async def list_keys(self) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
@@ -227,9 +224,7 @@ class PostgresStore:
             " LEFT JOIN host_tokens t ON t.id = k.host_token_id ORDER BY k.id",
             utc_day(),
         )
-        names = ("id", "prefix", "name", "created", "last_used", "revoked", "daily_limit", "per_minute",
-                 "used_today", "host_token", "trusted_only", "expires", "models")
-        keys = [dict(zip(names, tuple(row), strict=True)) for row in rows]
+        keys = listing(KEY_LISTING, rows)
         for key in keys:
             key["models"] = list(key["models"] or ())
         return keys
@@ -250,7 +245,7 @@ class PostgresStore:
         if key_id is None or not columns:  # nothing to change: say whether the key exists
             return key_id is not None
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=2))  # fixed column names
-        self.cache.keys.clear()
+        self.cache.clear()
         status = await self.pool.execute(f"UPDATE api_keys SET {sets} WHERE revoked IS NULL AND id = $1",
                                          key_id, *columns.values())
         return _count(status) > 0
@@ -266,7 +261,7 @@ class PostgresStore:
         key_id = await self._live_id("api_keys", ident, "key")
         if key_id is None:
             return False
-        self.cache.keys.clear()
+        self.cache.clear()
         status = await self.pool.execute("UPDATE api_keys SET revoked = $1 WHERE revoked IS NULL AND id = $2",
                                          time.time(), key_id)
         return _count(status) > 0
@@ -289,13 +284,13 @@ class PostgresStore:
 
     # host tokens -----------------------------------------------------------------
 
-    async def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]:
+    async def create_token(self, name: str, trusted: bool = False) -> Created:
         secret = sec.new_secret(sec.HOST_TOKEN_PREFIX)
         token_id = await self.pool.fetchval(
             "INSERT INTO host_tokens (display, name, hash, created, trusted) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), trusted,
         )
-        return secret, int(token_id)
+        return Created(secret, int(token_id))
 
     async def _token_id(self, ident: str) -> int:
         rows = await self.pool.fetch(
@@ -311,14 +306,12 @@ class PostgresStore:
         if not sec.well_formed(secret, sec.HOST_TOKEN_PREFIX):
             return None
         wanted = sec.digest(secret)
-        row = await self.pool.fetchrow(
-            "SELECT id, hash, trusted, banned, ban_reason FROM host_tokens WHERE hash = $1 AND revoked IS NULL",
-            wanted,
-        )
-        if row is None or not sec.same(row[1], wanted):
+        row = await self.pool.fetchrow(f"SELECT {TOKEN_COLUMNS} FROM host_tokens WHERE hash = $1 AND revoked IS NULL",
+                                       wanted)
+        token = None if row is None else TokenRow.of(row)
+        if token is None or not sec.same(token.hash, wanted):
             return None
-        banned = (row[4] or "banned by the admin") if row[3] is not None else None
-        return HostToken(id=int(row[0]), trusted=bool(row[2]), banned=banned)
+        return token.host_token()
 
     async def revoked_tokens(self) -> set[int]:
         return {int(r[0]) for r in await self.pool.fetch("SELECT id FROM host_tokens WHERE revoked IS NOT NULL")}
@@ -329,8 +322,7 @@ class PostgresStore:
             " COALESCE(SUM(l.requests), 0)::bigint, COALESCE(SUM(l.tokens), 0)::bigint FROM host_tokens t"
             " LEFT JOIN host_ledger l ON l.token_id = t.id GROUP BY t.id ORDER BY t.id"
         )
-        names = ("id", "prefix", "name", "created", "revoked", "trusted", "banned", "requests", "tokens")
-        return [dict(zip(names, tuple(row), strict=True)) for row in rows]
+        return listing(TOKEN_LISTING, rows)
 
     async def revoke_token(self, ident: str) -> bool:
         token_id = await self._live_id("host_tokens", ident, "host token")
@@ -348,14 +340,8 @@ class PostgresStore:
     # host identities and standing ---------------------------------------------------
 
     async def identity(self, host_id: str) -> Identity | None:
-        row = await self.pool.fetchrow(
-            "SELECT host_id, token_id, secret_hash, ban_reason, banned FROM host_identities WHERE host_id = $1",
-            host_id,
-        )
-        if row is None:
-            return None
-        banned = (row[3] or "banned by the admin") if row[4] is not None else None
-        return Identity(host_id=row[0], token_id=row[1], secret_hash=row[2], banned=banned)
+        row = await self.pool.fetchrow(f"SELECT {IDENTITY_COLUMNS} FROM host_identities WHERE host_id = $1", host_id)
+        return None if row is None else identity_of(row)
 
     async def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None:
         await self.pool.execute(
@@ -368,14 +354,8 @@ class PostgresStore:
         return await self.pool.fetchval("SELECT 1 FROM host_ledger WHERE host_id = $1", host_id) is not None
 
     async def standing(self, host_id: str) -> HostTrust:
-        row = await self.pool.fetchrow(
-            "SELECT score, strikes, checks_passed, checks_failed, quarantined FROM host_identities"
-            " WHERE host_id = $1", host_id,
-        )
-        if row is None:
-            return HostTrust()
-        return HostTrust(score=float(row[0]), strikes=int(row[1]), checks_passed=int(row[2]),
-                         checks_failed=int(row[3]), quarantined=row[4])
+        row = await self.pool.fetchrow(f"SELECT {STANDING_COLUMNS} FROM host_identities WHERE host_id = $1", host_id)
+        return HostTrust() if row is None else standing_of(row)
 
     async def save_standing(self, host_id: str, trust: HostTrust) -> None:
         await self.pool.execute(
@@ -385,21 +365,12 @@ class PostgresStore:
         )
 
     async def standings(self) -> dict[str, dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT i.host_id, i.score, i.strikes, i.checks_passed, i.checks_failed, i.quarantined,"
-            " COALESCE(i.ban_reason, t.ban_reason), t.trusted"
-            " FROM host_identities i LEFT JOIN host_tokens t ON t.id = i.token_id"
-        )
-        return {
-            r[0]: {"score": r[1], "strikes": r[2], "checks_passed": r[3], "checks_failed": r[4],
-                   "quarantined": r[5], "banned": r[6], "trusted": bool(r[7])}
-            for r in rows
-        }
+        return standings_of(await self.pool.fetch(STANDINGS_QUERY))
 
-    async def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None:
+    async def host_credential(self, host_id: str) -> Credential | None:
         row = await self.pool.fetchrow("SELECT token_id, secret_hash FROM host_identities WHERE host_id = $1",
                                        host_id)
-        return None if row is None else (row[0], row[1])
+        return None if row is None else Credential(row[0], row[1])
 
     # the admin's actions -------------------------------------------------------------
 
@@ -410,14 +381,14 @@ class PostgresStore:
             return None
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
-            if credential[0] is not None:
+            if credential.token_id is not None:
                 await conn.execute("UPDATE host_tokens SET banned = $1, ban_reason = $2 WHERE id = $3",
-                                   now, reason, credential[0])
+                                   now, reason, credential.token_id)
             await conn.execute("UPDATE host_identities SET banned = $1, ban_reason = $2 WHERE host_id = $3",
                                now, reason, host_id)
             await conn.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('ban', $1, $2, $3)",
                                host_id, reason, now)
-        return f"token {credential[0]}" if credential[0] is not None else f"host {host_id}"
+        return f"token {credential.token_id}" if credential.token_id is not None else f"host {host_id}"
 
     async def release_host(self, host_id: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -446,18 +417,18 @@ class PostgresStore:
 
     # the contribution ledger -----------------------------------------------------------
 
-    async def add_ledger(self, rows: Iterable[LedgerRow]) -> None:
+    async def add_ledger(self, rows: Iterable[LedgerTuple]) -> None:
         """Add to each host's totals, and to its row for this hour (pruned after LEDGER_HOURS_KEPT)."""
-        now, rows = time.time(), list(rows)
+        now, entries = time.time(), [LedgerRow(*row) for row in rows]
         hour = ledger_hour(now)
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._add_totals(conn, rows, now)
+            await self._add_totals(conn, entries, now)
             await conn.executemany(
                 "INSERT INTO host_ledger_hours (hour, host_id, name, requests, tokens) VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (hour, host_id) DO UPDATE SET name = excluded.name,"
                 " requests = host_ledger_hours.requests + excluded.requests,"
                 " tokens = host_ledger_hours.tokens + excluded.tokens",
-                [(hour, r[0], r[1], r[3], r[4]) for r in rows if r[3] or r[4]],
+                [(hour, r.host_id, r.name, r.requests, r.tokens) for r in entries if r.requests or r.tokens],
             )
             await conn.execute("DELETE FROM host_ledger_hours WHERE hour < $1", hour - LEDGER_HOURS_KEPT * 3600)
 
@@ -475,12 +446,7 @@ class PostgresStore:
         )
 
     async def ledger(self) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT l.host_id, l.name, t.display, l.requests, l.tokens, l.failures, l.connected_seconds, l.last_seen"
-            " FROM host_ledger l LEFT JOIN host_tokens t ON t.id = l.token_id ORDER BY l.tokens DESC"
-        )
-        names = ("host_id", "name", "host_token", "requests", "tokens", "failures", "connected_seconds", "last_seen")
-        return [dict(zip(names, tuple(row), strict=True)) for row in rows]
+        return listing(LEDGER_LISTING, await self.pool.fetch(LEDGER_QUERY))
 
     async def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
         """Tokens and requests per host name since ``since`` (to the hour; None: all time),
@@ -498,7 +464,7 @@ class PostgresStore:
                 f" WHERE hour >= $1 AND host_id NOT IN ({banned}) GROUP BY name HAVING SUM(tokens) > 0"
                 " ORDER BY 2 DESC, name LIMIT $2", ledger_hour(since), limit,
             )
-        return [{"name": r[0], "tokens": int(r[1]), "requests": int(r[2])} for r in rows]
+        return leaderboard_of(rows)
 
 
 def _count(status: str) -> int:

@@ -1,103 +1,78 @@
-"""The store on SQLite (WAL): the embedded default. An idempotent schema that upgrades itself.
+"""The store on SQLite (WAL): the embedded default. An idempotent schema that upgrades itself
+(``schema.SQLITE_MIGRATIONS``).
 
 :class:`SQLiteDatabase` is the synchronous code; :class:`SQLiteStore` is the
 :class:`~andy_host.coordinator.store.interface.Store` the coordinator uses: every query runs on
 one worker thread that owns the connection, so a slow disk or a CLI holding the write
-lock never stalls the event loop. Live API keys are cached in memory, so a request
-costs no query; another process writing the database (the keys CLI) changes SQLite's
-``data_version``, which is read at most every ``key_recheck`` seconds and empties the
-cache, so a key revoked from the CLI stops working within that time (its own writes
-empty it at once). A revoked key is cached too (revocation is final), so its 401 can
-say when it was revoked. Usage counters are kept in memory by the caller and flushed every
-``flush_interval`` seconds and at shutdown.
+lock never stalls the event loop. Each of its methods that only runs a query is
+``on_worker(SQLiteDatabase.method)``: one descriptor makes it a coroutine with the
+query's own signature, which copies its arguments (the caller's dicts and lists go on
+changing) and runs it on that thread. Live API keys are cached (``keycache``), so a
+request costs no query; another process writing the database (the keys CLI) changes
+SQLite's ``data_version``, which is read at most every ``key_recheck`` seconds and
+empties the cache, so a key revoked from the CLI stops working within that time (its
+own writes empty it at once). Usage counters are kept in memory by the caller and
+flushed every ``flush_interval`` seconds and at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from andy_host.coordinator.access import credentials as sec
 from andy_host.coordinator.access.keyscope import NEVER
 from andy_host.coordinator.hosts.enrolment import Identity
 from andy_host.coordinator.store.interface import (
-    KEY_CACHE_SIZE,
     KEY_RECHECK,
     LEDGER_HOURS_KEPT,
     AdminEvent,
     ApiKey,
+    Clock,
+    Created,
+    Credential,
     HostToken,
     KeyChanges,
+    KnownModel,
     LedgerRow,
+    LedgerTuple,
     ledger_hour,
     one_id,
     utc_day,
+)
+from andy_host.coordinator.store.keycache import KeyCache
+from andy_host.coordinator.store.schema import (
+    IDENTITY_COLUMNS,
+    KEY_COLUMNS,
+    KEY_LISTING,
+    LEDGER_LISTING,
+    LEDGER_QUERY,
+    SQLITE_MIGRATIONS,
+    STANDING_COLUMNS,
+    STANDINGS_QUERY,
+    TOKEN_COLUMNS,
+    TOKEN_LISTING,
+    KeyRow,
+    TokenRow,
+    identity_of,
+    leaderboard_of,
+    listing,
+    standing_of,
+    standings_of,
 )
 from andy_host.coordinator.trust.standing import HostTrust
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-MIGRATIONS: list[list[str]] = [
-    [  # 1: models ever served
-        "CREATE TABLE IF NOT EXISTS models_seen (name TEXT PRIMARY KEY, first_seen REAL NOT NULL)",
-    ],
-    [  # 2: keys, host tokens, usage and the contribution ledger
-        """CREATE TABLE IF NOT EXISTS host_tokens (
-            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
-            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, revoked REAL)""",
-        """CREATE TABLE IF NOT EXISTS api_keys (
-            id INTEGER PRIMARY KEY, display TEXT NOT NULL, name TEXT NOT NULL,
-            hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, last_used REAL, revoked REAL,
-            daily_limit INTEGER NOT NULL, per_minute INTEGER NOT NULL,
-            host_token_id INTEGER REFERENCES host_tokens(id))""",
-        """CREATE TABLE IF NOT EXISTS key_usage (
-            key_id INTEGER NOT NULL, day TEXT NOT NULL, count INTEGER NOT NULL,
-            PRIMARY KEY (key_id, day))""",
-        """CREATE TABLE IF NOT EXISTS host_ledger (
-            host_id TEXT PRIMARY KEY, name TEXT NOT NULL, token_id INTEGER,
-            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
-            failures INTEGER NOT NULL DEFAULT 0, connected_seconds REAL NOT NULL DEFAULT 0,
-            last_seen REAL)""",
-    ],
-    [  # 3: host ids bound to the credential that registered them; when a model was last served
-        """CREATE TABLE IF NOT EXISTS host_identities (
-            host_id TEXT PRIMARY KEY, token_id INTEGER REFERENCES host_tokens(id), secret_hash TEXT,
-            created REAL NOT NULL, banned REAL, ban_reason TEXT)""",
-        "ALTER TABLE models_seen ADD COLUMN last_seen REAL",
-        "UPDATE models_seen SET last_seen = first_seen",
-    ],
-    [  # 4: trust: trusted and banned tokens, trusted-only keys, each host's standing
-        "ALTER TABLE host_tokens ADD COLUMN trusted INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_tokens ADD COLUMN banned REAL",
-        "ALTER TABLE host_tokens ADD COLUMN ban_reason TEXT",
-        "ALTER TABLE api_keys ADD COLUMN trusted_only INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN score REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN checks_passed INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN checks_failed INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE host_identities ADD COLUMN quarantined TEXT",
-        """CREATE TABLE IF NOT EXISTS admin_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT,
-            at REAL NOT NULL)""",
-    ],
-    [  # 5: key expiry and model scope (a JSON list of patterns; NULL: every model)
-        "ALTER TABLE api_keys ADD COLUMN expires REAL",
-        "ALTER TABLE api_keys ADD COLUMN models TEXT",
-    ],
-    [  # 6: the ledger by hour (tokens and requests per host and hour; kept LEDGER_HOURS_KEPT)
-        """CREATE TABLE IF NOT EXISTS host_ledger_hours (
-            hour INTEGER NOT NULL, host_id TEXT NOT NULL, name TEXT NOT NULL,
-            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (hour, host_id))""",
-    ],
-]
+MIGRATIONS = SQLITE_MIGRATIONS  # the name the tests (and older code) read
 
 
 def _models_column(models: tuple[str, ...]) -> str | None:
@@ -129,7 +104,7 @@ class SQLiteDatabase:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
         current = row[0] or 0
-        for version, statements in enumerate(MIGRATIONS, start=1):
+        for version, statements in enumerate(SQLITE_MIGRATIONS, start=1):
             if version <= current:
                 continue
             with self.db:
@@ -143,10 +118,10 @@ class SQLiteDatabase:
 
     # models ----------------------------------------------------------------------
 
-    def known_models(self) -> list[tuple[str, float]]:
+    def known_models(self) -> list[KnownModel]:
         """Model names served before, with when they were last served."""
         rows = self.db.execute("SELECT name, COALESCE(last_seen, first_seen) FROM models_seen ORDER BY name")
-        return [(str(name), float(at)) for name, at in rows]
+        return [KnownModel(str(name), float(at)) for name, at in rows]
 
     def add_models(self, names: Iterable[str]) -> None:
         now = time.time()
@@ -179,14 +154,9 @@ class SQLiteDatabase:
     # host identities -----------------------------------------------------------------
 
     def identity(self, host_id: str) -> Identity | None:
-        row = self.db.execute(
-            "SELECT host_id, token_id, secret_hash, ban_reason, banned FROM host_identities WHERE host_id = ?",
-            (host_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        banned = (row[3] or "banned by the admin") if row[4] is not None else None
-        return Identity(host_id=row[0], token_id=row[1], secret_hash=row[2], banned=banned)
+        row = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM host_identities WHERE host_id = ?",
+                              (host_id,)).fetchone()
+        return None if row is None else identity_of(row)
 
     def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None:
         self.db.execute(
@@ -200,14 +170,9 @@ class SQLiteDatabase:
 
     def standing(self, host_id: str) -> HostTrust:
         """A host's standing as last saved (a fresh one for a host never seen)."""
-        row = self.db.execute(
-            "SELECT score, strikes, checks_passed, checks_failed, quarantined FROM host_identities WHERE host_id = ?",
-            (host_id,),
-        ).fetchone()
-        if row is None:
-            return HostTrust()
-        return HostTrust(score=float(row[0]), strikes=int(row[1]), checks_passed=int(row[2]),
-                         checks_failed=int(row[3]), quarantined=row[4])
+        row = self.db.execute(f"SELECT {STANDING_COLUMNS} FROM host_identities WHERE host_id = ?",
+                              (host_id,)).fetchone()
+        return HostTrust() if row is None else standing_of(row)
 
     def save_standing(self, host_id: str, trust: HostTrust) -> None:
         self.db.execute(
@@ -218,10 +183,10 @@ class SQLiteDatabase:
 
     # the admin's actions on hosts ------------------------------------------------------
 
-    def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None:
+    def host_credential(self, host_id: str) -> Credential | None:
         row = self.db.execute("SELECT token_id, secret_hash FROM host_identities WHERE host_id = ?",
                               (host_id,)).fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else Credential(row[0], row[1])
 
     def ban_host(self, host_id: str, reason: str) -> str | None:
         """Ban a host's credential: its token (every host on it), else its own id and
@@ -232,14 +197,14 @@ class SQLiteDatabase:
         now = time.time()
         with self.db:
             self.db.execute("BEGIN")
-            if credential[0] is not None:
+            if credential.token_id is not None:
                 self.db.execute("UPDATE host_tokens SET banned = ?, ban_reason = ? WHERE id = ?",
-                                (now, reason, credential[0]))
+                                (now, reason, credential.token_id))
             self.db.execute("UPDATE host_identities SET banned = ?, ban_reason = ? WHERE host_id = ?",
                             (now, reason, host_id))
             self.db.execute("INSERT INTO admin_events (kind, target, reason, at) VALUES ('ban', ?, ?, ?)",
                             (host_id, reason, now))
-        return f"token {credential[0]}" if credential[0] is not None else f"host {host_id}"
+        return f"token {credential.token_id}" if credential.token_id is not None else f"host {host_id}"
 
     def release_host(self, host_id: str) -> bool:
         """End a host's quarantine (and its suspicion)."""
@@ -267,23 +232,14 @@ class SQLiteDatabase:
 
     def standings(self) -> dict[str, dict[str, Any]]:
         """Every host's standing, for the admin's listing."""
-        rows = self.db.execute(
-            "SELECT i.host_id, i.score, i.strikes, i.checks_passed, i.checks_failed, i.quarantined,"
-            " COALESCE(i.ban_reason, t.ban_reason), t.trusted"
-            " FROM host_identities i LEFT JOIN host_tokens t ON t.id = i.token_id"
-        ).fetchall()
-        return {
-            r[0]: {"score": r[1], "strikes": r[2], "checks_passed": r[3], "checks_failed": r[4],
-                   "quarantined": r[5], "banned": r[6], "trusted": bool(r[7])}
-            for r in rows
-        }
+        return standings_of(self.db.execute(STANDINGS_QUERY).fetchall())
 
     # API keys --------------------------------------------------------------------
 
     def create_key(
         self, name: str, daily_limit: int, per_minute: int, host_token: str | None = None,
         trusted_only: bool = False, expires: float | None = None, models: tuple[str, ...] = (),
-    ) -> tuple[str, int]:
+    ) -> Created:
         token_id = None
         if host_token:
             token_id = self._token_id_by_display(host_token)
@@ -294,20 +250,18 @@ class SQLiteDatabase:
             (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), daily_limit, per_minute, token_id,
              int(trusted_only), expires or None, _models_column(models)),
         )
-        return secret, int(cur.lastrowid or 0)
+        return Created(secret, int(cur.lastrowid or 0))
 
     def find_key(self, digest: str, revoked: bool = False) -> ApiKey | None:
         """The unrevoked key with this digest (expired ones too: the caller says so), or None;
         with ``revoked``, a revoked one too (its ``revoked`` set), so the caller can say so."""
-        row = self.db.execute(
-            "SELECT id, display, name, daily_limit, per_minute, host_token_id, trusted_only, hash, revoked, expires,"
-            " models FROM api_keys WHERE hash = ?",
-            (digest,),
-        ).fetchone()
-        if row is None or (row[8] is not None and not revoked) or not sec.same(row[7], digest):
+        row = self.db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?", (digest,)).fetchone()
+        if row is None:
             return None
-        return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], trusted_only=bool(row[6]), expires=row[9],
-                      models=_models_of(row[10]), revoked=row[8])
+        key = KeyRow.of(row, _models_of(row[9]))
+        if (key.revoked is not None and not revoked) or not sec.same(key.hash, digest):
+            return None
+        return key.api_key()
 
     def list_keys(self) -> list[dict[str, Any]]:
         day = utc_day()
@@ -318,9 +272,7 @@ class SQLiteDatabase:
             " LEFT JOIN host_tokens t ON t.id = k.host_token_id ORDER BY k.id",
             (day,),
         ).fetchall()
-        names = ("id", "prefix", "name", "created", "last_used", "revoked", "daily_limit", "per_minute",
-                 "used_today", "host_token", "trusted_only", "expires", "models")
-        keys = [dict(zip(names, row, strict=True)) for row in rows]
+        keys = listing(KEY_LISTING, rows)
         for key in keys:
             key["trusted_only"], key["models"] = bool(key["trusted_only"]), list(_models_of(key["models"]))
         return keys
@@ -385,13 +337,13 @@ class SQLiteDatabase:
 
     # host tokens -----------------------------------------------------------------
 
-    def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]:
+    def create_token(self, name: str, trusted: bool = False) -> Created:
         secret = sec.new_secret(sec.HOST_TOKEN_PREFIX)
         cur = self.db.execute(
             "INSERT INTO host_tokens (display, name, hash, created, trusted) VALUES (?, ?, ?, ?, ?)",
             (secret[: sec.DISPLAY_LEN], name, sec.digest(secret), time.time(), int(trusted)),
         )
-        return secret, int(cur.lastrowid or 0)
+        return Created(secret, int(cur.lastrowid or 0))
 
     def _token_id_by_display(self, ident: str) -> int:
         rows = self.db.execute(
@@ -408,13 +360,11 @@ class SQLiteDatabase:
         if not sec.well_formed(secret, sec.HOST_TOKEN_PREFIX):
             return None
         wanted = sec.digest(secret)
-        row = self.db.execute(
-            "SELECT id, hash, revoked, trusted, banned, ban_reason FROM host_tokens WHERE hash = ?", (wanted,)
-        ).fetchone()
-        if row is None or row[2] is not None or not sec.same(row[1], wanted):
+        row = self.db.execute(f"SELECT {TOKEN_COLUMNS} FROM host_tokens WHERE hash = ?", (wanted,)).fetchone()
+        token = None if row is None else TokenRow.of(row)
+        if token is None or token.revoked is not None or not sec.same(token.hash, wanted):
             return None
-        banned = (row[5] or "banned by the admin") if row[4] is not None else None
-        return HostToken(id=int(row[0]), trusted=bool(row[3]), banned=banned)
+        return token.host_token()
 
     def revoked_tokens(self) -> set[int]:
         return {int(r[0]) for r in self.db.execute("SELECT id FROM host_tokens WHERE revoked IS NOT NULL")}
@@ -425,8 +375,7 @@ class SQLiteDatabase:
             " COALESCE(SUM(l.requests), 0), COALESCE(SUM(l.tokens), 0) FROM host_tokens t"
             " LEFT JOIN host_ledger l ON l.token_id = t.id GROUP BY t.id ORDER BY t.id"
         ).fetchall()
-        names = ("id", "prefix", "name", "created", "revoked", "trusted", "banned", "requests", "tokens")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return listing(TOKEN_LISTING, rows)
 
     def revoke_token(self, ident: str) -> bool:
         token_id = self._live_id("host_tokens", ident, "host token")
@@ -444,8 +393,8 @@ class SQLiteDatabase:
 
     # contribution ledger -----------------------------------------------------------
 
-    def add_ledger(self, rows: Iterable[LedgerRow]) -> None:
-        now = time.time()
+    def add_ledger(self, rows: Iterable[LedgerTuple]) -> None:
+        now, entries = time.time(), [LedgerRow(*row) for row in rows]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -454,14 +403,14 @@ class SQLiteDatabase:
                 " name = excluded.name, token_id = excluded.token_id, requests = requests + excluded.requests,"
                 " tokens = tokens + excluded.tokens, failures = failures + excluded.failures,"
                 " connected_seconds = connected_seconds + excluded.connected_seconds, last_seen = excluded.last_seen",
-                [(*row, now) for row in rows],
+                [(*row, now) for row in entries],
             )
             hour = ledger_hour(now)
             self.db.executemany(
                 "INSERT INTO host_ledger_hours (hour, host_id, name, requests, tokens) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (hour, host_id) DO UPDATE SET name = excluded.name,"
                 " requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
-                [(hour, r[0], r[1], r[3], r[4]) for r in rows if r[3] or r[4]],
+                [(hour, r.host_id, r.name, r.requests, r.tokens) for r in entries if r.requests or r.tokens],
             )
             self.db.execute("DELETE FROM host_ledger_hours WHERE hour < ?", (hour - LEDGER_HOURS_KEPT * 3600,))
 
@@ -479,179 +428,153 @@ class SQLiteDatabase:
                      f" WHERE hour >= ? AND host_id NOT IN ({banned}) GROUP BY name HAVING SUM(tokens) > 0"
                      " ORDER BY 2 DESC, name LIMIT ?")
             rows = self.db.execute(query, (ledger_hour(since), limit)).fetchall()
-        return [{"name": r[0], "tokens": int(r[1]), "requests": int(r[2])} for r in rows]
+        return leaderboard_of(rows)
 
     def ledger(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT l.host_id, l.name, t.display, l.requests, l.tokens, l.failures, l.connected_seconds, l.last_seen"
-            " FROM host_ledger l LEFT JOIN host_tokens t ON t.id = l.token_id ORDER BY l.tokens DESC"
-        ).fetchall()
-        names = ("host_id", "name", "host_token", "requests", "tokens", "failures", "connected_seconds", "last_seen")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return listing(LEDGER_LISTING, self.db.execute(LEDGER_QUERY).fetchall())
 
     def close(self) -> None:
         self.db.close()
+
+
+def _frozen(value: object) -> object:
+    """An argument as the worker thread may read it while its caller goes on: a copy of a
+    dict, a list of any other iterable (a list the caller keeps filling, a generator);
+    strings, tuples and other values as they are."""
+    if isinstance(value, str | bytes | tuple):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Iterable):
+        return list(value)
+    return value
+
+
+def _bound(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Callable[[], R]:
+    """``fn`` with its arguments copied now (see :func:`_frozen`), to run later on the worker."""
+    frozen_args = [_frozen(a) for a in args]
+    frozen_kwargs = {name: _frozen(a) for name, a in kwargs.items()}
+    run = cast("Callable[..., R]", fn)  # the same arguments, copied
+    return lambda: run(*frozen_args, **frozen_kwargs)
+
+
+class on_worker(Generic[P, R]):
+    """``name = on_worker(SQLiteDatabase.name)`` in :class:`SQLiteStore`: a coroutine method
+    with the query's own parameters and result, which runs it on the store's worker thread."""
+
+    def __init__(self, query: Callable[Concatenate[SQLiteDatabase, P], R]) -> None:
+        self.query = query
+        self.name = query.__name__
+        signature = inspect.signature(query)  # for help() and inspect: the query's, without its self
+        self.signature = signature.replace(parameters=tuple(signature.parameters.values())[1:])
+
+    def __set_name__(self, owner: type[SQLiteStore], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, store: None, owner: type[SQLiteStore]) -> Self: ...
+    @overload
+    def __get__(self, store: SQLiteStore, owner: type[SQLiteStore]) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __get__(self, store: SQLiteStore | None,
+                owner: type[SQLiteStore]) -> Self | Callable[P, Coroutine[Any, Any, R]]:
+        if store is None:
+            return self
+        query, db = self.query, store._db
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await store._call(query, db, *args, **kwargs)
+
+        call.__name__, call.__qualname__, call.__doc__ = self.name, f"SQLiteStore.{self.name}", query.__doc__
+        vars(call)["__signature__"] = self.signature  # what inspect.signature reads
+        store.__dict__[self.name] = call  # bound once per store (this descriptor defines no __set__)
+        return call
 
 
 class SQLiteStore:
     """The :class:`~andy_host.coordinator.store.interface.Store` on SQLite: every query on one worker
     thread that owns the connection; live keys cached in memory (see the module docs)."""
 
-    def __init__(self, db: SQLiteDatabase, executor: ThreadPoolExecutor, key_recheck: float) -> None:
+    def __init__(self, db: SQLiteDatabase, executor: ThreadPoolExecutor, key_recheck: float,
+                 clock: Clock = time.monotonic) -> None:
         self._db, self._executor = db, executor
-        self._keys: dict[str, ApiKey] = {}
-        self._key_recheck = key_recheck
-        self._keys_checked = time.monotonic()
+        self.cache = KeyCache(key_recheck, clock)
         self._data_version = -1
 
     @classmethod
-    async def open(cls, path: str, key_recheck: float = KEY_RECHECK) -> SQLiteStore:
+    async def open(cls, path: str, key_recheck: float = KEY_RECHECK, *, clock: Clock = time.monotonic) -> SQLiteStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         loop = asyncio.get_running_loop()
         db = await loop.run_in_executor(executor, SQLiteDatabase, path, False)
-        store = cls(db, executor, key_recheck)
+        store = cls(db, executor, key_recheck, clock)
         store._data_version = await store._call(db.data_version)
         return store
 
     async def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        """``fn(*args, **kwargs)`` on the worker thread, its arguments copied first."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _bound(fn, *args, **kwargs))
 
     async def close(self) -> None:
         await self._call(self._db.close)
         self._executor.shutdown(wait=True)
 
-    async def schema_version(self) -> int:
-        return await self._call(self._db.schema_version)
-
-    async def known_models(self) -> list[tuple[str, float]]:
-        return await self._call(self._db.known_models)
-
-    async def change_models(self, new: Iterable[str], forgotten: Iterable[str]) -> None:
-        await self._call(self._db.change_models, list(new), list(forgotten))
-
-    async def touch_models(self, seen: dict[str, float], forgotten: Iterable[str]) -> None:
-        await self._call(self._db.touch_models, dict(seen), list(forgotten))
-
-    # keys ----------------------------------------------------------------------------
-
-    async def _live_keys(self) -> dict[str, ApiKey]:
-        now = time.monotonic()
-        if now - self._keys_checked >= self._key_recheck:
-            self._keys_checked = now
-            version = await self._call(self._db.data_version)
-            if version != self._data_version:
-                self._data_version = version
-                self._keys.clear()
-        return self._keys
+    # keys: the cache ----------------------------------------------------------------
 
     async def find_key(self, secret: str, revoked: bool = False) -> ApiKey | None:
         """The live key for this secret, or None (malformed, unknown or revoked); with
         ``revoked``, a revoked key too (``ApiKey.revoked`` set: the caller says so)."""
-        wanted = sec.digest(secret)
-        cache = await self._live_keys()
-        key = cache.get(wanted)
-        if key is None and sec.well_formed(secret, sec.API_KEY_PREFIX):
-            key = await self._lookup_key(cache, wanted)
-        # only well-formed keys are ever cached: live ones, and revoked ones (a revocation is final)
-        return None if key is None or (key.revoked is not None and not revoked) else key
+        if self.cache.due():
+            version = await self._call(self._db.data_version)
+            if version != self._data_version:
+                self._data_version = version
+                self.cache.clear()
+        return await self.cache.find(secret, self._read_key, revoked)
 
-    async def _lookup_key(self, cache: dict[str, ApiKey], wanted: str) -> ApiKey | None:
-        key = await self._call(self._db.find_key, wanted, True)
-        if key is not None:
-            if len(cache) >= KEY_CACHE_SIZE:
-                cache.clear()
-            cache[wanted] = key
-        return key
-
-    async def create_key(self, name: str, daily_limit: int, per_minute: int,
-                         host_token: str | None = None, trusted_only: bool = False,
-                         expires: float | None = None, models: tuple[str, ...] = ()) -> tuple[str, int]:
-        return await self._call(self._db.create_key, name, daily_limit, per_minute, host_token, trusted_only,
-                                expires, tuple(models))
-
-    async def list_keys(self) -> list[dict[str, Any]]:
-        return await self._call(self._db.list_keys)
+    async def _read_key(self, digest: str) -> ApiKey | None:
+        return await self._call(self._db.find_key, digest, True)
 
     async def update_key(self, ident: str, changes: KeyChanges) -> bool:
-        self._keys.clear()  # its own writes do not change data_version
+        self.cache.clear()  # its own writes do not change data_version
         found = await self._call(self._db.update_key, ident, changes)
-        self._keys.clear()  # nor a lookup that ran while it was written
+        self.cache.clear()  # nor a lookup that ran while it was written
         return found
 
     async def revoke_key(self, ident: str) -> bool:
-        self._keys.clear()
+        self.cache.clear()
         return await self._call(self._db.revoke_key, ident)
 
-    async def usage_today(self, key_id: int) -> int:
-        return await self._call(self._db.usage_today, key_id)
+    # every other method: one query on the worker ---------------------------------------
 
-    async def add_usage(self, counts: dict[tuple[int, str], int], last_used: dict[int, float]) -> None:
-        await self._call(self._db.add_usage, dict(counts), dict(last_used))
+    schema_version = on_worker(SQLiteDatabase.schema_version)
+    known_models = on_worker(SQLiteDatabase.known_models)
+    change_models = on_worker(SQLiteDatabase.change_models)
+    touch_models = on_worker(SQLiteDatabase.touch_models)
 
-    # host tokens -----------------------------------------------------------------------
+    create_key = on_worker(SQLiteDatabase.create_key)
+    list_keys = on_worker(SQLiteDatabase.list_keys)
+    usage_today = on_worker(SQLiteDatabase.usage_today)
+    add_usage = on_worker(SQLiteDatabase.add_usage)
 
-    async def create_token(self, name: str, trusted: bool = False) -> tuple[str, int]:
-        return await self._call(self._db.create_token, name, trusted)
+    create_token = on_worker(SQLiteDatabase.create_token)
+    find_token = on_worker(SQLiteDatabase.find_token)
+    revoked_tokens = on_worker(SQLiteDatabase.revoked_tokens)
+    list_tokens = on_worker(SQLiteDatabase.list_tokens)
+    revoke_token = on_worker(SQLiteDatabase.revoke_token)
+    tokens_served_by_token = on_worker(SQLiteDatabase.tokens_served_by_token)
 
-    async def find_token(self, secret: str) -> HostToken | None:
-        return await self._call(self._db.find_token, secret)
+    identity = on_worker(SQLiteDatabase.identity)
+    register_identity = on_worker(SQLiteDatabase.register_identity)
+    host_in_ledger = on_worker(SQLiteDatabase.host_in_ledger)
+    standing = on_worker(SQLiteDatabase.standing)
+    save_standing = on_worker(SQLiteDatabase.save_standing)
+    standings = on_worker(SQLiteDatabase.standings)
+    host_credential = on_worker(SQLiteDatabase.host_credential)
 
-    async def revoked_tokens(self) -> set[int]:
-        return await self._call(self._db.revoked_tokens)
+    ban_host = on_worker(SQLiteDatabase.ban_host)
+    release_host = on_worker(SQLiteDatabase.release_host)
+    add_event = on_worker(SQLiteDatabase.add_event)
+    events_after = on_worker(SQLiteDatabase.events_after)
+    last_event = on_worker(SQLiteDatabase.last_event)
 
-    async def list_tokens(self) -> list[dict[str, Any]]:
-        return await self._call(self._db.list_tokens)
-
-    async def revoke_token(self, ident: str) -> bool:
-        return await self._call(self._db.revoke_token, ident)
-
-    async def tokens_served_by_token(self, token_id: int) -> int:
-        return await self._call(self._db.tokens_served_by_token, token_id)
-
-    # hosts ---------------------------------------------------------------------------
-
-    async def identity(self, host_id: str) -> Identity | None:
-        return await self._call(self._db.identity, host_id)
-
-    async def register_identity(self, host_id: str, token_id: int | None, secret_hash: str | None) -> None:
-        await self._call(self._db.register_identity, host_id, token_id, secret_hash)
-
-    async def host_in_ledger(self, host_id: str) -> bool:
-        return await self._call(self._db.host_in_ledger, host_id)
-
-    async def standing(self, host_id: str) -> HostTrust:
-        return await self._call(self._db.standing, host_id)
-
-    async def save_standing(self, host_id: str, trust: HostTrust) -> None:
-        await self._call(self._db.save_standing, host_id, trust)
-
-    async def standings(self) -> dict[str, dict[str, Any]]:
-        return await self._call(self._db.standings)
-
-    async def host_credential(self, host_id: str) -> tuple[int | None, str | None] | None:
-        return await self._call(self._db.host_credential, host_id)
-
-    async def ban_host(self, host_id: str, reason: str) -> str | None:
-        return await self._call(self._db.ban_host, host_id, reason)
-
-    async def release_host(self, host_id: str) -> bool:
-        return await self._call(self._db.release_host, host_id)
-
-    async def add_event(self, kind: str, target: str, reason: str | None = None) -> None:
-        await self._call(self._db.add_event, kind, target, reason)
-
-    async def events_after(self, last: int) -> list[AdminEvent]:
-        return await self._call(self._db.events_after, last)
-
-    async def last_event(self) -> int:
-        return await self._call(self._db.last_event)
-
-    async def add_ledger(self, rows: Iterable[LedgerRow]) -> None:
-        await self._call(self._db.add_ledger, list(rows))
-
-    async def ledger(self) -> list[dict[str, Any]]:
-        return await self._call(self._db.ledger)
-
-    async def leaderboard(self, since: float | None, limit: int) -> list[dict[str, Any]]:
-        return await self._call(self._db.leaderboard, since, limit)
+    add_ledger = on_worker(SQLiteDatabase.add_ledger)
+    ledger = on_worker(SQLiteDatabase.ledger)
+    leaderboard = on_worker(SQLiteDatabase.leaderboard)
