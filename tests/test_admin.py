@@ -17,7 +17,7 @@ import ollama
 import openai
 import pytest
 
-from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, until, wait_models
 
 MODELS = "m:latest,other:latest"
 ADMIN = "s3cret-admin"
@@ -42,13 +42,10 @@ def pool(procs: Processes, env: dict[str, str] | None = None) -> Proc:
     return coordinator
 
 
-def within(seconds: float, check: Callable[[], bool]) -> float:
-    """Poll ``check()`` until it is true; the seconds it took (fails after ``seconds``)."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < seconds, f"not within {seconds}s"
-        time.sleep(0.02)
-    return time.monotonic() - start
+def applied(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check()`` until a change made through the database shows on the running
+    coordinator (it re-reads keys on a timer); the bound is for a loaded machine."""
+    until(check, within=15, what=what, every=0.02)
 
 
 def test_cli_conventions_without_a_coordinator(tmp_path: Path) -> None:
@@ -104,19 +101,18 @@ def test_key_update_expiry_and_models_reach_a_running_coordinator(procs: Process
     assert refused.value.status_code == 403 and "other:latest" in refused.value.error
 
     ok("coordinator", "keys", "update", prefix, "--models", "*", "--daily-limit", "77", "--db", db)
-    took = within(1.0, lambda: len(client.models.list().data) == 2)
+    applied(lambda: len(client.models.list().data) == 2, "the wider scope")
     headers = {"Authorization": f"Bearer {key}"}
     assert httpx.get(coordinator.url + "/v1/models", headers=headers).headers["RateLimit-Limit"] == "77"
-    print(f"scope update applied in {took * 1000:.0f} ms")
 
     ok("coordinator", "keys", "update", prefix, "--expires", "1s", "--db", db)
-    within(3.0, lambda: httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 401)
+    applied(lambda: httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 401, "the expiry")
     with pytest.raises(openai.AuthenticationError) as gone:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert "expired" in str(gone.value)
     assert json.loads(ok("coordinator", "keys", "list", "--json", "--db", db))[1]["status"] == "expired"
     ok("coordinator", "keys", "update", prefix, "--expires", "never", "--db", db)
-    within(1.0, lambda: httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 200)
+    applied(lambda: httpx.get(coordinator.url + "/v1/models", headers=headers).status_code == 200, "no expiry")
 
 
 def _host_id(base: str, name: str) -> str:
@@ -134,21 +130,18 @@ def test_kick_ends_the_connection_and_refuses_the_host_for_a_while(procs: Proces
     procs.agent(coordinator.url, "ollama", backend.url, "stays")
     wait_models(coordinator.url, {"m:latest": 2})
     host_id = _host_id(coordinator.url, "kicked")
-    start = time.monotonic()
     assert ok("coordinator", "hosts", "kick", host_id, "--db", str(procs.tmp / "coordinator.db")).strip() \
         == f"kicked {host_id}"
-    wait_models(coordinator.url, {"m:latest": 1}, timeout=3)
-    gone = time.monotonic() - start
-    refusal = kicked.wait_event("link.down", timeout=5)
+    wait_models(coordinator.url, {"m:latest": 1}, timeout=10)
+    kicked.wait_disconnected(timeout=10)
+    refusal = next(e for e in kicked.events() if e.get("event") == "link.down")
     assert "kicked" in json.dumps(refusal)
-    wait_models(coordinator.url, {"m:latest": 2}, timeout=10)
-    back = time.monotonic() - start
-    assert back >= 3, "the kicked host came back before kick_seconds"
+    wait_models(coordinator.url, {"m:latest": 2}, timeout=15)
     assert kicked.popen is not None and kicked.popen.poll() is None  # a kick is not fatal: it retried
     assert _host_id(coordinator.url, "kicked") == host_id
     downs = [e for e in kicked.events() if e.get("event") == "link.down"]
     assert len(downs) == 1 and downs[0]["retry_in"] >= 2.5  # it waited the kick out instead of knocking
-    print(f"kicked host gone after {gone:.2f}s, back after {back:.2f}s (kick_seconds 3)")
+    assert kicked.links() == ["up", "down", "up"]  # one outage: kicked, then back once the kick ran out
 
 
 def test_admin_http_api_lifecycle_and_coordinator_status(procs: Processes) -> None:
@@ -217,15 +210,14 @@ def test_kicking_a_token_host_leaves_the_tokens_other_hosts(procs: Processes) ->
     coordinator = procs.coordinator(env={"ANDY_HOST_COORDINATOR_ADMIN_TOKEN": ADMIN,
                                          "ANDY_HOST_COORDINATOR_ENROLMENT": "token"})
     token = ok("coordinator", "tokens", "create", "--name", "alice", "--db", str(procs.tmp / "coordinator.db")).strip()
-    procs.agent(coordinator.url, "ollama", backend.url, "box-a", "--token", token)
+    box_a = procs.agent(coordinator.url, "ollama", backend.url, "box-a", "--token", token)
     wait_models(coordinator.url, {"m:latest": 1})
-    start = time.monotonic()
     kicked = httpx.post(f"{coordinator.url}/api/andy/admin/hosts/{_host_id(coordinator.url, 'box-a')}/kick",
                         json={"seconds": 4}, headers={"Authorization": f"Bearer {ADMIN}"})
     assert kicked.status_code == 200 and kicked.json()["was_connected"]
-    procs.agent(coordinator.url, "ollama", backend.url, "box-b", "--token", token)  # waits for link.connected
+    procs.agent(coordinator.url, "ollama", backend.url, "box-b", "--token", token)  # waits for its link
     hosts = httpx.get(coordinator.url + "/api/andy/admin/hosts", headers={"Authorization": f"Bearer {ADMIN}"})
     assert {h["name"] for h in hosts.json()["hosts"] if h["connected"]} == {"box-b"}
-    assert time.monotonic() - start < 4
-    wait_models(coordinator.url, {"m:latest": 2}, timeout=10)  # then box-a is back, on its own
-    assert time.monotonic() - start >= 4
+    wait_models(coordinator.url, {"m:latest": 2}, timeout=15)  # then box-a is back, on its own
+    downs = [e for e in box_a.events() if e.get("event") == "link.down"]
+    assert len(downs) == 1 and downs[0]["retry_in"] >= 3  # after it waited out the 4 s kick, not by knocking

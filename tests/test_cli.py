@@ -25,7 +25,7 @@ from andy_host import __version__
 from andy_host.cli import LAYOUTS
 from andy_host.cli.helptext import default_of, env_name
 from andy_host.config import ENV_PREFIX, SECTIONS
-from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models, wait_serving
 
 MODEL = "m:latest"
 REAL = [((), "-h"), (("join",), "-h"), (("coordinator", "keys"), "-h"), (("status",), "--help")]
@@ -163,20 +163,21 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.stderr
 
 
-def serve(tmp: Path, name: str, *args: str, **env: str) -> tuple[Proc, list[str]]:
-    """A coordinator whose stdout and stderr go to one log; its summary lines."""
+def serve(tmp: Path, name: str, *args: str, last: str = r"^  database ", **env: str) -> tuple[Proc, list[str]]:
+    """A coordinator, ready (it printed where it listens and /health answers); the lines it
+    prints on stdout (the live list: complete once it printed ``last``, or once stopped)."""
     argv = [sys.executable, "-m", "andy_host.cli", "coordinator", "serve", "--log-format", "json", *args]
     proc = Proc(name, argv, tmp / f"{name}.log", env=clean_env(tmp, **env)).start()
-    summary = proc.wait_event("coordinator.summary")
-    proc.url = summary["url"]
-    lines = [line for line in proc.log.read_text().splitlines() if not line.startswith("{")]
-    return proc, lines
+    proc.url = wait_serving(proc)
+    proc.wait_line(last)
+    return proc, proc.stdout
 
 
 def test_serve_prints_a_start_up_summary(tmp_path: Path) -> None:
     port = free_port()
     token = "admin-" + "x" * 24
-    memory, lines = serve(tmp_path, "memory", ANDY_HOST_COORDINATOR_PORT=str(port),
+    memory, lines = serve(tmp_path, "memory", last=r"^  WARNING: the database is in memory",
+                          ANDY_HOST_COORDINATOR_PORT=str(port),
                           ANDY_HOST_COORDINATOR_ADMIN_TOKEN=token, ANDY_HOST_COORDINATOR_ENROLMENT="token")
     try:
         url = f"http://127.0.0.1:{port}"  # the port from the environment name --help shows

@@ -20,7 +20,7 @@ import pytest
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.service.units import render_unit, unit_name
 from andy_host.tools.llama_build import cached_binary
-from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, wait_models, wait_serving
 from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
@@ -210,7 +210,7 @@ def test_both_roles_on_one_machine_with_their_own_config_and_an_admin_token(proc
                                "--host", "127.0.0.1", "--port", "0", "--db", str(db), "--log-format", "json"],
                  tmp_path / "installed.log").start()
     procs.all.append(serve)
-    url = serve.wait_event("coordinator.listening")["url"]
+    url = wait_serving(serve)
     assert httpx.get(f"{url}/api/andy/admin/keys", timeout=5).status_code == 401
     assert httpx.get(f"{url}/api/andy/admin/keys", headers={"Authorization": f"Bearer {token}"},
                      timeout=5).status_code == 200

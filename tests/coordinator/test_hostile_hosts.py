@@ -21,9 +21,10 @@ import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from andy_host.config import CoordinatorConfig
 from andy_host.protocol import CLOSE_ID_REFUSED, EXIT_REFUSED
 from tests.harness.evil import RawHost, hello, join, refused
-from tests.harness.procs import Proc, Processes, wait_models
+from tests.harness.procs import Proc, Processes, until, wait_models
 from tests.harness.sse import chat_stream
 from tests.system.test_observability import ARTIFACTS, chromium
 
@@ -101,9 +102,8 @@ def test_malformed_or_huge_readings_never_break_metrics_or_the_feed(procs: Proce
             metrics = await client.get(coordinator.url + "/metrics")
             assert feed.status_code == 200 and metrics.status_code == 200
             assert len(feed.content) < 120_000, len(feed.content)  # was ~7 MB per poll with 14 such hosts
-            started = time.monotonic()
-            assert (await client.get(coordinator.url + "/health")).status_code == 200
-            assert time.monotonic() - started < 0.5
+            health = await client.get(coordinator.url + "/health")
+            assert health.status_code == 200 and health.json()["hosts"] == 1 + len(hosts)  # all 8 still counted
         for host in hosts:
             await host.ws.close()
         return closes
@@ -118,7 +118,7 @@ def test_malformed_or_huge_readings_never_break_metrics_or_the_feed(procs: Proce
 
 def test_a_host_id_cannot_be_taken_over(procs: Processes) -> None:
     coordinator, agent = honest_pool(procs)
-    honest_id = agent.wait_event("link.connected")["host_id"]
+    honest_id = agent.host_id
     seen = len(agent.events())
 
     async def attack() -> list[tuple[int | None, str]]:
@@ -226,25 +226,26 @@ def test_empty_chunks_do_not_hold_a_job(procs: Processes, stream: bool) -> None:
         except ConnectionClosed:
             pass
 
-    async def attack() -> tuple[Any, float]:
+    async def attack() -> tuple[Any, str]:
         host = await join(coordinator.url)
         serving = asyncio.create_task(host.serve(empties))
         wait_models(coordinator.url, {MODEL: 2})
-        started = time.monotonic()
         if stream:
             result: Any = await asyncio.to_thread(chat_stream, coordinator.url, MODEL, "are you there")
         else:
             result = await asyncio.to_thread(honest_answer, coordinator.url, "are you there")
-        elapsed = time.monotonic() - started
         assert host.jobs, "the raw host was never given the job"
         await host.ws.close()
         serving.cancel()
-        return result, elapsed
+        return result, host.welcome["host_id"]
 
-    result, elapsed = asyncio.run(attack())
+    result, raw_id = asyncio.run(attack())
     if stream:
         assert result.outcome == "complete" and result.text == "honest heard: are you there"
-    assert 2 <= elapsed < 8, elapsed  # moved after ttft_timeout / answer_timeout, not request_timeout
+    # moved by ttft_timeout / answer_timeout (2 s here), not held to request_timeout (600 s)
+    silent = [e for e in coordinator.events() if e.get("event") == "job.host_silent"]
+    assert [(e["host_id"], e["what"]) for e in silent] == [
+        (raw_id, "before the first token" if stream else "for a whole answer")]
 
 
 def _timed_stream(base: str, content: str, arrivals: list[tuple[float, str]], result: dict[str, Any]) -> None:
@@ -274,23 +275,21 @@ def test_a_frozen_host_is_replaced_within_5_seconds_at_defaults(procs: Processes
     result: dict[str, Any] = {}
     client = threading.Thread(target=_timed_stream, args=(coordinator.url, content, arrivals, result))
     client.start()
-    while len(arrivals) < 10:
-        time.sleep(0.02)
+    until(lambda: len(arrivals) >= 10, within=30, what="the first 10 tokens")
     key = {"Authorization": f"Bearer {coordinator.key}"}
     busy = [h["name"] for h in get_json_with(coordinator.url + "/api/andy/pool_status", key)["hosts"] if h["load"]]
     victim = agents[busy[0]]
     victim.signal(signal.SIGSTOP)
-    frozen_at = time.monotonic()
     try:
         client.join(60)
-        after = [t for t, _ in arrivals if t > frozen_at + 0.3]  # tokens already on their way do not count
-        resumed = after[0] - frozen_at
-        print(f"\nfrozen host replaced: the stream went on {resumed:.2f} s after SIGSTOP")
         assert result.get("done") and "error" not in result, result
         assert "".join(text for _, text in arrivals) == f"pool heard: {content}"
-        assert resumed < 5.0
     finally:
         victim.signal(signal.SIGCONT)
+    # what moved it: the busy-host timer (under 5 s at its default), not host_timeout (30 s)
+    assert CoordinatorConfig().busy_host_timeout < 5
+    frozen = [e for e in coordinator.events() if e.get("event") == "host.frozen"]
+    assert [e["host_id"] for e in frozen] == [victim.host_id] and frozen[0]["jobs"] == 1
 
 
 def get_json_with(url: str, headers: dict[str, str]) -> Any:
@@ -313,10 +312,9 @@ def test_model_names_are_bounded_per_host_and_in_all(procs: Processes) -> None:
 
     rows = sqlite3.connect(procs.tmp / "coordinator.db").execute("SELECT COUNT(*) FROM models_seen").fetchone()[0]
     assert rows <= 50
-    started = time.monotonic()
     missing = httpx.post(coordinator.url + "/v1/chat/completions",
                          json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
-    assert missing.status_code == 404 and time.monotonic() - started < 0.5
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found", missing.text
     honest_answer(coordinator.url)
 
 
@@ -328,17 +326,19 @@ def test_connections_before_hello_are_capped_and_timed_out(procs: Processes) -> 
 
     from tests.harness.evil import ws_url
 
-    async def attack() -> tuple[int, float]:
+    async def attack() -> tuple[int, list[tuple[int | None, str | None]]]:
         idle = [await connect(ws_url(coordinator.url)) for _ in range(4)]
         with pytest.raises(InvalidStatus) as err:
             await connect(ws_url(coordinator.url))
-        started = time.monotonic()
-        with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(idle[0].recv(), 5)  # closed for saying nothing
-        return err.value.response.status_code, time.monotonic() - started
+        closes = []
+        for ws in idle:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)  # closed for saying nothing (hello_timeout 1 s)
+            closes.append((ws.close_code, ws.close_reason))
+        return err.value.response.status_code, closes
 
-    status, waited = asyncio.run(attack())
-    assert status == 503 and waited < 3
+    status, closes = asyncio.run(attack())
+    assert status == 503 and closes == [(1008, "no hello")] * 4
     honest_answer(coordinator.url)
 
 
@@ -353,9 +353,9 @@ def test_a_full_gate_lines_hosts_up_instead_of_refusing_them(procs: Processes) -
 
     from tests.harness.evil import ws_url
 
-    async def storm() -> tuple[int, float]:
+    async def storm() -> tuple[int, list[tuple[int | None, str | None]]]:
         idle = [await connect(ws_url(coordinator.url)) for _ in range(2)]  # silent: hold both places
-        started = time.monotonic()
+
         async def opening() -> ClientConnection:
             return await connect(ws_url(coordinator.url))
 
@@ -364,16 +364,15 @@ def test_a_full_gate_lines_hosts_up_instead_of_refusing_them(procs: Processes) -
         assert not waiting.done()  # in line, not refused
         with pytest.raises(InvalidStatus) as err:
             await connect(ws_url(coordinator.url))  # the line (1) is full
-        admitted = await asyncio.wait_for(waiting, 5)  # let in when a silent one is cut at 1 s
-        waited = time.monotonic() - started
+        admitted = await asyncio.wait_for(waiting, 10)  # let in when a silent one is cut at 1 s
+        await asyncio.wait_for(asyncio.gather(*(ws.wait_closed() for ws in idle)), 10)
         await admitted.send(json.dumps(hello(name="paced")))
         assert json.loads(await asyncio.wait_for(admitted.recv(), 5))["type"] == "welcome"
-        for ws in (*idle, admitted):
-            await ws.close()
-        return err.value.response.status_code, waited
+        await admitted.close()
+        return err.value.response.status_code, [(ws.close_code, ws.close_reason) for ws in idle]
 
-    status, waited = asyncio.run(storm())
-    assert status == 503 and 0.5 < waited < 4
+    status, cut = asyncio.run(storm())
+    assert status == 503 and cut == [(1008, "no hello")] * 2  # the places it waited for: freed by the timer
     honest_answer(coordinator.url)
 
 
@@ -383,10 +382,8 @@ def test_slow_headers_and_slow_bodies_are_cut(procs: Processes) -> None:
     port = int(coordinator.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as slow:
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # headers never finish
-        slow.settimeout(5)
-        started = time.monotonic()
-        assert slow.recv(1000) == b""  # closed
-        assert time.monotonic() - started < 4
+        slow.settimeout(10)  # a bound for a loaded machine: recv raises TimeoutError past it
+        assert slow.recv(1000) == b""  # closed by http_idle_timeout (1 s), with nothing said
     with socket.create_connection(("127.0.0.1", port)) as slow:
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"mo")
@@ -475,7 +472,7 @@ def test_an_agent_claiming_someone_elses_id_exits_at_once(procs: Processes) -> N
     """A fatal refusal is one clear line and exit status 78 (the unit does not restart on it),
     not a retry loop."""
     coordinator, agent = honest_pool(procs)
-    honest_id = agent.wait_event("link.connected")["host_id"]
+    honest_id = agent.host_id
     clone_state = procs.tmp / "clone-state"
     clone_state.mkdir()
     (clone_state / "host-clone.id").write_text(honest_id + "\n")  # its id, without its secret
@@ -518,19 +515,20 @@ def test_pings_do_not_stretch_the_hello_timeout(procs: Processes) -> None:
 
     from tests.harness.evil import ws_url
 
-    async def attack() -> float:
+    async def attack() -> tuple[int, int | None, str | None]:
         ws = await connect(ws_url(coordinator.url), ping_interval=None)
-        started = time.monotonic()
+        pings = 0
         try:
-            while time.monotonic() - started < 10:
+            while pings < 100:  # 30 s of pings: twenty times the hello timeout
                 await ws.ping()
+                pings += 1
                 await asyncio.sleep(0.3)
         except ConnectionClosed:
             pass
-        return time.monotonic() - started
+        return pings, ws.close_code, ws.close_reason
 
-    held = asyncio.run(attack())
-    assert held < 4, held
+    pings, code, reason = asyncio.run(attack())
+    assert pings < 100 and (code, reason) == (1008, "no hello"), (pings, code, reason)
 
 
 def test_frames_for_jobs_a_host_does_not_hold_cost_nothing(procs: Processes) -> None:
@@ -541,7 +539,7 @@ def test_frames_for_jobs_a_host_does_not_hold_cost_nothing(procs: Processes) -> 
     frame = json.dumps({"type": "done", "id": "nope", "usage": {}, "embeddings": zeros})
     models = json.dumps({"type": "models", "models": [{"name": f"spam-{i}:latest"} for i in range(128)]})
 
-    async def attack() -> float:
+    async def attack() -> list[int]:
         host = await join(coordinator.url, hello(name="spender"), max_size=None)
 
         async def spam() -> None:
@@ -549,19 +547,20 @@ def test_frames_for_jobs_a_host_does_not_hold_cost_nothing(procs: Processes) -> 
                 await host.send(frame if i % 2 else models)
 
         spammer = asyncio.create_task(spam())
-        worst = 0.0
+        hosts = []
         async with httpx.AsyncClient(timeout=10) as client:
             while not spammer.done():
-                started = time.monotonic()
-                assert (await client.get(coordinator.url + "/health")).status_code == 200
-                worst = max(worst, time.monotonic() - started)
+                health = await client.get(coordinator.url + "/health")
+                assert health.status_code == 200
+                hosts.append(health.json()["hosts"])
                 await asyncio.sleep(0.05)
+            await spammer
+            hosts.append((await client.get(coordinator.url + "/health")).json()["hosts"])
         await host.ws.close()
-        return worst
+        return hosts
 
-    worst = asyncio.run(attack())
-    print(f"\nworst /health under frame spam: {worst * 1000:.0f} ms")
-    assert worst < 0.5, worst  # was 0.6-1.7 s
+    hosts = asyncio.run(attack())
+    assert hosts and set(hosts) == {2}  # answered all along; the spender's frames dropped, it not cut
     honest_answer(coordinator.url)
 
 

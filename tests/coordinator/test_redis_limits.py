@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
+from andy_host.coordinator.access import redis_limits
 from andy_host.coordinator.access.meter import Ask, LocalMeter
 from andy_host.coordinator.access.redis_limits import RedisMeter, day_key
 from andy_host.coordinator.store.interface import Store, open_store, utc_day
@@ -72,30 +74,33 @@ async def test_without_redis_the_replica_keeps_its_own_limits(store: Store) -> N
     await gone.aclose()
 
 
-async def test_a_stalled_redis_costs_one_request_its_timeout_not_every_one(store: Store) -> None:
+async def test_a_stalled_redis_costs_one_request_its_timeout_not_every_one(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Redis that accepts and never answers: the first take waits out the timeout, the
-    next ones use this replica's own limits at once until ``retry`` has passed."""
-    import asyncio
+    next ones use this replica's own limits without asking Redis until ``retry`` has
+    passed (on the meter's clock, moved here by hand), then Redis is asked again."""
+    asked = 0  # connections: redis-py drops the one whose command timed out
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        asked += 1
         await reader.read()  # never answers
 
+    clock = [1000.0]
+    monkeypatch.setattr(redis_limits, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     stalled = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, socket_connect_timeout=0.3)
     meter = RedisMeter(stalled, store, 60, retry=1.0)
     ask = Ask(who="ip:198.51.100.9", per_minute=100)
-    started = time.monotonic()
     assert (await meter.take(ask, time.time())).allowed and meter.down
-    first = time.monotonic() - started
-    started = time.monotonic()
+    assert asked == 1
     for _ in range(20):
+        clock[0] += 0.04  # 0.8 s in all: still before retry
         assert (await meter.take(ask, time.time())).allowed
-    rest = time.monotonic() - started
-    assert first >= 0.25 and rest < 0.25  # 20 requests in less than one timeout
-    await asyncio.sleep(1.0)
-    started = time.monotonic()
-    await meter.take(ask, time.time())
-    assert time.monotonic() - started >= 0.25  # after retry, Redis is asked again
+    assert asked == 1 and meter.down  # none of the 20 waited on Redis
+    clock[0] += 0.3  # retry has passed
+    assert (await meter.take(ask, time.time())).allowed
+    assert asked == 2 and meter.down  # Redis is asked again (and still stalls)
     await stalled.aclose()
     server.close()

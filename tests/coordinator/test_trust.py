@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
-from tests.harness.procs import Proc, Processes, wait_models
+from tests.harness.procs import Proc, Processes, until, wait_models
 from tests.harness.sse import chat_stream
 
 MODEL = "m:latest"
@@ -161,10 +161,14 @@ def test_inflated_token_counts_add_nothing_beyond_what_was_relayed(procs: Proces
     generated = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                     if line.startswith("andy_completion_tokens_total{"))
     assert generated < 100
-    time.sleep(1.5)  # the ledger flushes every second
-    tokens = sqlite3.connect(procs.tmp / "coordinator.db").execute(
-        "SELECT SUM(tokens) FROM host_ledger").fetchone()[0]
-    assert tokens < 100
+    def ledger_tokens() -> int | None:  # None until the ledger's next flush (every second)
+        with sqlite3.connect(procs.tmp / "coordinator.db") as db:
+            total: int | None = db.execute("SELECT SUM(tokens) FROM host_ledger").fetchone()[0]
+        return total
+
+    until(lambda: ledger_tokens() is not None, within=15, what="the ledger flush")
+    tokens = ledger_tokens()
+    assert tokens is not None and tokens < 100
     limited = httpx.get(coordinator.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert limited.headers["RateLimit-Limit"] == "100"  # no credit for work it did not do
 
