@@ -25,10 +25,13 @@ host gets a strike if another answers); with no other host, its rejection is the
 answer, without a strike.
 
 Only content is progress: empty chunks do not hold a job past its timers. An answer
-is bounded (``max_answer_chars``, less when ``max_tokens`` is set): a host past the
-bound is cut off. Events wait for the client in a bounded queue: a client that does
-not read has its job cancelled. Every attempt is bounded by ``max_attempts`` and the
-whole request by ``request_timeout``. What each event means is decided by the pure
+is held to the pool's bounds (``bounds.Bound``: size, tool calls, log probabilities,
+token counts; the same rule the replica hop applies): a host past a bound is struck,
+and cut off where the answer cannot go on. Events wait for the client in a bounded
+queue: a client that does not read has its job cancelled. Every attempt is bounded by
+``max_attempts`` and the whole request by its deadline: ``request_timeout`` from when
+it entered, computed once by whoever took the request in and passed down (``run``'s
+``deadline``), never started again here. What each event means is decided by the pure
 :func:`classify`; the coroutines around it only wait and move text.
 """
 
@@ -48,10 +51,11 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.health import HealthPolicy
 from andy_host.coordinator.hosts.registry import Assignment, Host, HostLost, JobEvent
 from andy_host.coordinator.observe.stats import PoolStats
+from andy_host.coordinator.pool.bounds import Bound, Breach, most_prompt_tokens, request_deadline
 from andy_host.coordinator.pool.events import JobEvents, Overflow
 from andy_host.coordinator.pool.scheduler import Scheduler
-from andy_host.coordinator.pool.work import Work, asked_logprobs, prompt_chars, with_context
-from andy_host.coordinator.trust.standing import MAX_TOKENS_PER_CHAR, generated_tokens, measured_tokens
+from andy_host.coordinator.pool.work import Work, prompt_chars, with_context
+from andy_host.coordinator.trust.standing import generated_tokens
 from andy_host.errors import (
     CONTEXT_EXCEEDED,
     APIError,
@@ -66,7 +70,6 @@ from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, 
 log = structlog.get_logger("andy_host.relay")
 
 MIN_SPEED_SPAN = 0.01  # seconds of generation below which an answer says nothing about speed
-PROMPT_SLACK = 4096  # prompt tokens a chat template may add (a long system prompt in a Modelfile)
 
 
 class Restart:
@@ -126,14 +129,6 @@ def classify(event: JobEvent | Overflow, continuing: bool) -> Action:
     return Failover(error, blamed, retry_after=event.retry_after)
 
 
-def answer_limit(config: CoordinatorConfig, request: dict[str, Any]) -> int:
-    """Most characters of answer this request may get."""
-    max_tokens = request.get("max_tokens")
-    if isinstance(max_tokens, int):
-        return min(config.max_answer_chars, max(max_tokens * config.answer_chars_per_token, 4096))
-    return config.max_answer_chars
-
-
 @dataclass(slots=True)
 class Answer:
     """The answer so far, across every host that worked on it, as relayed."""
@@ -174,15 +169,6 @@ class Answer:
         return self.earlier + generated_tokens(self.host_tokens, self.host_chars)
 
 
-@dataclass(slots=True)
-class Relayed:
-    """What one attempt relayed: the measure of its work."""
-
-    chars: int = 0
-    chunks: int = 0
-    logprobs: int = 0
-
-
 class Observer(Protocol):
     """Who hears about hosts' conduct (the checker: strikes, checks, quarantine)."""
 
@@ -209,8 +195,7 @@ class _Job:
     on_stall: Callable[[], None] | None
     trusted_only: bool
     trace: str | None
-    deadline: float
-    limit: int  # characters of answer allowed
+    deadline: float  # the loop's time by which the request is over
     prompt: int  # characters of prompt
     answer: Answer = field(default_factory=lambda: Answer([]))
     tried: set[int] = field(default_factory=set)  # connections tried
@@ -253,20 +238,6 @@ class Relay:
         if host.health.record_failure(time.monotonic(), self.policy, slow=slow, last_host=last):
             self.stats.ejections += 1
             log.warning("host.ejected", host_id=host.id, offences=host.health.offences)
-
-    def _measure(self, host: Host, done: Done, relayed: Relayed, prompt: int) -> int:
-        """Replace the host's token counts with ones the relayed text supports; a count
-        it does not support is a strike. Returns the completion tokens to believe."""
-        reported = done.usage.get("completion_tokens")
-        tokens, plausible = measured_tokens(reported, relayed.chars, relayed.chunks)
-        if not plausible:
-            self.observer.strike(host, f"reported {reported} tokens for {relayed.chars} characters")
-        done.usage["completion_tokens"] = tokens
-        prompt_tokens = done.usage.get("prompt_tokens")
-        if prompt_tokens is not None and prompt_tokens > MAX_TOKENS_PER_CHAR * prompt + PROMPT_SLACK:
-            self.observer.strike(host, f"reported {prompt_tokens} prompt tokens for {prompt} characters")
-            done.usage["prompt_tokens"] = measured_tokens(None, prompt, 1)[0]
-        return tokens
 
     def _succeeded(self, assignment: Assignment, done: Done, stream: bool, tokens: int, credit: bool) -> None:
         """Count the success and learn the host's speed from it (measured tokens only).
@@ -330,20 +301,23 @@ class Relay:
         on_stall: Callable[[], None] | None = None,
         trusted_only: bool = False,
         trace: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[Chunk | Done | Restart, None]:
         """Yield content chunks, then the final ``Done``; raise APIError (StreamBroken
         after content was sent). ``on_stall`` is called when the client stops reading
         while the host keeps sending (the caller ends the client's connection);
         ``trusted_only`` keeps the job on hosts with a trusted token; ``trace`` (the
-        request's id) goes to the host with the job, for its logs.
+        request's id) goes to the host with the job, for its logs. ``deadline`` (the
+        loop's time) is the request's, where the caller took it in; without one the
+        request enters here (``request_deadline``).
 
         With ``stream=False`` a failure after content may also restart the answer from
         scratch on a host that cannot continue; ``RESTART`` tells the caller to discard.
         """
         loop = asyncio.get_running_loop()
         job = _Job(work, client, stream, on_stall, trusted_only, trace,
-                   deadline=loop.time() + self.config.request_timeout,
-                   limit=answer_limit(self.config, work.request), prompt=prompt_chars(work))
+                   deadline=request_deadline(self.config) if deadline is None else deadline,
+                   prompt=prompt_chars(work))
         self.stats.requests += 1
         for attempt in range(1, self.config.max_attempts + 1):
             if job.deadline <= loop.time():
@@ -477,7 +451,7 @@ class Relay:
         """A backend's count of the prompt's tokens, at most what its characters can be."""
         if counted is None:
             return 0
-        return min(counted, MAX_TOKENS_PER_CHAR * job.prompt + PROMPT_SLACK)
+        return min(counted, most_prompt_tokens(job.prompt))
 
     def _job_frame(self, assignment: Assignment, job: _Job) -> str | None:
         """The job frame for this attempt; None when a continuation would exceed the frame limit."""
@@ -498,8 +472,8 @@ class Relay:
         Raises APIError when the request cannot succeed anywhere (a client error, a
         client that does not read, an answer past its bound).
         """
-        host, relayed = assignment.host, Relayed()
-        room = job.limit - job.answer.chars
+        host = assignment.host
+        bound = Bound.of(self.config, job.work, functools.partial(self.observer.strike, host), job.answer.chars)
         try:
             assignment.sent_at = time.monotonic()
             try:
@@ -512,51 +486,31 @@ class Relay:
                 async for action in events:
                     if isinstance(action, Abort):
                         raise action.error
-                    if isinstance(action, (Chunk, Done)):
-                        self._bound_logprobs(job, host, action, relayed)
                     if isinstance(action, Chunk):
-                        relayed.chars += len(action.content)
-                        relayed.chunks += 1
-                        if relayed.chars > room:
-                            self._failed(host, job.work.model, slow=False)
-                            self.observer.strike(host, "sent an answer past the size bound")
-                            raise StreamBroken("the host's answer exceeded the pool's limit on answer size")
-                    elif isinstance(action, Done):
-                        self._bound_calls(job, host, action)
-                        tokens = self._measure(host, action, relayed, job.prompt)
-                        self._succeeded(assignment, action, job.stream, tokens, credit)
+                        self._bound_chunk(bound, assignment, job.work.model, action)
+                    elif isinstance(action, Done):  # its counts measured, then believed
+                        self._succeeded(assignment, action, job.stream, bound.done(action), credit)
                     yield action
         finally:
             self.scheduler.release(assignment)
             if not assignment.finished:  # the host may still be working on it
                 self._cancel_on_host(host, assignment.id)
 
-    def _bound_calls(self, job: _Job, host: Host, done: Done) -> None:
-        """Tool calls only for a request that offered tools: others are a lie, dropped."""
-        if done.tool_calls and not job.work.request.get("tools"):
-            self.observer.strike(host, "answered with tool calls a request without tools")
-            done.tool_calls, done.finish_reason = [], "stop"
-        elif done.finish_reason == "tool_calls" and not done.tool_calls:
-            done.finish_reason = "stop"
-
-    def _bound_logprobs(self, job: _Job, host: Host, item: Chunk | Done, relayed: Relayed) -> None:
-        """Log probabilities only where asked, as many alternatives as asked, and no more
-        entries in all than ``max_logprobs``."""
-        item.logprobs = asked_logprobs(job.work.request, item.logprobs)
-        if item.logprobs is None:
-            return
-        relayed.logprobs += len(item.logprobs)
-        if relayed.logprobs > self.config.max_logprobs:
-            self.observer.strike(host, "sent more log probabilities than the bound")
-            raise StreamBroken(f"the answer's log probabilities exceeded the pool's limit ({self.config.max_logprobs})")
+    def _bound_chunk(self, bound: Bound, assignment: Assignment, model: str, chunk: Chunk) -> None:
+        """``chunk`` held to the answer's bounds (the host struck for each it breaks; an
+        answer past its size is a failure of the host too)."""
+        try:
+            bound.chunk(chunk)
+        except Breach as breach:
+            if breach.failed:
+                self._failed(assignment.host, model, slow=False)
+            raise
 
     async def answer_on(self, assignment: Assignment, work: Work) -> str | None:
         """One job on the host ``assignment`` holds, whole (an answer check): its text,
         or None when it failed. Not counted as client work."""
-        loop = asyncio.get_running_loop()
         job = _Job(work, "", bool(work.request.get("stream")), None, False, None,
-                   deadline=loop.time() + self.config.request_timeout, limit=answer_limit(self.config, work.request),
-                   prompt=prompt_chars(work))
+                   deadline=request_deadline(self.config), prompt=prompt_chars(work))
         frame = self._job_frame(assignment, job)  # the same shape as any client's job
         assert frame is not None
         parts: list[str] = []

@@ -3,9 +3,11 @@
 Only replicas that know ``replica_secret`` may call it (401 otherwise, compared in
 constant time; 404 when this coordinator is not replicated). The job is checked as a
 client's request would be, then run by this replica's relay on its own hosts (never
-forwarded again), and its items stream back as NDJSON (``replica_wire``). When the
-asking replica goes away, the handler is cancelled and the job with it, on the host
-too; when it stops reading, its connection is closed.
+forwarded again), and its items stream back as NDJSON (``replica_wire``). The job's
+deadline is the asking replica's: the budget it sent, from when the job arrived, handed
+to the relay (which starts no ``request_timeout`` of its own). When the asking replica
+goes away, the handler is cancelled and the job with it, on the host too; when it stops
+reading, its connection is closed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ async def internal_job(request: web.Request) -> web.StreamResponse:
         job = read_job(await request.read())
     except ProtocolError as exc:
         return web.json_response({"error": str(exc)}, status=400)
+    deadline = asyncio.get_running_loop().time() + job.budget  # the asker's, not a request_timeout of ours
     asker = request.headers.get(REPLICA_HEADER, "")[:64]
     federation.counts["served_for_peers"] += 1
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -55,9 +58,9 @@ async def internal_job(request: web.Request) -> web.StreamResponse:
             request.transport.close()
 
     max_chars = request.app[CONFIG].max_frame_bytes // 8  # UTF-8 and JSON escapes: at most 6 bytes a char
-    items = request.app[RELAY].run(job.work, job.client, job.stream, stalled, job.trusted_only, job.trace)
+    items = request.app[RELAY].run(job.work, job.client, job.stream, stalled, job.trusted_only, job.trace, deadline)
     try:
-        async with asyncio.timeout(job.budget), aclosing(items):
+        async with asyncio.timeout_at(deadline), aclosing(items):  # the same deadline (a write that hangs)
             async for item in items:
                 for part in split_chunk(item, max_chars) if isinstance(item, Chunk) else (item,):
                     await response.write(item_line(part))

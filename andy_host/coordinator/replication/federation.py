@@ -18,9 +18,16 @@ hold across the hop:
   the assistant prefix, as a failed host's would (waiting up to ``queue_timeout`` for
   a host to appear: the dead replica's hosts reconnect here or elsewhere), or ends with
   the explicit error, never a truncated success;
-- what comes back is bounded here again (answer size, tool calls only when tools were
-  offered, log probabilities only when asked, token counts measured from the text):
-  a host's claims are worth no more for having come through another replica.
+- what comes back is bounded here again, by the relay's own rule (``bounds.Bound``:
+  answer size, tool calls only when tools were offered, log probabilities only when
+  asked, token counts measured from the text): a host's claims are worth no more for
+  having come through another replica. The replica that ran the job struck its host
+  for a breach already (its relay applies the same rule); here a breach is logged, and
+  the answer ends with the explicit error (a cut or malformed line: a lost route), never
+  a truncated success;
+- one deadline: the request's, taken where it entered (``run``, or its caller's) and
+  passed down, to this replica's relay and, as the budget left, across the hop; no
+  route starts a ``request_timeout`` of its own.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.registry import Registry
-from andy_host.coordinator.pool.relay import PROMPT_SLACK, RESTART, Answer, Relay, Restart, answer_limit
+from andy_host.coordinator.pool.bounds import Bound, Strike, request_deadline
+from andy_host.coordinator.pool.relay import RESTART, Answer, Relay, Restart
 from andy_host.coordinator.pool.scheduler import Scheduler
-from andy_host.coordinator.pool.work import Work, asked_logprobs, prompt_chars
+from andy_host.coordinator.pool.work import Work
 from andy_host.coordinator.replication.directory import TOTALS, Directory, Peer, rank
 from andy_host.coordinator.replication.wire import (
     INTERNAL_JOBS_PATH,
@@ -52,7 +60,6 @@ from andy_host.coordinator.replication.wire import (
     job_body,
     read_line,
 )
-from andy_host.coordinator.trust.standing import MAX_TOKENS_PER_CHAR, measured_tokens
 from andy_host.errors import CONTEXT_EXCEEDED, APIError, ProtocolError, StreamBroken, timeout_error
 from andy_host.protocol import Chunk, Done
 
@@ -137,11 +144,12 @@ class Federation:
 
     async def run(
         self, work: Work, client: str = "", stream: bool = True, on_stall: Callable[[], None] | None = None,
-        trusted_only: bool = False, trace: str | None = None,
+        trusted_only: bool = False, trace: str | None = None, deadline: float | None = None,
     ) -> AsyncGenerator[Item, None]:
-        """The relay's ``run``, over every replica's hosts (see the module's rules)."""
+        """The relay's ``run``, over every replica's hosts (see the module's rules),
+        within the one ``deadline`` (the loop's time; taken here when not given)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.request_timeout
+        deadline = request_deadline(self.config) if deadline is None else deadline
         job = _Crossing(work, stream)
         for _ in range(self.config.max_attempts + len(self.directory.peers) + 1):
             if job.sent.parts and not work.continuable:
@@ -155,7 +163,7 @@ class Federation:
                 break
             if where is LOCAL:
                 job.local = False
-                source = self.relay.run(current, client, stream, on_stall, trusted_only, trace)
+                source = self.relay.run(current, client, stream, on_stall, trusted_only, trace, deadline)
             else:
                 assert isinstance(where, Peer)
                 job.tried.add(where.id)
@@ -223,7 +231,7 @@ class Federation:
                                         sock_read=wait + config.replica_connect_timeout)
         headers = {"Authorization": f"Bearer {config.replica_secret}", REPLICA_HEADER: self.replica,
                    "Content-Type": "application/json"}
-        bound = _Bound(job.work, answer_limit(config, job.work.request), job.stream, config.max_logprobs)
+        bound = Bound.of(config, job.work, _breached(peer, job.trace))  # the peer's relay's very bound
         self.counts["forwarded"] += 1
         started = time.monotonic()
         try:
@@ -240,7 +248,7 @@ class Federation:
                         if isinstance(item, Done):  # logged first: the consumer stops at Done
                             log.info("job.crossed", replica=peer.id, request_id=job.trace,
                                      seconds=round(time.monotonic() - started, 4))
-                        yield bound(item)
+                        yield _bounded(bound, item, job.stream)
                         if isinstance(item, Done):
                             return
         except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
@@ -294,50 +302,29 @@ def _continued(work: Work, sent: Answer) -> Work:
                 work.continuable)
 
 
-class _Bound:
-    """What one replica relays, held to this replica's bounds as a host's would be:
-    content in every chunk (a peer's relay sends no other), no restart in a stream (the
-    client has its first part already), log probabilities only as asked and within
-    ``max_logprobs``, token counts that the relayed text and the prompt support."""
+def _breached(peer: Peer, trace: str | None) -> Strike:
+    """What a bound broken by ``peer``'s answer comes to here: a warning (its relay
+    struck its host for it already, by the same rule)."""
+    def strike(reason: str) -> None:
+        log.warning("replica.breach", replica=peer.id, request_id=trace, reason=reason)
 
-    def __init__(self, work: Work, limit: int, stream: bool, max_logprobs: int) -> None:
-        self.work, self.limit, self.stream, self.max_logprobs = work, limit, stream, max_logprobs
-        self.chars = self.chunks = self.logprobs = 0
+    return strike
 
-    def __call__(self, item: Item) -> Item:
-        request = self.work.request
-        if isinstance(item, Restart):
-            if self.stream:
-                raise ProtocolError("a replica started a streamed answer over")
-            self.chars = self.chunks = self.logprobs = 0
-            return item
-        self._bound_logprobs(item)
-        if isinstance(item, Chunk):
-            if not item.content:
-                raise ProtocolError("a replica sent a chunk without content")
-            self.chars += len(item.content)
-            self.chunks += 1
-            if self.chars > self.limit:
-                raise StreamBroken("the answer exceeded the pool's limit on answer size")
-            return item
-        if item.tool_calls and not request.get("tools"):
-            item.tool_calls, item.finish_reason = [], "stop"
-        elif item.finish_reason == "tool_calls" and not item.tool_calls:
-            item.finish_reason = "stop"
-        reported = item.usage.get("completion_tokens")
-        item.usage["completion_tokens"] = measured_tokens(reported, self.chars, self.chunks)[0]
-        prompt, prompt_tokens = prompt_chars(self.work), item.usage.get("prompt_tokens")
-        if prompt_tokens is not None and prompt_tokens > MAX_TOKENS_PER_CHAR * prompt + PROMPT_SLACK:
-            item.usage["prompt_tokens"] = measured_tokens(None, prompt, 1)[0]
+
+def _bounded(bound: Bound, item: Item, stream: bool) -> Item:
+    """One item from a replica, held to the answer's bounds as a host's would be:
+    content in every chunk (a peer's relay sends no other) and no restart in a stream
+    (the client has its first part already), else ProtocolError (a lost route); a
+    broken bound is the explicit error (``Breach``)."""
+    if isinstance(item, Restart):
+        if stream:
+            raise ProtocolError("a replica started a streamed answer over")
+        bound.restart()
         return item
-
-    def _bound_logprobs(self, item: Chunk | Done) -> None:
-        item.logprobs = asked_logprobs(self.work.request, item.logprobs)
-        if item.logprobs is None:
-            return
-        self.logprobs += len(item.logprobs)
-        if self.logprobs > self.max_logprobs:
-            raise StreamBroken(f"the answer's log probabilities exceeded the pool's limit ({self.max_logprobs})")
+    if isinstance(item, Chunk) and not item.content:
+        raise ProtocolError("a replica sent a chunk without content")
+    bound.item(item)
+    return item
 
 
 FEDERATION = web.AppKey("federation", Federation)
