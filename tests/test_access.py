@@ -329,10 +329,10 @@ def test_open_enrolment_caps_hosts_per_address(procs: Processes) -> None:
     first = procs.agent(coordinator.url, "ollama", backend.url, "first")
     wait_models(coordinator.url, {MODEL: 1})
     second = procs.agent(coordinator.url, "ollama", backend.url, "second", wait=False)
-    second.wait_event("link.down", timeout=10)
+    second.wait_disconnected()  # refused: its link went down (its own word)
     refused = coordinator.wait_event("host.refused")
     assert refused["name"] == "second" and "at most 1 hosts per address" in refused["reason"]
     assert get_json(coordinator.url + "/health")["hosts"] == 1
     first.signal(__import__("signal").SIGINT)  # its place frees up: the second gets in on a retry
-    second.wait_event("link.connected", timeout=15)
+    second.wait_connected()
     wait_models(coordinator.url, {MODEL: 1})

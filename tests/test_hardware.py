@@ -20,7 +20,7 @@ import pytest
 from andy_host.agent import hardware
 from andy_host.agent.controls import Pause, pause_reasons, shared
 from andy_host.config import ControlsConfig
-from tests.harness.procs import ROOT, Proc, Processes, wait_models
+from tests.harness.procs import ROOT, Proc, Processes, get_json, until, wait_models
 from tests.harness.sse import chat_stream
 
 FIXTURES = ROOT / "tests" / "harness" / "fixtures" / "gpus"
@@ -152,7 +152,7 @@ def test_each_control_pauses_and_resumes_a_running_host(procs: Processes, option
 
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         running = ex.submit(chat_stream, coordinator.url, MODEL, "in flight " + "w " * 20)
-        time.sleep(0.3)
+        until(lambda: get_json(coordinator.url + "/health")["in_flight"] >= 1, 20, "the job running on the host")
         changed = json.loads(live.read_text())
         change(changed["gpus"][0])
         live.write_text(json.dumps(changed))

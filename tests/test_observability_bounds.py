@@ -18,6 +18,7 @@ from typing import Any
 
 from andy_host.coordinator.observe.hostseries import OTHER, HostSeries, ModelLabels
 from andy_host.coordinator.observe.metrics import METRICS
+from andy_host.coordinator.observe.prometheus import SCRAPE
 from tests.harness.evil import RawHost, hello, join
 from tests.harness.inproc import Pool, coordinator, until
 from tests.test_metrics import fake_host, samples, scrape, total
@@ -109,7 +110,9 @@ async def test_dashboard_feed_is_bounded_and_shared(tmp_path: Path) -> None:
 
 async def test_metrics_are_rendered_once_per_cache_period_for_every_scraper(tmp_path: Path) -> None:
     """A hammered /metrics costs one render per metrics_cache_seconds, not one per request."""
-    async with coordinator(tmp_path, metrics_cache_seconds=0.5) as pool, pool.http() as http:
+    # a period far longer than 30 scrapes take on any machine; its end is then made to come
+    # by dating the last render one period back (FeedCache reads no clock of ours)
+    async with coordinator(tmp_path, metrics_cache_seconds=30) as pool, pool.http() as http:
         renders = 0
         metrics = pool.app[METRICS]
         real = metrics.render
@@ -123,6 +126,7 @@ async def test_metrics_are_rendered_once_per_cache_period_for_every_scraper(tmp_
         bodies = [(await http.get("/metrics")).text for _ in range(30)]
         assert renders == 1 and len(set(bodies)) == 1
         await http.get("/api/andy/v1/models", headers={"Authorization": f"Bearer {pool.key}"})  # traffic
-        await asyncio.sleep(0.6)
+        assert (await http.get("/metrics")).text == bodies[0] and renders == 1  # the same period
+        pool.app[SCRAPE].built_at -= 30  # that period is over
         fresh = (await http.get("/metrics")).text
         assert renders == 2 and fresh != bodies[0]  # the next period shows it

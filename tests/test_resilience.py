@@ -52,13 +52,13 @@ def test_coordinator_restart_hosts_reconnect(procs: Processes) -> None:
     a = procs.agent(first.url, "ollama", backend.url, "host-1")
     b = procs.agent(first.url, "ollama", backend.url, "host-2")
     wait_models(first.url, {SOLO: 2})
+    seen_a, seen_b = len(a.notices), len(b.notices)  # what each says from here is about the kill
     first.kill()
-    seen_a, seen_b = len(a.events()), len(b.events())
-    a.wait_event("link.down", after=seen_a)
+    a.wait_disconnected(after=seen_a)
     second = procs.coordinator(port=port, name="coordinator-2")
     assert second.url == first.url
-    a.wait_event("link.connected", after=seen_a)
-    b.wait_event("link.connected", after=seen_b)
+    a.wait_connected(after=seen_a)
+    b.wait_connected(after=seen_b)
     wait_models(second.url, {SOLO: 2})
     assert ask(second.url) == "ollama heard: hi"
 

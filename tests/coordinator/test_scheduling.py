@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -69,12 +70,17 @@ async def test_failing_host_is_ejected_and_let_back_through_one_probe(tmp_path: 
     async with AsyncExitStack() as stack:
         bad = await stack.enter_async_context(inproc.fake("llamacpp", model=MODEL))
         good = await stack.enter_async_context(inproc.fake("ollama", models=MODEL, nothing_loaded=True))
-        pool = await stack.enter_async_context(inproc.coordinator(tmp_path, eject_after=2, eject_base=0.5))
+        # ejections of 1 s, then 2 s: each longer than the few requests made meanwhile take
+        pool = await stack.enter_async_context(inproc.coordinator(tmp_path, eject_after=2, eject_base=1.0))
         await stack.enter_async_context(inproc.agent(pool, "llamacpp", bad, "bad"))  # model loaded: preferred
         await stack.enter_async_context(inproc.agent(pool, "ollama", good, "good"))
         await pool.models({MODEL: 2})
         await fault(bad, "500", count=-1)
         base = (await backend_stats(bad))["requests"]
+        (host,) = (h for h in pool.registry.hosts.values() if h.name == "bad")
+
+        async def back_in_rotation() -> None:  # the ejection's end, as the coordinator counts it
+            await until(lambda: host.health.admits(time.monotonic(), 0), 10, "the ejection over")
 
         async def ask(n: int) -> int:
             assert (await achat_stream(pool.url, MODEL, f"q{n}")).outcome == "complete"
@@ -83,12 +89,12 @@ async def test_failing_host_is_ejected_and_let_back_through_one_probe(tmp_path: 
         assert [await ask(1), await ask(2)] == [1, 2]  # two failures: ejected
         assert pool.stats.ejections == 1
         assert [await ask(n) for n in range(3, 6)] == [2, 2, 2]  # out of rotation
-        await asyncio.sleep(0.55)
+        await back_in_rotation()
         assert await ask(6) == 3  # the single probe: fails again, ejected for twice as long
-        await asyncio.sleep(0.55)
-        assert await ask(7) == 3  # still out (1 s this time)
+        assert host.health.offences == 2 and host.health.probing
+        assert await ask(7) == 3  # still out (2 s this time)
         await fault(bad, None, count=0)
-        await asyncio.sleep(0.5)
+        await back_in_rotation()
         assert [await ask(8), await ask(9)] == [4, 5]  # the probe succeeds: back in rotation
         assert pool.stats.ejections == 2
 
@@ -122,7 +128,9 @@ async def test_queue_limits_answer_429_and_503_with_retry_after(tmp_path: Path) 
     async with one_host(tmp_path, 1, 0.2, max_queue=3, max_queue_per_client=2, queue_timeout=1.5) as (pool, _):
         headers = await keys(pool, "a", "b")
         a = [asyncio.create_task(achat_stream(pool.url, MODEL, "a " * 20, headers=headers["a"])) for _ in range(4)]
-        await asyncio.sleep(0.4)
+        # a's four are in: one runs, two wait (its share of the queue), one was refused
+        await until(lambda: pool.app[SCHEDULER].queued() == 2 and sum(t.done() for t in a) == 1, 10,
+                    "a's requests queued")
         b = [asyncio.create_task(achat_stream(pool.url, MODEL, "b " * 20, headers=headers["b"])) for _ in range(3)]
         results_a, results_b = await asyncio.gather(*a), await asyncio.gather(*b)
     too_many = [r for r in results_a if r.status == 429]

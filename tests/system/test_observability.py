@@ -104,7 +104,7 @@ def test_status_command_against_running_and_stopped_daemon(procs: Processes) -> 
     assert f"connected to {coordinator.url}" in running.stdout
     assert "1 served" in running.stdout and "models shared: m:latest" in running.stdout
     coordinator.kill()
-    agent.wait_event("link.down")
+    agent.wait_disconnected()
     disconnected = status()
     assert "NOT connected" in disconnected.stdout
     agent.signal(signal.SIGINT)

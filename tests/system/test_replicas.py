@@ -1,7 +1,7 @@
 """Two coordinator replicas sharing a real Redis (tests/harness/servers.py): a request at A runs
 on a host connected to B, token-exact; B SIGKILLed mid-stream: its host moves to A
-within 10 s and the stream is rescued (or ends with the explicit error event, never a
-truncated success); replicas refuse callers without the shared secret."""
+and the stream is rescued (or ends with the explicit error event, never a truncated
+success); replicas refuse callers without the shared secret."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness.procs import Proc, Processes, get_json
+from tests.harness.procs import Proc, Processes, get_json, until
 from tests.harness.servers import RedisServer
 from tests.harness.sse import StreamResult, _event
 
@@ -41,14 +41,10 @@ def wait_peer_model(replica_url: str, peer: str, model: str, timeout: float = 15
     raise TimeoutError(f"{replica_url} never saw {model} on {peer}: {seen}")
 
 
-def wait_hosts(url: str, count: int, timeout: float) -> float:
-    """Until the coordinator at ``url`` holds ``count`` hosts; returns the seconds taken."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if get_json(url + "/health")["hosts"] == count:
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not hold {count} hosts within {timeout}s")
+def wait_hosts(url: str, count: int, timeout: float = 20) -> None:
+    """Until the coordinator at ``url`` holds ``count`` hosts (``timeout``: a bound for a
+    loaded machine, not a measure of speed)."""
+    until(lambda: get_json(url + "/health")["hosts"] == count, timeout, f"{url} holding {count} hosts")
 
 
 def expected(content: str) -> str:
@@ -59,7 +55,7 @@ def test_stream_at_a_served_by_a_host_on_b(procs: Processes, redis_url: str, red
     backend = procs.fake("llamacpp", "--model", MODEL, "--token-delay", "0.01")
     a, b = replica(procs, redis_url, "replica-a"), replica(procs, redis_url, "replica-b")
     procs.agent(b.url, "llamacpp", backend.url, "host-on-b")
-    wait_hosts(b.url, 1, 10)
+    wait_hosts(b.url, 1)
     wait_peer_model(a.url, "replica-b", MODEL)
     assert get_json(a.url + "/health")["hosts"] == 0
     # the directory: B's host, with what B measured of it, expiring unless refreshed
@@ -108,23 +104,23 @@ def test_internal_endpoint_needs_the_secret(procs: Processes, redis_url: str) ->
     assert httpx.post(single.url + "/api/andy/internal/jobs", json=body).status_code == 404
 
 
-def _stream_killing(url: str, content: str, victim: Proc) -> tuple[StreamResult, float]:
+def _stream_killing(url: str, content: str, victim: Proc) -> tuple[StreamResult, bool]:
     """Stream a chat at ``url``; SIGKILL ``victim`` once content has arrived. Returns
-    what the client saw and when the kill happened (monotonic)."""
+    what the client saw and whether the kill happened while it streamed."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True}
-    killed_at = 0.0
+    killed = False
     with httpx.stream("POST", url + "/api/andy/v1/chat/completions", json=body, timeout=60) as resp:
         result = StreamResult(status=resp.status_code)
         assert resp.status_code == 200, resp.read()
         try:
             for line in resp.iter_lines():
                 _event(result, line)
-                if not killed_at and len(result.text.split()) >= 5:
+                if not killed and len(result.text.split()) >= 5:
                     victim.kill()
-                    killed_at = time.monotonic()
+                    killed = True
         except httpx.HTTPError:
             pass
-    return result, killed_at
+    return result, killed
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
@@ -136,27 +132,25 @@ def test_replica_killed_mid_stream(procs: Processes, redis_url: str, request: py
     backend = procs.fake("llamacpp", "--model", MODEL, "--token-delay", "0.1")
     a, b = replica(procs, redis_url, "replica-a", **extra), replica(procs, redis_url, "replica-b", **extra)
     agent = procs.agent(b.url, "llamacpp", backend.url, "mover", "--coordinator", a.url)
-    wait_hosts(b.url, 1, 10)
+    wait_hosts(b.url, 1)
     wait_peer_model(a.url, "replica-b", MODEL)
+    on_b = len(agent.notices)  # its link to B is up; what it says from here is about the kill
 
     words = " ".join(f"w{i}" for i in range(30))
-    result, killed_at = _stream_killing(a.url, words, b)
-    assert killed_at, "the stream ended before B could be killed"
-    wait_hosts(a.url, 1, 10)
-    moved = time.monotonic() - killed_at  # at most this long after the kill, the host was on A
+    result, killed = _stream_killing(a.url, words, b)
+    assert killed, "the stream ended before B could be killed"
     assert result.outcome in ("complete", "error_event"), result  # never a truncated success
     assert result.outcome == "complete", result  # here the host moved in time: rescued
     assert result.text == expected(words)
-    connected = [e for e in agent.events() if e.get("event") == "link.connected"]
-    assert connected[-1]["url"].startswith(a.url.replace("http://", "ws://"))
+    # the host lost B and is on A now, as it says itself (the rescue above was the deadline)
+    agent.wait_disconnected(after=on_b)
+    agent.wait_notice(f"STATUS=connected to {a.url} as ", after=on_b)
+    wait_hosts(a.url, 1)
     lost = [e for e in a.events() if e.get("event") == "job.replica_lost"]
     assert lost and lost[0]["content_sent"] is True
-    assert moved < 10
-    deadline = time.monotonic() + 5  # B's directory entry expires with its TTL (1.5 s here)
-    while "replica-b" in get_json(a.url + "/health")["replica"]["peers"]:
-        assert time.monotonic() < deadline, "B stayed in the directory"
-        time.sleep(0.05)
-    print(json.dumps({"store": store, "host_moved_within_s": round(moved, 2)}))
+    # B's directory entry expires with its TTL (1.5 s here)
+    until(lambda: "replica-b" not in get_json(a.url + "/health")["replica"]["peers"], 20,
+          "B leaving the directory")
 
 
 def test_agent_rotates_coordinators(procs: Processes, tmp_path: Path) -> None:
@@ -164,7 +158,8 @@ def test_agent_rotates_coordinators(procs: Processes, tmp_path: Path) -> None:
     backend = procs.fake("llamacpp", "--model", MODEL)
     live = procs.coordinator(name="live", db=tmp_path / "live.db")
     agent = procs.agent("http://127.0.0.1:9", "llamacpp", backend.url, "rotor", "--coordinator", live.url)
-    assert agent.wait_event("link.connected")["url"].startswith(live.url.replace("http://", "ws://"))
+    assert agent.links()[:2] == ["down", "up"]  # the first failed, then the next one took it
+    assert agent.wait_notice("STATUS=connected to ").startswith(f"STATUS=connected to {live.url} as ")
     assert any(e.get("event") == "link.down" and ":9/" in e.get("url", "") for e in agent.events())
 
 
@@ -174,10 +169,10 @@ def test_replica_killed_and_nobody_can_continue(procs: Processes, redis_url: str
     backend = procs.fake("llamacpp", "--model", MODEL, "--token-delay", "0.1")
     a, b = replica(procs, redis_url, "replica-a"), replica(procs, redis_url, "replica-b")
     procs.agent(b.url, "llamacpp", backend.url, "stays-with-b")
-    wait_hosts(b.url, 1, 10)
+    wait_hosts(b.url, 1)
     wait_peer_model(a.url, "replica-b", MODEL)
-    result, killed_at = _stream_killing(a.url, " ".join(f"w{i}" for i in range(30)), b)
-    assert killed_at, "the stream ended before B could be killed"
+    result, killed = _stream_killing(a.url, " ".join(f"w{i}" for i in range(30)), b)
+    assert killed, "the stream ended before B could be killed"
     assert result.outcome == "error_event", result
     assert result.error is not None and result.error["code"] == "stream_interrupted"
     assert result.text and not result.done
