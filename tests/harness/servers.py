@@ -167,7 +167,11 @@ def _postgres_user() -> tuple[list[str], int | None, int | None]:
     return ["runuser", "-u", "postgres", "--"], user.pw_uid, user.pw_gid
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(durable: bool = False) -> PostgresServer:
+    """A PostgreSQL of its own. Not ``durable`` (the default, for speed): a commit is
+    acknowledged before its WAL is written (``synchronous_commit=off``), so a crash loses
+    the last commits. ``durable`` keeps every acknowledged commit through a crash of the
+    server (not of the machine: ``fsync`` stays off), as a production server does."""
     bindir = postgres_bin()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -184,7 +188,7 @@ def start_postgres() -> PostgresServer:
     for _attempt in range(5):
         port = free_port()
         options = (f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   f"-c synchronous_commit={'on' if durable else 'off'} -c full_page_writes=off -c max_connections=200")
         started = subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
              "-o", options],
