@@ -19,7 +19,7 @@ import pytest
 
 from andy_host.coordinator.access import credentials as sec
 from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS, MODERATION
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from tests.harness.inproc import agent, coordinator, fake
 from tests.harness.procs import ROOT
 

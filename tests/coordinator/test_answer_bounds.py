@@ -30,14 +30,13 @@ from andy_host.coordinator.observe.stats import PoolStats
 from andy_host.coordinator.pool import bounds
 from andy_host.coordinator.pool.bounds import Bound, Breach, answer_limit
 from andy_host.coordinator.pool.events import JobEvents
-from andy_host.coordinator.pool.relay import Relay
+from andy_host.coordinator.pool.relay import RELAY, Relay
 from andy_host.coordinator.pool.work import Work, prompt_chars
 from andy_host.coordinator.replication import federation as federation_module
 from andy_host.coordinator.replication.directory import Peer
 from andy_host.coordinator.replication.endpoint import internal_job
 from andy_host.coordinator.replication.federation import FEDERATION, Federation
 from andy_host.coordinator.replication.wire import CrossJob, item_line, job_body
-from andy_host.coordinator.runtime.state import RELAY
 from andy_host.coordinator.trust.standing import measured_tokens
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError, StreamBroken

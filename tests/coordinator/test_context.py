@@ -21,7 +21,7 @@ from andy_host.coordinator.hosts.registry import Host, Registry
 from andy_host.coordinator.pool.scheduler import Scheduler, supports
 from andy_host.coordinator.pool.work import CONTEXT_NEED, chat_work, context_floor, needed_context
 from andy_host.coordinator.replication.directory import Offer, Peer, rank
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from andy_host.errors import APIError, context_exceeded
 from andy_host.protocol import ChatRequest, Message, ModelInfo
 from tests.harness import evil, inproc

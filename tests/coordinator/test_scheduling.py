@@ -11,7 +11,7 @@ from typing import Any
 
 from andy_host.coordinator.hosts.health import HealthPolicy, HostHealth
 from andy_host.coordinator.pool.scheduler import SCHEDULER
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from tests.harness import inproc
 from tests.harness.inproc import Pool, backend_stats, fault, until
 from tests.harness.sse import achat_stream

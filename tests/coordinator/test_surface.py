@@ -22,7 +22,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from tests.harness import evil, inproc
 from tests.harness.inproc import Pool
 

@@ -29,7 +29,7 @@ from andy_host.config import AgentConfig, BackendConfig, Config, ControlsConfig,
 from andy_host.coordinator.hosts.registry import REGISTRY, Registry
 from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.runtime.app import build_app
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from tests.harness.fakes import llamacpp, ollama
 
 FAST = CoordinatorConfig(

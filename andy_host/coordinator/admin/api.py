@@ -18,8 +18,7 @@ from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS, MODERATION
 from andy_host.coordinator.hosts.registry import REGISTRY, Host
 from andy_host.coordinator.observe.livestatus import live_status
 from andy_host.coordinator.replication import wiring as replicated
-from andy_host.coordinator.runtime.state import STORE
-from andy_host.coordinator.store.interface import AmbiguousIdent, KeyChanges
+from andy_host.coordinator.store.interface import STORE, AmbiguousIdent, KeyChanges
 from andy_host.coordinator.trust.checks import CHECKER
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import read_json

@@ -22,11 +22,10 @@ from andy_host.coordinator.api.sse import StreamWriter
 from andy_host.coordinator.hosts.registry import REGISTRY
 from andy_host.coordinator.observe.metrics import METRICS, Metrics
 from andy_host.coordinator.pool.capacity import serving
-from andy_host.coordinator.pool.relay import Restart
+from andy_host.coordinator.pool.relay import RELAY, Restart
 from andy_host.coordinator.pool.scheduler import supports
 from andy_host.coordinator.pool.work import NEED_WORDS, Work, feature_needs
 from andy_host.coordinator.replication.federation import FEDERATION
-from andy_host.coordinator.runtime.state import RELAY
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.context import context
 from andy_host.errors import APIError, bad_request, model_not_found

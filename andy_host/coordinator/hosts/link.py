@@ -41,7 +41,7 @@ from andy_host.coordinator.hosts.enrolment import (
     credential_key,
 )
 from andy_host.coordinator.hosts.registry import REGISTRY, Host, Registry
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from andy_host.coordinator.trust.checks import CHECKER
 from andy_host.coordinator.web.addresses import address_group, client_address
 from andy_host.coordinator.web.appconfig import CONFIG

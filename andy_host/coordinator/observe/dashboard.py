@@ -36,7 +36,7 @@ from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.pool.capacity import model_rows, pool_totals, resting, serving
 from andy_host.coordinator.pool.scheduler import SCHEDULER, Scheduler
 from andy_host.coordinator.replication.federation import with_peers
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.protocol import GpuReading
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import structlog
+from aiohttp import web
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.health import HealthPolicy
@@ -606,3 +607,6 @@ def _merge(first: Chunk, events: JobEvents[JobEvent]) -> Chunk:
         if more.logprobs:
             logprobs = (logprobs or []) + more.logprobs
     return Chunk(id=first.id, content="".join(parts), tokens=count, logprobs=logprobs)
+
+
+RELAY = web.AppKey("relay", Relay)

@@ -18,6 +18,7 @@ from contextlib import aclosing
 import structlog
 from aiohttp import web
 
+from andy_host.coordinator.pool.relay import RELAY
 from andy_host.coordinator.replication.federation import FEDERATION
 from andy_host.coordinator.replication.wire import (
     INTERNAL_JOBS_PATH,
@@ -27,7 +28,6 @@ from andy_host.coordinator.replication.wire import (
     read_job,
     split_chunk,
 )
-from andy_host.coordinator.runtime.state import RELAY
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError, ProtocolError, timeout_error
 from andy_host.protocol import Chunk

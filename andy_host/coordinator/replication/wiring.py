@@ -17,7 +17,7 @@ from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.access.auth import ACCESS
 from andy_host.coordinator.admin.moderation import MODERATION
 from andy_host.coordinator.runtime.periodic import PERIODIC
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 
 log = structlog.get_logger("andy_host.replicated")
 

@@ -24,7 +24,7 @@ from andy_host.coordinator.observe.dashboard import add_dashboard_routes
 from andy_host.coordinator.observe.metrics import METRICS, Metrics
 from andy_host.coordinator.observe.prometheus import add_metrics_routes
 from andy_host.coordinator.observe.stats import STATS, PoolStats
-from andy_host.coordinator.pool.relay import Relay
+from andy_host.coordinator.pool.relay import RELAY, Relay
 from andy_host.coordinator.pool.scheduler import SCHEDULER, Scheduler
 from andy_host.coordinator.replication import wiring as replicated
 from andy_host.coordinator.replication.endpoint import add_replica_routes
@@ -32,8 +32,7 @@ from andy_host.coordinator.replication.federation import FEDERATION, start_feder
 from andy_host.coordinator.runtime.health import health, openapi_document
 from andy_host.coordinator.runtime.housekeeping import flush_memory, forget_models, housekeeping
 from andy_host.coordinator.runtime.periodic import PERIODIC, Periodic
-from andy_host.coordinator.runtime.state import RELAY, STORE
-from andy_host.coordinator.store.interface import open_store
+from andy_host.coordinator.store.interface import STORE, open_store
 from andy_host.coordinator.trust.checks import CHECKER, Checker
 from andy_host.coordinator.trust.ledger import LEDGER, Ledger
 from andy_host.coordinator.web.appconfig import CONFIG

@@ -12,7 +12,7 @@ from aiohttp import web
 from andy_host.coordinator.access.auth import ACCESS
 from andy_host.coordinator.hosts.registry import REGISTRY
 from andy_host.coordinator.runtime.periodic import Tick
-from andy_host.coordinator.runtime.state import STORE
+from andy_host.coordinator.store.interface import STORE
 from andy_host.coordinator.trust.checks import CHECKER
 from andy_host.coordinator.trust.ledger import LEDGER
 from andy_host.coordinator.web.appconfig import CONFIG

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
+from aiohttp import web
+
 from andy_host.coordinator.hosts.enrolment import Identity
 from andy_host.coordinator.trust.standing import HostTrust
 
@@ -226,3 +228,6 @@ async def open_store(db: str, database_url: str = "", key_recheck: float = KEY_R
     from andy_host.coordinator.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(db, key_recheck, clock=clock)
+
+
+STORE = web.AppKey("store", Store)
