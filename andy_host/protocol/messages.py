@@ -32,7 +32,14 @@ from andy_host.protocol.fields import (
     text_field,
 )
 from andy_host.protocol.hardware import Hardware, read_hardware
-from andy_host.protocol.requests import MAX_TOOL_CALLS, MAX_TOP_LOGPROBS, JobKind, ToolCall
+from andy_host.protocol.requests import (
+    MAX_TOOL_CALLS,
+    MAX_TOP_LOGPROBS,
+    JobKind,
+    JobRequest,
+    ToolCall,
+    request_dict,
+)
 
 # 2: ``done`` may carry the answer's last content.
 # 3: hosts send a heartbeat every BUSY_HEARTBEAT seconds while they hold jobs (a silent
@@ -249,10 +256,13 @@ def encode_chunk(job_id: str, content: str, tokens: int = 1, logprobs: list[Toke
 
 
 def encode_job(
-    job_id: str, kind: JobKind, model: str, request: dict[str, Any], budget: float, trace: str | None = None
+    job_id: str, kind: JobKind, model: str, request: JobRequest | dict[str, Any], budget: float,
+    trace: str | None = None,
 ) -> str:
-    """Fast path for the job frame (same wire form as ``encode(Job)``)."""
-    frame = {"id": job_id, "kind": kind, "model": model, "request": request, "budget": budget, "type": "job"}
+    """Fast path for the job frame (same wire form as ``encode(Job)``): where a typed
+    request becomes the frame's dict (``request_dict``)."""
+    body = request if isinstance(request, dict) else request_dict(request)
+    frame = {"id": job_id, "kind": kind, "model": model, "request": body, "budget": budget, "type": "job"}
     if trace is not None:
         frame["trace"] = trace
     return orjson.dumps(frame).decode()

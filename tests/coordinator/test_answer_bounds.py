@@ -40,16 +40,16 @@ from andy_host.coordinator.replication.wire import CrossJob, item_line, job_body
 from andy_host.coordinator.trust.standing import measured_tokens
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.errors import APIError, StreamBroken
-from andy_host.protocol import Chunk, Done, TokenLogprob
+from andy_host.protocol import ChatRequest, Chunk, Done, Message, TokenLogprob
 from andy_host.protocol.requests import ToolCall
 
 CONFIG_ = CoordinatorConfig(max_logprobs=8, request_timeout=600.0, queue_timeout=2.0)
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES = [Message("user", "hi")]
 Items = Callable[[], list[Chunk | Done]]
 
 
 def _work(**request: Any) -> Work:
-    return Work("chat", "m", {"messages": MESSAGES, "max_tokens": 10, **request})
+    return Work("chat", "m", ChatRequest(messages=list(MESSAGES), max_tokens=10, **request))
 
 
 def _logprobs(text: str) -> list[TokenLogprob]:

@@ -21,9 +21,11 @@ from andy_host.protocol import (
     CLOSE_ID_REFUSED,
     CLOSE_KICKED,
     CLOSE_TOKEN_REFUSED,
+    ChatRequest,
     Chunk,
     Hello,
     JobError,
+    Message,
     ModelInfo,
 )
 
@@ -180,12 +182,12 @@ def test_what_a_continuation_is_asked_for_counts_each_hosts_own_tokens() -> None
     """The first host's count of what it generated stands where its text supports it;
     else the fewest tokens that spell the text (32 characters a token at most), so the
     continuation is never asked for fewer tokens than remain."""
-    work = Work("chat", "m", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300})
+    work = Work("chat", "m", ChatRequest(messages=[Message("user", "hi")], max_tokens=300))
     honest = Answer([])
     for _ in range(50):
         honest.add(Chunk("j", " word123", tokens=1))  # 400 characters: 100 by the old estimate
     assert honest.tokens() == 50
-    assert work.continued(honest.text(), honest.tokens())["max_tokens"] == 250
+    assert work.continued(honest.text(), honest.tokens()).max_tokens == 250
     for claim in (10**6, 0):  # more than 4 a character, or fewer than spell the text: not believed
         liar = Answer([])
         liar.add(Chunk("j", " word123" * 50, tokens=claim))

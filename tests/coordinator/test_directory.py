@@ -20,7 +20,7 @@ from andy_host.coordinator.replication.wire import (
     read_line,
 )
 from andy_host.errors import APIError, ProtocolError, StreamBroken
-from andy_host.protocol import Chunk, Done, ModelInfo
+from andy_host.protocol import ChatRequest, Chunk, Done, Message, ModelInfo
 
 
 async def _nothing(*_: object) -> None:
@@ -81,7 +81,7 @@ def test_a_replica_entry_is_read_or_ignored() -> None:
 
 
 def test_job_round_trip_and_rejections() -> None:
-    work = Work("chat", "m", {"messages": [{"role": "user", "content": "hi"}]}, frozenset({"continue"}))
+    work = Work("chat", "m", ChatRequest(messages=[Message("user", "hi")]), frozenset({"continue"}))
     job = CrossJob(work, "client-1", True, False, "req-1", 30.0)
     assert read_job(job_body(job)) == job
     for bad in ({"kind": "shell"}, {"request": {"messages": "x"}}, {"needs": "all"}, {"budget": -1},

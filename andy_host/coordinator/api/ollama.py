@@ -127,7 +127,7 @@ class OllamaWriter:
 async def _answer(request: web.Request, work: Work, chat: bool) -> web.StreamResponse:
     check_supported(request, work)
     writer = OllamaWriter(work.model, chat)
-    if work.request.get("stream", True):
+    if work.stream:
         return await streamed(request, work, writer)
     answer = await whole(request, work)
     body = writer.line(answer.text, answer.logprobs, **writer.timing.stats(answer.done))

@@ -33,7 +33,7 @@ from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.context import context
 from andy_host.coordinator.web.json import json_response, read_json
 from andy_host.errors import APIError, bad_request, model_not_found
-from andy_host.protocol import Done
+from andy_host.protocol import Done, EmbedRequest
 
 
 def _total_usage(answers: list[Whole]) -> dict[str, int]:
@@ -117,7 +117,7 @@ async def embed(request: web.Request, model: str, inputs: list[str]) -> Done:
             param="model", code="model_cannot_embed",
         )
     done: Done | None = None
-    async with aclosing(submit(request, Work("embed", model, {"input": inputs}), stream=False)) as items:
+    async with aclosing(submit(request, Work("embed", model, EmbedRequest(input=inputs)), stream=False)) as items:
         async for item in items:
             if isinstance(item, Done):
                 done = item

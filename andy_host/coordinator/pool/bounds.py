@@ -30,13 +30,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.pool.work import Work, asked_logprobs, prompt_chars
 from andy_host.coordinator.trust.standing import MAX_TOKENS_PER_CHAR, measured_tokens
 from andy_host.errors import StreamBroken
-from andy_host.protocol import Chunk, Done
+from andy_host.protocol import ChatRequest, Chunk, Done, EmbedRequest, JobRequest
 
 PROMPT_SLACK = 4096  # prompt tokens a chat template may add (a long system prompt in a Modelfile)
 SIZE_BREACH = "the host's answer exceeded the pool's limit on answer size"
@@ -58,10 +57,10 @@ def request_deadline(config: CoordinatorConfig) -> float:
     return asyncio.get_running_loop().time() + config.request_timeout
 
 
-def answer_limit(config: CoordinatorConfig, request: dict[str, Any]) -> int:
+def answer_limit(config: CoordinatorConfig, request: JobRequest) -> int:
     """Most characters of answer this request may get."""
-    max_tokens = request.get("max_tokens")
-    if isinstance(max_tokens, int):
+    max_tokens = None if isinstance(request, EmbedRequest) else request.max_tokens
+    if max_tokens is not None:
         return min(config.max_answer_chars, max(max_tokens * config.answer_chars_per_token, 4096))
     return config.max_answer_chars
 
@@ -75,7 +74,7 @@ def most_prompt_tokens(chars: int) -> int:
 class Bound:
     """One answer (one host's part of it, or one replica's), held to the bounds as it comes."""
 
-    request: dict[str, Any]
+    request: JobRequest
     room: int  # characters of answer it may still send
     prompt: int  # characters of prompt
     max_logprobs: int
@@ -129,7 +128,7 @@ class Bound:
 
     def _calls(self, done: Done) -> None:
         """Tool calls only for a request that offered tools: others are a lie, dropped."""
-        if done.tool_calls and not self.request.get("tools"):
+        if done.tool_calls and not (isinstance(self.request, ChatRequest) and self.request.tools):
             self.strike("answered with tool calls a request without tools")
             done.tool_calls, done.finish_reason = [], "stop"
         elif done.finish_reason == "tool_calls" and not done.tool_calls:

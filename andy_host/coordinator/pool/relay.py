@@ -510,7 +510,7 @@ class Relay:
     async def answer_on(self, assignment: Assignment, work: Work) -> str | None:
         """One job on the host ``assignment`` holds, whole (an answer check): its text,
         or None when it failed. Not counted as client work."""
-        job = _Job(work, "", bool(work.request.get("stream")), None, False, None,
+        job = _Job(work, "", work.stream, None, False, None,
                    deadline=request_deadline(self.config), prompt=prompt_chars(work))
         frame = self._job_frame(assignment, job)  # the same shape as any client's job
         assert frame is not None

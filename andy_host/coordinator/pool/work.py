@@ -4,8 +4,7 @@ support to take it."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from andy_host.coordinator.trust.standing import least_tokens
 from andy_host.protocol import (
@@ -16,10 +15,12 @@ from andy_host.protocol import (
     FEATURE_TOOL_CHOICE,
     ChatRequest,
     CompletionRequest,
+    EmbedRequest,
     JobKind,
+    JobRequest,
+    Message,
     Sampling,
     TokenLogprob,
-    request_dict,
 )
 
 # A need that is the model's, not the backend's: its chat template takes tools.
@@ -70,29 +71,34 @@ def feature_needs(needs: frozenset[str]) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """One job for the pool: the wire request (a protocol JobRequest as JSON), the
-    features a host needs for it (protocol FEATURE_* and NEED_TOOLS), and whether a
-    partial answer may be continued on another host (plain text only: a cut tool call,
-    JSON document or list of log probabilities cannot be stitched together)."""
+    """One job for the pool: the typed request (a protocol JobRequest, made a dict only
+    when a job frame or a replica's call is written), the features a host needs for it
+    (protocol FEATURE_* and NEED_TOOLS), and whether a partial answer may be continued
+    on another host (plain text only: a cut tool call, JSON document or list of log
+    probabilities cannot be stitched together)."""
 
     kind: JobKind
     model: str
-    request: dict[str, Any]
+    request: JobRequest
     needs: frozenset[str] = field(default_factory=frozenset)
     continuable: bool = True
 
-    def continued(self, partial: str, tokens: int) -> dict[str, Any]:
+    @property
+    def stream(self) -> bool:
+        """Whether the request asked for its answer as it comes (an embedding never does)."""
+        return not isinstance(self.request, EmbedRequest) and self.request.stream
+
+    def continued(self, partial: str, tokens: int) -> JobRequest:
         """The request that continues ``partial`` on another host (which needs
         :meth:`continue_needs`)."""
-        follow = dict(self.request)
-        if "max_tokens" in follow:
-            follow["max_tokens"] = max(1, follow["max_tokens"] - tokens)
-        if self.kind == "complete":  # a raw prompt continues by growing: every host can
-            follow["prompt"] = follow["prompt"] + partial
-            return follow
-        follow["messages"] = [*follow["messages"], {"role": "assistant", "content": partial}]
-        follow["continuation"] = True
-        return follow
+        request = self.request
+        if isinstance(request, EmbedRequest):
+            return request  # an embedding is never partial
+        left = None if request.max_tokens is None else max(1, request.max_tokens - tokens)
+        if isinstance(request, CompletionRequest):  # a raw prompt continues by growing: every host can
+            return replace(request, max_tokens=left, prompt=request.prompt + partial)
+        return replace(request, max_tokens=left, continuation=True,
+                       messages=[*request.messages, Message("assistant", partial)])
 
     def continue_needs(self) -> frozenset[str]:
         return self.needs if self.kind == "complete" else self.needs | {FEATURE_CONTINUE}
@@ -100,11 +106,11 @@ class Work:
 
 def prompt_chars(work: Work) -> int:
     request = work.request
-    if work.kind == "embed":
-        return sum(len(text) for text in request["input"])
-    if work.kind == "complete":
-        return len(request.get("prompt", ""))
-    return sum(len(m.get("content") or "") for m in request["messages"])
+    if isinstance(request, EmbedRequest):
+        return sum(len(text) for text in request.input)
+    if isinstance(request, CompletionRequest):
+        return len(request.prompt)
+    return sum(len(m.content or "") for m in request.messages)
 
 
 def chat_work(model: str, request: ChatRequest) -> Work:
@@ -118,14 +124,14 @@ def chat_work(model: str, request: ChatRequest) -> Work:
         needs.add(FEATURE_TOOL_CHOICE)
     _add_context(needs, sum(len(m.content or "") for m in request.messages))
     plain = not (request.tools or request.response_format or request.logprobs)
-    return Work("chat", model, request_dict(request), frozenset(needs), continuable=plain)
+    return Work("chat", model, request, frozenset(needs), continuable=plain)
 
 
 def completion_work(model: str, request: CompletionRequest) -> Work:
     needs = _sampling_needs(request) | {FEATURE_COMPLETION}
     _add_context(needs, len(request.prompt or ""))
     plain = not (request.response_format or request.logprobs)
-    return Work("complete", model, request_dict(request), frozenset(needs), continuable=plain)
+    return Work("complete", model, request, frozenset(needs), continuable=plain)
 
 
 def _add_context(needs: set[str], chars: int) -> None:
@@ -153,10 +159,10 @@ NEED_WORDS = {
 }
 
 
-def asked_logprobs(request: dict[str, Any], logprobs: list[TokenLogprob] | None) -> list[TokenLogprob] | None:
+def asked_logprobs(request: JobRequest, logprobs: list[TokenLogprob] | None) -> list[TokenLogprob] | None:
     """What a host (or another replica) may relay of log probabilities: none unless the
     request asked for them, and as many alternatives per token as it asked."""
-    if logprobs is None or not request.get("logprobs"):
+    if logprobs is None or isinstance(request, EmbedRequest) or not request.logprobs:
         return None
-    top = request.get("top_logprobs") or 0
+    top = request.top_logprobs or 0
     return [TokenLogprob(e.token, e.logprob, e.top[:top]) for e in logprobs]

@@ -20,7 +20,7 @@ from andy_host.coordinator.pool.relay import RESTART, Restart
 from andy_host.coordinator.pool.work import Work
 from andy_host.errors import APIError, ProtocolError, StreamBroken
 from andy_host.protocol import Chunk, Done, TokenLogprob, decode_host_object, encode, load_object
-from andy_host.protocol.requests import read_request
+from andy_host.protocol.requests import read_request, request_dict
 
 INTERNAL_JOBS_PATH = "/api/andy/internal/jobs"
 REPLICA_HEADER = "X-Andy-Replica"
@@ -43,7 +43,7 @@ class CrossJob:
 def job_body(job: CrossJob) -> bytes:
     work = job.work
     return orjson.dumps({
-        "kind": work.kind, "model": work.model, "request": work.request, "needs": sorted(work.needs),
+        "kind": work.kind, "model": work.model, "request": request_dict(work.request), "needs": sorted(work.needs),
         "continuable": work.continuable, "client": job.client, "stream": job.stream,
         "trusted_only": job.trusted_only, "trace": job.trace, "budget": job.budget,
     })
@@ -55,7 +55,7 @@ def read_job(raw: bytes) -> CrossJob:
     kind, model, request, needs = obj.get("kind"), obj.get("model"), obj.get("request"), obj.get("needs")
     if kind not in ("chat", "complete", "embed") or not isinstance(model, str) or not isinstance(request, dict):
         raise ProtocolError("a job needs kind, model and request")
-    read_request(kind, request)  # the request as a host will read it: typed and bounded
+    typed = read_request(kind, request)  # the request as a host will read it: typed and bounded
     if not isinstance(needs, list) or len(needs) > MAX_NEEDS or not all(isinstance(n, str) for n in needs):
         raise ProtocolError("needs must be a short list of names")
     client, trace, budget = obj.get("client", ""), obj.get("trace"), obj.get("budget")
@@ -63,7 +63,7 @@ def read_job(raw: bytes) -> CrossJob:
         raise ProtocolError("client and trace must be short strings")
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= 86400:
         raise ProtocolError("budget must be a number of seconds")
-    work = Work(kind, model, request, frozenset(needs), continuable=bool(obj.get("continuable", True)))
+    work = Work(kind, model, typed, frozenset(needs), continuable=bool(obj.get("continuable", True)))
     return CrossJob(work, client, bool(obj.get("stream", True)), bool(obj.get("trusted_only", False)),
                     trace[:64] if trace else None, float(budget))
 

@@ -27,6 +27,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -41,6 +42,7 @@ from andy_host.coordinator.pool.work import Work
 from andy_host.coordinator.store.interface import Store
 from andy_host.coordinator.trust.standing import HostTrust, TrustPolicy, checked, release, similar, strike
 from andy_host.errors import APIError
+from andy_host.protocol import ChatRequest, JobRequest, Message
 
 log = structlog.get_logger("andy_host.checks")
 
@@ -71,16 +73,16 @@ FILLS = {
 }
 
 
-def canary(rng: random.Random, max_tokens: int) -> dict[str, Any]:
+def canary(rng: random.Random, max_tokens: int) -> ChatRequest:
     """A short, natural, deterministic request, shaped like any client's."""
     fills = {k: rng.choice(v) for k, v in FILLS.items()}
     prompt = rng.choice(TEMPLATES).format(a=rng.randrange(2, 500), b=rng.randrange(2, 500), **fills)
-    return {"messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
-            "seed": rng.randrange(2**31), "max_tokens": max_tokens, "stream": rng.random() < 0.5}
+    return ChatRequest(messages=[Message("user", prompt)], temperature=0.0, seed=rng.randrange(2**31),
+                       max_tokens=max_tokens, stream=rng.random() < 0.5)
 
 
-def deterministic(request: dict[str, Any]) -> bool:
-    return request.get("temperature") == 0 and not request.get("continuation")
+def deterministic(request: JobRequest) -> bool:
+    return isinstance(request, ChatRequest) and request.temperature == 0 and not request.continuation
 
 
 class Checker:
@@ -115,7 +117,7 @@ class Checker:
         host.trust.jobs_since_check += 1
         if not self._due(host):
             return
-        if deterministic(request):
+        if isinstance(request, ChatRequest) and deterministic(request):
             self._start(host, self._duplicate(host, model, request, text))
         else:
             self._start(host, self._canary(host))
@@ -196,11 +198,11 @@ class Checker:
             return None  # it failed: the relay's health accounting already saw that
         return self._compare(host, model, reference, answer, "canary")
 
-    async def _duplicate(self, host: Host, model: str, request: dict[str, Any], text: str) -> bool | None:
+    async def _duplicate(self, host: Host, model: str, request: ChatRequest, text: str) -> bool | None:
         if self._checkable_model(host) is None:
             return None
-        again = {**request, "stream": False,
-                 "max_tokens": min(int(request.get("max_tokens") or DUPLICATE_MAX_TOKENS), DUPLICATE_MAX_TOKENS)}
+        again = replace(request, stream=False,
+                        max_tokens=min(request.max_tokens or DUPLICATE_MAX_TOKENS, DUPLICATE_MAX_TOKENS))
         reference = await self._on_trusted(host, model, again)
         if reference is None:
             return None
@@ -212,9 +214,9 @@ class Checker:
                  reference=reference[:80], answer=answer[:80])
         return verdict
 
-    async def _reference(self, host: Host, model: str, request: dict[str, Any]) -> str | None:
+    async def _reference(self, host: Host, model: str, request: ChatRequest) -> str | None:
         """A trusted host's answer to the canary (kept for ``reference_ttl``)."""
-        key = (model, request["messages"][0]["content"], int(request["max_tokens"]))
+        key = (model, request.messages[0].content, request.max_tokens or 0)
         now = time.monotonic()
         kept = self._references.get(key)
         if kept is not None and now - kept[1] < self.config.reference_ttl:
@@ -227,7 +229,7 @@ class Checker:
                 self._references.popitem(last=False)
         return text
 
-    async def _on_trusted(self, host: Host, model: str, request: dict[str, Any]) -> str | None:
+    async def _on_trusted(self, host: Host, model: str, request: ChatRequest) -> str | None:
         try:
             assignment = await self.scheduler.acquire(model, {host.conn}, self.config.queue_timeout, "chat",
                                                       "checks", trusted_only=True)
@@ -236,7 +238,7 @@ class Checker:
         self.stats.check_jobs += 1
         return await self.relay.answer_on(assignment, Work("chat", model, request))
 
-    async def _on_host(self, host: Host, model: str, request: dict[str, Any]) -> str | None:
+    async def _on_host(self, host: Host, model: str, request: ChatRequest) -> str | None:
         for _ in range(RESERVE_TRIES):
             assignment = self.scheduler.reserve(host)
             if assignment is not None:
