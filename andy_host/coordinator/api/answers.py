@@ -103,10 +103,9 @@ def submit(request: web.Request, work: Work, stream: bool) -> Items:
     replica's hosts."""
     federation = request.app.get(FEDERATION)
     run = request.app[RELAY].run if federation is None else federation.run
-    return run(
-        work, context(request).client, stream=stream, on_stall=lambda: _drop_client(request, work.model),
-        trusted_only=context(request).trusted_only, trace=context(request).request_id or None,
-    )
+    ctx = context(request)
+    return run(work, ctx.client, stream=stream, on_stall=lambda: _drop_client(request, work.model),
+               trusted_only=ctx.trusted_only, trace=ctx.request_id or None)
 
 
 def _drop_client(request: web.Request, model: str) -> None:
