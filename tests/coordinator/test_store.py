@@ -216,3 +216,26 @@ async def test_worker_calls_copy_their_arguments_first(sqlite_store: SQLiteStore
     await writing
     assert await sqlite_store.usage_today(key_id) == 3
     assert await sqlite_store.usage_today(key_id + 1) == 0
+
+
+async def test_a_lookup_queued_before_a_revocation_does_not_keep_the_key_alive(tmp_path: Path) -> None:
+    """A key read while its revocation waits behind it on the worker must not stay in the
+    cache as live: the revocation's own write does not change data_version, so nothing
+    else would ever clear it (no recheck is due on this clock)."""
+    store = await SQLiteStore.open(str(tmp_path / "r.db"), clock=lambda: 0.0)
+    try:
+        secret, key_id = await store.create_key("k", 100, 100)
+        busy, release = threading.Event(), threading.Event()
+        blocked = asyncio.get_running_loop().run_in_executor(store._executor, lambda: (busy.set(), release.wait(10)))
+        assert busy.wait(10)
+        lookup = asyncio.create_task(store.find_key(secret))
+        await asyncio.sleep(0)  # the read is queued behind the blocked worker
+        revoking = asyncio.create_task(store.revoke_key(str(key_id)))
+        await asyncio.sleep(0)  # and the revocation behind the read
+        release.set()
+        await blocked
+        assert (await lookup) is not None  # read before the revocation ran: still live then
+        assert await revoking
+        assert await store.find_key(secret) is None
+    finally:
+        await store.close()

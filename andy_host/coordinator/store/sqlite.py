@@ -539,8 +539,10 @@ class SQLiteStore:
         return found
 
     async def revoke_key(self, ident: str) -> bool:
-        self.cache.clear()
-        return await self._call(self._db.revoke_key, ident)
+        self.cache.clear()  # as update_key: its own write does not change data_version,
+        revoked = await self._call(self._db.revoke_key, ident)
+        self.cache.clear()  # and a lookup queued before it may have cached the key as live
+        return revoked
 
     # every other method: one query on the worker ---------------------------------------
 
