@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -49,6 +50,17 @@ def receive_until(sock: socket.socket, done: Callable[[list[str]], bool], within
     return out
 
 
+def collect(sock: socket.socket, into: list[str]) -> None:
+    """Append each datagram to ``into`` until the socket is closed."""
+    while True:
+        try:
+            into.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        except OSError:  # closed
+            return
+
+
 def drain_messages(sock: socket.socket) -> list[str]:
     """The datagrams already sent (after the sender exited, every one it sent)."""
     out = []
@@ -68,6 +80,9 @@ def test_notify_protocol_ready_watchdog_status_stopping(procs: Processes, tmp_pa
     coordinator = procs.coordinator(env=env)
     backend = procs.fake("ollama", "--models", MODEL)
     agent_sock = listen(tmp_path / "agent.sock")
+    agent_messages: list[str] = []  # read as they come, as systemd does: a full queue drops them
+    reading = threading.Thread(target=collect, args=(agent_sock, agent_messages), daemon=True)
+    reading.start()
     agent = procs.agent(coordinator.url, "ollama", backend.url, "svc-host",
                         env={"NOTIFY_SOCKET": str(tmp_path / "agent.sock"), "WATCHDOG_USEC": "400000"})
     messages = receive_until(sock, lambda seen: sum(m == "WATCHDOG=1" for m in seen) >= 2)  # every 0.2 s
@@ -78,10 +93,11 @@ def test_notify_protocol_ready_watchdog_status_stopping(procs: Processes, tmp_pa
     assert sum(m == "WATCHDOG=1" for m in messages) >= 2
     assert messages[-1].startswith("STOPPING=1\nSTATUS=")
     # the coordinator went away: the agent says so
-    agent_messages = receive_until(agent_sock, lambda seen: any(m.startswith("STATUS=not connected") for m in seen))
+    until(lambda: any(m.startswith("STATUS=not connected") for m in agent_messages), 20, "the agent's not connected")
     agent.signal(signal.SIGINT)
     assert agent.popen is not None and agent.popen.wait(10) == 0
-    agent_messages += drain_messages(agent_sock)
+    until(lambda: bool(agent_messages) and agent_messages[-1].startswith("STOPPING=1"), 10, "the agent's STOPPING=1")
+    agent_sock.close()
     ready = [m for m in agent_messages if m.startswith("READY=1")]
     assert ready and "connected to" in ready[0]
     assert any(m.startswith("STATUS=not connected") for m in agent_messages)  # the coordinator went away
@@ -308,3 +324,20 @@ def test_unit_files_are_the_rendered_units_and_pass_systemd_analyze(tmp_path: Pa
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_a_notify_socket_nobody_reads_never_blocks_the_sender(tmp_path: Path) -> None:
+    """systemd behind (or a socket nobody reads): the queue fills (10 datagrams by
+    default) and the rest are dropped, where a blocking send would freeze the agent's or
+    the coordinator's event loop (it did, under load, in the notify test above)."""
+    from andy_host.service.notify import Notifier
+
+    sock = listen(tmp_path / "full.sock")
+    try:
+        notifier = Notifier(str(tmp_path / "full.sock"))
+        for _ in range(200):  # far more than any queue holds: returns, never waits
+            notifier.send("WATCHDOG=1")
+        assert drain_messages(sock)[:1] == ["WATCHDOG=1"]  # the first ones arrived
+    finally:
+        sock.close()

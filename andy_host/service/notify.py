@@ -2,7 +2,8 @@
 
 READY=1 once serving, WATCHDOG=1 at half of ``$WATCHDOG_USEC``, STATUS=… lines a person
 reads in ``systemctl status``, STOPPING=1 on shutdown. Without systemd (no
-``NOTIFY_SOCKET``) every call is a no-op.
+``NOTIFY_SOCKET``) every call is a no-op. A message is never waited for: when the
+socket's queue is full (its reader behind), it is dropped rather than block the event loop.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ class Notifier:
         if not self.address:
             return
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto("\n".join(lines).encode(), self.address)
         except OSError:
-            pass  # systemd gone: nothing to tell
+            pass  # systemd gone, or its queue full (BlockingIOError): nothing to tell now
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
