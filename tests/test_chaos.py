@@ -87,7 +87,11 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
             i = chaos_rng.randrange(3)
             agent = agents[i]
             alive = sum(a.popen is not None and a.popen.poll() is None for a in agents)
-            if agent.popen is not None and agent.popen.poll() is None and alive > 1:
+            # kill only while another host is connected, not merely started: on a loaded
+            # machine a restarted agent takes seconds to connect, and killing the one
+            # connected host then measures how fast this machine starts processes
+            connected = get_json(coordinator.url + "/health")["hosts"]
+            if agent.popen is not None and agent.popen.poll() is None and alive > 1 and connected > 1:
                 agent.kill() if chaos_rng.random() < 0.7 else agent.signal(signal.SIGINT)
                 kills["killed"] += 1
             elif agent.popen is not None and agent.popen.poll() is not None:
@@ -121,11 +125,10 @@ def test_randomised_kills_and_restarts_lose_nothing(procs: Processes) -> None:
     assert outcomes["broken"] == 0  # never a silent cut
     assert all(exact for _, exact in results)  # never a wrong or truncated "success"
     assert kills["killed"] >= 3
-    # Enough complete that the run proves something (not a pool that refused everything).
-    # How many 503s there are depends on how long killed hosts take to reconnect on this
-    # machine, not on the pool: 146 to 198 complete on a quiet one, 93 (95 503s) with both
-    # cores kept busy by other processes.
-    assert outcomes["complete"] >= 40
+    # Most complete: a host is killed only while another is connected. (When the chaos
+    # killed whatever was running, 146 to 198 completed on a quiet machine but 61 and 93
+    # with both cores kept busy: the rest were 503s while restarted hosts connected.)
+    assert outcomes["complete"] >= 100
     # What did not complete ended explicitly, as designed. Before any content, with an
     # error status: refused up front (no host connected at that instant), or its host
     # was lost and no other connected host could take the job (none waits for a host
