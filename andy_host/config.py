@@ -115,10 +115,26 @@ class CoordinatorConfig:
     release_after: int = 3
     check_probation: int = 5
     probation_every: int = 2
-    check_every: int = 50
+    check_every: int = 10
     quarantine_check_interval: float = 30.0
     check_max_tokens: int = 24
     reference_ttl: float = 3600.0
+    check_doubts: int = 4
+    check_parallel: int = 4
+    check_top_logprobs: int = 20
+    check_opening_tokens: int = 8
+    check_scan_tokens: int = 256
+    check_pass_dependence: float = 0.0
+    check_fail_dependence: float = -0.6
+    check_doubt_hit_rate: float = 0.9
+    check_min_hit_rate: float = 0.75
+    check_doubt_miss_run: int = 2
+    check_max_miss_run: int = 8
+    check_doubt_end: float = 0.15
+    check_min_end: float = 0.005
+    check_traffic_kept: int = 64
+    probation_share: float = 0.25
+    trusted_share: float = 0.2
     address_group_v4: int = 32
     address_group_v6: int = 64
 
@@ -407,6 +423,25 @@ def _validate_bounds(c: CoordinatorConfig) -> None:
             raise ConfigError(f"coordinator.{name} must not be negative")
     if c.leaderboard_size > 100:
         raise ConfigError("coordinator.leaderboard_size must be at most 100")
+    _validate_checks(c)
+
+
+def _validate_checks(c: CoordinatorConfig) -> None:
+    from andy_host.protocol import MAX_TOP_LOGPROBS
+
+    for name in ("check_every", "check_doubts", "check_parallel", "check_opening_tokens", "check_scan_tokens",
+                 "check_max_miss_run", "check_doubt_miss_run",
+                 "check_traffic_kept", "check_probation", "probation_every"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"coordinator.{name} must be at least 1")
+    if not 1 <= c.check_top_logprobs <= MAX_TOP_LOGPROBS:
+        raise ConfigError(f"coordinator.check_top_logprobs must be 1-{MAX_TOP_LOGPROBS}")
+    for name in ("check_min_hit_rate", "check_doubt_hit_rate", "check_min_end", "check_doubt_end",
+                 "probation_share", "trusted_share"):
+        if not 0 <= getattr(c, name) <= 1:
+            raise ConfigError(f"coordinator.{name} must be between 0 and 1")
+    if c.check_fail_dependence > c.check_pass_dependence:
+        raise ConfigError("coordinator.check_fail_dependence must not be above check_pass_dependence")
 
 
 def save_agent_config(config: Config, path: str | Path) -> Path:

@@ -15,11 +15,13 @@ from andy_host.coordinator.access.credentials import DISPLAY_LEN, same
 from andy_host.coordinator.access.keyscope import NEVER, ScopeError, check_expires, parse_expires, parse_models
 from andy_host.coordinator.admin.listing import key_listing, token_listing
 from andy_host.coordinator.admin.moderation import MAX_KICK_SECONDS, MODERATION
+from andy_host.coordinator.hosts.credit import add_credit_routes
 from andy_host.coordinator.hosts.registry import REGISTRY, Host
 from andy_host.coordinator.observe.livestatus import live_status
 from andy_host.coordinator.replication import wiring as replicated
 from andy_host.coordinator.store.interface import STORE, AmbiguousIdent, KeyChanges
 from andy_host.coordinator.trust.checks import CHECKER
+from andy_host.coordinator.trust.escrow import Escrow, figures
 from andy_host.coordinator.web.appconfig import CONFIG
 from andy_host.coordinator.web.json import read_json
 from andy_host.errors import APIError, bad_request
@@ -199,7 +201,8 @@ def _flag(body: dict[str, Any], key: str) -> bool:
 
 
 async def hosts(request: web.Request) -> web.Response:
-    """Every host that did work (the ledger) or is connected now, with its standing."""
+    """Every host that did work (the ledger) or is connected now, with its standing and
+    its escrow (what is held for checks, credited and voided)."""
     _guard(request)
     store, registry = request.app[STORE], request.app[REGISTRY]
     standings = await store.standings()
@@ -207,18 +210,23 @@ async def hosts(request: web.Request) -> web.Response:
     for live in registry.hosts.values():
         rows.setdefault(live.id, {"host_id": live.id, "name": live.name, "host_token": None, "requests": 0,
                                   "tokens": 0, "failures": 0, "connected_seconds": 0.0, "last_seen": None})
-    return web.json_response({"hosts": [_host_row(row, standings, registry.hosts.get(row["host_id"]))
+    return web.json_response({"hosts": [_host_row(row, standings, registry.hosts.get(row["host_id"]),
+                                                  registry.escrows.get(row["host_id"]))
                                         for row in rows.values()]})
 
 
-def _host_row(row: dict[str, Any], standings: dict[str, dict[str, Any]], live: Host | None) -> dict[str, Any]:
+def _host_row(row: dict[str, Any], standings: dict[str, dict[str, Any]], live: Host | None,
+              held: Escrow | None) -> dict[str, Any]:
+    """A ledger row with its standing and, for a host this coordinator holds an escrow
+    of (connected, or it earned since the coordinator started), ``escrow``: its held,
+    credited and voided jobs and tokens (escrow.py); null otherwise."""
     standing = standings.get(row["host_id"], {})
     if live is not None:  # the live standing is newer than the saved one
         standing = {**standing, "score": live.trust.score, "strikes": live.trust.strikes,
                     "checks_passed": live.trust.checks_passed, "checks_failed": live.trust.checks_failed,
                     "quarantined": live.trust.quarantined, "trusted": live.trusted}
     return {**row, **standing, "connected": live is not None, "status": live.shown_status if live else "offline",
-            "host_reason": live.reason if live else None}
+            "host_reason": live.reason if live else None, "escrow": None if held is None else figures(held)}
 
 
 async def _known_host(request: web.Request) -> str:
@@ -299,3 +307,6 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/check", check_host)
     app.router.add_post(f"{PREFIX}/hosts/{{host_id}}/kick", kick_host)
     app.router.add_get(f"{PREFIX}/status", status)
+    # not an admin route: a host's own escrow, to its own credential (hosts/credit.py);
+    # added here, with the host listing it mirrors
+    add_credit_routes(app)

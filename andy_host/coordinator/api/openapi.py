@@ -145,7 +145,21 @@ def _site_paths() -> dict[str, Any]:
             "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
             **_errors(401, 404)}}},
         "/openapi.json": {"get": _op("This document", _json(OBJECT, "OpenAPI"), ())},
+        "/api/andy/hosts/{host_id}/credit": {"get": {
+            **_op("A host's own escrow: jobs and tokens held until an answer check passes, credited, voided",
+                  _json(HOST_CREDIT, "Its figures"), (401, 429, 503)),
+            "parameters": [{"name": "host_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "security": [{"hostCredential": []}],
+        }},
     }
+
+
+_AMOUNT = {"type": "object", "required": ["jobs", "tokens"],
+           "properties": {"jobs": {"type": "integer"}, "tokens": {"type": "integer"}}}
+HOST_CREDIT = {"type": "object", "required": ["host_id", "connected", "quarantined", "held", "credited", "voided"],
+               "properties": {"host_id": {"type": "string"}, "connected": {"type": "boolean"},
+                              "quarantined": {"type": "boolean"}, "held": _AMOUNT, "credited": _AMOUNT,
+                              "voided": _AMOUNT}}
 
 
 def _admin_credentials() -> dict[str, Any]:
@@ -217,5 +231,7 @@ def openapi_spec() -> dict[str, Any]:
         "components": {"securitySchemes": {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, andy_sk_…"},
             "adminToken": {"type": "http", "scheme": "bearer", "description": "coordinator.admin_token"},
+            "hostCredential": {"type": "http", "scheme": "bearer",
+                               "description": "The host's token (andy_ht_…) or issued host secret (andy_hs_…)"},
         }},
     }

@@ -3,7 +3,9 @@
 Everything here is bounded by what the coordinator allows, not by what hosts send:
 models per host (``max_models_per_host``), the set of known model names (served now,
 or within ``known_model_ttl``; at most ``max_known_models``), and each job's queue of
-events (``max_job_buffer_chars``).
+events (``max_job_buffer_chars``). Escrows (trust/escrow.py) are kept by host id for
+the process's lifetime, one small record per id that served a client job: an id that
+only connected leaves none behind.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 from andy_host import modelnames
 from andy_host.coordinator.hosts.health import HostHealth
 from andy_host.coordinator.pool.events import JobEvents
+from andy_host.coordinator.trust.escrow import Escrow
 from andy_host.coordinator.trust.standing import HostTrust
 from andy_host.protocol import Chunk, Done, Hardware, JobError, ModelInfo
 
@@ -76,15 +79,17 @@ class Host:
     token_id: int | None = None
     trusted: bool = False  # its token is marked trusted: a reference for checks
     trust: HostTrust = field(default_factory=HostTrust)  # its standing (kept across reconnects)
+    escrow: Escrow = field(default_factory=Escrow)  # its credit held for checks (by id: Registry.escrows)
     secret_hash: str | None = None  # the credential of an open-enrolment host
     issued_secret: str | None = None  # a secret to give it in the welcome (then forgotten)
     group: str = ""  # the address group it connected from (never shown)
     connected_at: float = field(default_factory=time.time)
     last_frame: float = field(default_factory=time.monotonic)
-    served: int = 0
+    served: int = 0  # client jobs credited to this connection (a stranger's once checked: escrow.py)
     failures: int = 0
-    tokens: int = 0  # measured completion tokens of client jobs
+    tokens: int = 0  # measured completion tokens of client jobs, credited likewise
     checking: bool = False  # an answer check of it is running
+    checks_full: bool = False  # as many checks of it run as may (check_parallel): it waits for them
 
     @property
     def free(self) -> int:
@@ -120,6 +125,9 @@ class Registry:
         self.by_model: dict[str, set[Host]] = {}
         self.groups: dict[str, int] = {}  # hosts in the registry per address group
         self.trusted_by_model: dict[str, int] = {}  # hosts on trusted tokens per model
+        # each host id's escrow (escrow.py) for this process: a reconnect keeps it; one
+        # that never earned anything is dropped when its host leaves
+        self.escrows: dict[str, Escrow] = {}
         self.known: dict[str, float] = dict(known_models)  # name -> when last served (wall clock)
         self.remote: set[str] = set()  # models other replicas serve now (replicated mode)
         self.max_models_per_host = max_models_per_host
@@ -146,6 +154,7 @@ class Registry:
         if replaced is not host:
             self._count_group(host.group, 1)
         self.hosts[host.id] = host
+        host.escrow = self.escrows.setdefault(host.id, host.escrow)
         self._index(host)
 
     def _count_group(self, group: str, delta: int) -> None:
@@ -159,6 +168,8 @@ class Registry:
         if self.hosts.get(host.id) is host:
             del self.hosts[host.id]
             self._count_group(host.group, -1)
+            if host.escrow.empty and self.escrows.get(host.id) is host.escrow:
+                del self.escrows[host.id]
             if self.on_removed is not None:
                 self.on_removed(host)
         self._unindex(host)
@@ -237,6 +248,12 @@ class Registry:
 
     def in_flight(self) -> int:
         return sum(len(h.jobs) for h in self.hosts.values())
+
+    def checkable(self, host: Host) -> bool:
+        """Can an answer check of this host be made now: is it a stranger and does a
+        trusted host serve a model it serves? Where none does, its credit cannot wait
+        for a check (escrow.py credits it at once)."""
+        return not host.trusted and any(name in self.trusted_by_model for name in host.models)
 
     def established(self) -> set[str]:
         """Models served by a trusted host or one that passed an answer check: a name a

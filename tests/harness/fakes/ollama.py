@@ -20,6 +20,18 @@ length currently available to the model; ...``. Tokens are counted as whitespace
 words, plus 4 a message.
 ``POST /_fault {"mode": "reject_prefix" | "cut", "count": n}``: the next n chats (-1:
 all) refuse a final assistant message, or drop the connection halfway through a stream.
+
+``--sample``: a model that samples (common.sample), the same model as the llama.cpp
+fake's ``--sample``, in Ollama's shapes: ``options.temperature`` > 0 (unset: Ollama's
+0.8) draws each reply token from the third on as its variant with p ~0.3, from
+``options.seed`` when given; 0 is the plain reply; ``options.num_predict`` caps it (-1:
+no cap). ``logprobs: true`` gives its distribution as Ollama 0.12.11 does (api.Logprob,
+runner/ollamarunner): a top-level ``logprobs`` list, one ``{token, logprob, bytes,
+top_logprobs: [{token, logprob, bytes}]}`` per generated token (``top_logprobs`` and
+empty ``bytes`` omitted, omitempty; ``top_logprobs`` over 20 is a 400), in each streamed
+object and accumulated in a whole answer; a continued assistant message is not echoed;
+at the end of the reply the answer is empty with ``done_reason: "stop"`` and no
+logprobs: Ollama computes none for the end-of-generation token.
 Run: ``python -m tests.harness.fakes.ollama --port 0 --models sweaterdog/andy-4:latest``.
 """
 
@@ -39,6 +51,8 @@ from tests.harness.fakes.common import (
     continuation,
     embedding,
     generate,
+    sample,
+    sampled_logprobs,
     serve,
     structured,
     token_logprobs,
@@ -57,6 +71,7 @@ TOO_LONG = ("the prompt is longer than the context length currently available to
 
 def make_app(args: argparse.Namespace) -> web.Application:
     num_ctx = getattr(args, "num_ctx", 4096)
+    sampling = getattr(args, "sample", False)  # (an in-process app's arguments may not say)
     names = [n if ":" in n.rsplit("/", 1)[-1] else n + ":latest" for n in args.models.split(",")]
     embed_only = {n + ":latest" if ":" not in n else n for n in args.embed_only.split(",") if n}
     failing = {n + ":latest" if ":" not in n else n for n in args.failing.split(",") if n}
@@ -147,14 +162,33 @@ def make_app(args: argparse.Namespace) -> web.Application:
         options = body.get("options") or {}
         stop = options.get("stop") or []
         generating = request.path == "/api/generate"
+        top = body.get("top_logprobs") or 0
+        if sampling and not 0 <= top <= 20:  # as Ollama's handlers check it
+            return web.json_response({"error": "top_logprobs must be between 0 and 20"}, status=400)
+        num_predict = options.get("num_predict")
+        num_predict = num_predict if num_predict is None or num_predict >= 0 else None  # -1: no limit
+        temperature = options.get("temperature")
+        temperature = 0.8 if temperature is None else float(temperature)  # Ollama's default
         messages = body.get("messages", []) if not generating else []
         if messages:
             kept = fitted(messages)
             if kept is None:
                 return web.json_response({"error": TOO_LONG}, status=400)
             messages = kept
-        call = None
-        if generating:
+        call, drawn = None, None
+        raw = generating and body.get("raw")
+        if sampling and not raw and not (messages and messages[-1].get("role") == "tool"):  # the model's own words
+            if messages and messages[-1].get("role") == "assistant":
+                stats["continuations"] += 1
+                if fault["reject_prefix"]:
+                    fault["reject_prefix"] -= 1
+                    return web.json_response({"error": "assistant prefill is not supported by this template"}, status=400)
+            chat_messages = messages or [{"role": "user", "content": body.get("prompt", "")}]
+            drawn = sample(args.label, chat_messages, num_predict, stop, temperature, options.get("seed"))
+            tokens, reason = drawn.tokens, drawn.reason  # a continuation's prefix is not repeated
+            if messages and messages[-1].get("role") != "assistant":
+                call = tool_call(body.get("tools") or [], messages, None)
+        elif generating:
             tokens, reason = complete(args.label, body.get("prompt", ""), options.get("num_predict"), stop) \
                 if body.get("raw") else generate(args.label, [{"role": "user", "content": body.get("prompt", "")}],
                                                  options.get("num_predict"), stop)
@@ -176,7 +210,10 @@ def make_app(args: argparse.Namespace) -> web.Application:
                                                messages or [{"role": "user", "content": body.get("prompt", "")}]))
         if call is not None:
             tokens = []
-        lps = token_logprobs(tokens, body.get("top_logprobs") or 0) if body.get("logprobs") else None
+        lps = token_logprobs(tokens, top) if body.get("logprobs") else None
+        if drawn is not None and lps is not None and not (fmt or call):  # Ollama lists no end-of-generation token
+            lps = [{k: v for k, v in e.items() if v != [] or k == "token"}  # omitempty: bytes, top_logprobs
+                   for e in sampled_logprobs(drawn, top, ids=False, eos=False)]
         return await answer(request, body, name, tokens, reason, call, lps, generating)
 
     async def answer(request: web.Request, body: dict[str, Any], name: str, tokens: list[str], reason: str,
@@ -258,6 +295,8 @@ def main() -> None:
     parser.add_argument("--version", default="0.12.11", help="what /api/version says (logprobs since 0.12.11)")
     parser.add_argument("--num-ctx", type=int, default=4096, help="the context a loaded model is served with")
     parser.add_argument("--modelfile-num-ctx", action="store_true", help="/api/show parameters say num_ctx")
+    parser.add_argument("--sample", action="store_true",
+                        help="a model that samples: answers vary with temperature and seed, logprobs are its distribution")
     serve(make_app, parser)
 
 
