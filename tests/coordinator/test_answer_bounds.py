@@ -30,7 +30,7 @@ from andy_host.coordinator.observe.stats import PoolStats
 from andy_host.coordinator.pool import bounds
 from andy_host.coordinator.pool.bounds import Bound, Breach, answer_limit
 from andy_host.coordinator.pool.events import JobEvents
-from andy_host.coordinator.pool.relay import RELAY, Relay
+from andy_host.coordinator.pool.relay import RELAY, Answered, Relay
 from andy_host.coordinator.pool.work import Work, prompt_chars
 from andy_host.coordinator.replication import federation as federation_module
 from andy_host.coordinator.replication.directory import Peer
@@ -113,7 +113,7 @@ class _Scheduler:
 
     def __init__(self, assignment: Assignment | None) -> None:
         self.assignment = assignment
-        self.registry = SimpleNamespace(by_model={})
+        self.registry = SimpleNamespace(by_model={}, checkable=lambda host: False)  # no reference: credited at once
         self.waits: list[float] = []
 
     async def acquire(self, model: str, exclude: set[int], wait: float, *args: Any, **kwargs: Any) -> Assignment:
@@ -135,7 +135,7 @@ class _Observer:
     def strike(self, host: Host, reason: str) -> None:
         self.strikes.append(reason)
 
-    def answered(self, host: Host, work: Work, text: str) -> None:
+    def answered(self, host: Host, work: Work, answer: Answered, private: bool) -> None:
         pass
 
 

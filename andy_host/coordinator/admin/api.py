@@ -224,6 +224,7 @@ def _host_row(row: dict[str, Any], standings: dict[str, dict[str, Any]], live: H
     if live is not None:  # the live standing is newer than the saved one
         standing = {**standing, "score": live.trust.score, "strikes": live.trust.strikes,
                     "checks_passed": live.trust.checks_passed, "checks_failed": live.trust.checks_failed,
+                    "checks_doubted": live.trust.checks_doubted, "checking": live.checking,
                     "quarantined": live.trust.quarantined, "trusted": live.trusted}
     return {**row, **standing, "connected": live is not None, "status": live.shown_status if live else "offline",
             "host_reason": live.reason if live else None, "escrow": None if held is None else figures(held)}
@@ -289,8 +290,9 @@ async def check_host(request: web.Request) -> web.Response:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
         raise bad_request("`count` must be an integer from 1 to 1000", param="count")
     verdicts = [await request.app[CHECKER].check_now(host) for _ in range(count)]
-    return web.json_response({"passed": verdicts.count(True), "failed": verdicts.count(False),
-                              "inconclusive": verdicts.count(None), "quarantined": host.trust.quarantined})
+    return web.json_response({"passed": verdicts.count("pass"), "doubted": verdicts.count("doubt"),
+                              "failed": verdicts.count("fail"), "inconclusive": verdicts.count(None),
+                              "quarantined": host.trust.quarantined})
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -192,9 +192,9 @@ class Checker:
         if not task.cancelled() and task.exception() is not None:
             log.error("check.crashed", error=repr(task.exception()), exc_info=task.exception())
 
-    async def check_now(self, host: Host) -> bool | None:
-        """Run a canary check of ``host`` and wait for its verdict (the admin's command):
-        True passed, False failed or doubtful, None no check could be made."""
+    async def check_now(self, host: Host) -> Verdict | None:
+        """Run a canary check of ``host`` and wait for its verdict (the admin's command;
+        None: no check could be made)."""
         self._running[host.id] = self._running.get(host.id, 0) + 1
         host.checking = True
         try:
@@ -203,7 +203,7 @@ class Checker:
             self._ran(host)
         if verdict is not None:
             self._verdict(host, verdict, None)
-        return None if verdict is None else verdict == PASS
+        return verdict
 
     def _checkable_model(self, host: Host) -> str | None:
         """A chat model of the host that a trusted host serves too."""
