@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from andy_host.coordinator.store.sqlite import SQLiteDatabase as Store
 from andy_host.tools.llama_build import find_llama_server
-from tests.harness.procs import Proc, Processes, until, wait_models
+from tests.harness.procs import Proc, Processes, wait_models
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m:latest"
@@ -307,47 +307,6 @@ def test_honest_hosts_pass_200_answer_checks(real_pool: dict[str, Any]) -> None:
           f"{sum(r['inconclusive'] for r in results)} inconclusive, {time.monotonic() - started:.1f} s")
     assert all(r["quarantined"] is None for r in results)
     assert failed == 0 and passed >= 180
-
-
-def test_sampled_client_answers_are_checked_on_the_real_model(real_pool: dict[str, Any]) -> None:
-    """Client jobs at temperature 0.7 and 1.0 (and none set), streamed and whole, as real
-    clients send them: the stranger's are checked by the model's distribution on the
-    trusted host, through both agents and real llama-servers (the continuation's echo,
-    the end token's log-probabilities), and none fails."""
-    coordinator: Proc = real_pool["coordinator"]
-    client = real_pool["client"]
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-
-    def stranger() -> dict[str, Any]:
-        listing = httpx.get(coordinator.url + "/api/andy/admin/hosts", headers=admin, timeout=10).json()["hosts"]
-        return dict(next(h for h in listing if h["name"] == "real-host-2" and h["connected"]))
-
-    before = stranger()
-
-    def ask(i: int) -> str:
-        extra: dict[str, Any] = {} if i % 3 == 2 else {"temperature": (0.7, 1.0)[i % 2]}
-        messages = [{"role": "user", "content": f"Tell me one fact about the number {i}."}]
-        if i % 2:
-            chunks = client.chat.completions.create(model=SHORT, messages=messages, max_tokens=40, stream=True, **extra)
-            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return client.chat.completions.create(model=SHORT, messages=messages, max_tokens=40,
-                                              **extra).choices[0].message.content or ""
-
-    with ThreadPoolExecutor(2) as ex:
-        answers = list(ex.map(ask, range(60)))
-    assert all(answers)
-    checked = until(lambda: [e for e in coordinator.events() if e.get("event") == "check.done"
-                             and e.get("how") == "client job" and e.get("temperature") != 0] or None,
-                    120, "a sampled client answer was checked")
-    def idle() -> dict[str, Any] | None:
-        now = stranger()
-        return None if now.get("checking") else now
-
-    after = until(idle, 120, "the checks ended")
-    print(f"\nreal model, sampled client jobs: {len(checked)} checked, verdicts "
-          f"{sorted(e['verdict'] for e in checked)}")
-    assert all(e["verdict"] != "fail" for e in checked)
-    assert after["checks_failed"] == before["checks_failed"] and after["quarantined"] is None
 
 
 def _llama_child(agent: Proc) -> psutil.Process:
