@@ -133,6 +133,7 @@ class CoordinatorConfig:
     check_doubt_end: float = 0.15
     check_min_end: float = 0.005
     check_traffic_kept: int = 64
+    check_traffic_chars: int = 8 * 1024 * 1024
     probation_share: float = 0.25
     trusted_share: float = 0.2
     address_group_v4: int = 32
@@ -430,7 +431,7 @@ def _validate_checks(c: CoordinatorConfig) -> None:
     from andy_host.protocol import MAX_TOP_LOGPROBS
 
     for name in ("check_every", "check_doubts", "check_parallel", "check_opening_tokens", "check_scan_tokens",
-                 "check_max_miss_run", "check_doubt_miss_run",
+                 "check_max_miss_run", "check_doubt_miss_run", "check_traffic_chars",
                  "check_traffic_kept", "check_probation", "probation_every"):
         if getattr(c, name) < 1:
             raise ConfigError(f"coordinator.{name} must be at least 1")

@@ -185,7 +185,7 @@ class Scheduler:
             return None
         now = time.monotonic()
         median: float | None = None
-        reference = self.reference_speed(model)
+        reference: float | None = -1.0  # not yet looked up (None: no trusted host measured)
         best, trusted, settled = _Best(), _Best(), _Best()
         settled_busy = False  # a settled host that could take the job once a slot is free
         for host in hosts:
@@ -197,8 +197,10 @@ class Scheduler:
             if tps is None:
                 median = self.median_speed(model) if median is None else median
                 tps = median
-            if reference is not None and not host.trusted:
-                tps = min(tps, reference)  # no faster than the reference: a junk answer is free to make
+            if not host.trusted:
+                reference = self.reference_speed(model) if reference == -1.0 else reference
+                # no faster than the reference: a junk answer is free to make
+                tps = tps if reference is None else min(tps, reference)
             score = tps * (1.0 - 0.5 * len(host.jobs) / host.capacity) * host.trust.weight(self.trust_policy)
             if model in host.loaded:
                 score += LOADED_BONUS

@@ -3,9 +3,10 @@ quarantined one), made to be told apart from client jobs by nothing in the frame
 
 A canary is a recent client request of the pool, replayed: the same messages and
 sampling parameters, a seed drawn afresh where the client gave one (and none where it
-gave none), a trace made as the coordinator makes request ids. The last
-``check_traffic_kept`` plain chat requests are kept, in memory only, never those of a
-key restricted to trusted hosts (its prompts may reach no stranger). With no traffic
+gave none), a trace made as the coordinator makes request ids, never one the host
+answered itself. The last ``check_traffic_kept`` plain chat requests per model are
+kept, in memory only and at most ``check_traffic_chars`` characters of prompt in all,
+never those of a key restricted to trusted hosts (its prompts may reach no stranger). With no traffic
 yet, a short question from templates, shaped like a typical client's (no seed, a
 temperature from 0.6 to 0.9, whole or streamed): a host can tell those apart only by
 having seen no client job before, which is also what a new host is.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from andy_host.coordinator.pool.work import Work, prompt_chars
 from andy_host.protocol import ChatRequest, Message
 
 TEMPLATES = (
@@ -40,24 +42,52 @@ FILLS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    request: ChatRequest
+    host_id: str  # the host that answered it: a canary for that host is another's request
+    chars: int
+
+
 class Traffic:
-    """The pool's recent plain chat requests, by model."""
+    """The pool's recent plain chat requests, by model: at most ``kept`` per model and
+    ``kept`` models, and at most ``chars`` characters of prompt in all (oldest dropped),
+    whatever size of prompts clients send."""
 
-    def __init__(self, kept: int) -> None:
-        self.kept = kept
-        self._recent: dict[str, deque[ChatRequest]] = {}
+    def __init__(self, kept: int, chars: int) -> None:
+        self.kept, self.chars = kept, chars
+        self._recent: dict[str, deque[_Seen]] = {}
+        self._total = 0
 
-    def saw(self, model: str, request: ChatRequest) -> None:
+    def saw(self, work: Work, request: ChatRequest, host_id: str) -> None:
+        """``host_id`` answered ``request`` (``work``'s, typed)."""
+        size, model = prompt_chars(work), work.model
+        if size > self.chars:
+            return
         recent = self._recent.get(model)
         if recent is None:
             if len(self._recent) >= self.kept:  # bounded in models too
-                self._recent.pop(next(iter(self._recent)))
-            recent = self._recent[model] = deque(maxlen=self.kept)
-        recent.append(request)
+                self._drop(next(iter(self._recent)), everything=True)
+            recent = self._recent[model] = deque()
+        if len(recent) >= self.kept:
+            self._drop(model)
+        recent.append(_Seen(request, host_id, size))
+        self._total += size
+        while self._total > self.chars:
+            self._drop(model if len(recent) > 1 else next(iter(self._recent)))
 
-    def sample(self, rng: random.Random, model: str) -> ChatRequest | None:
-        recent = self._recent.get(model)
-        return rng.choice(recent) if recent else None
+    def _drop(self, model: str, everything: bool = False) -> None:
+        recent = self._recent[model]
+        for _ in range(len(recent) if everything else 1):
+            self._total -= recent.popleft().chars
+        if not recent:
+            del self._recent[model]
+
+    def sample(self, rng: random.Random, model: str, host_id: str) -> ChatRequest | None:
+        """A recent request of ``model`` that ``host_id`` did not answer itself (it would
+        know a prompt it saw before)."""
+        others = [seen.request for seen in self._recent.get(model, ()) if seen.host_id != host_id]
+        return rng.choice(others) if others else None
 
 
 def replayed(rng: random.Random, request: ChatRequest) -> ChatRequest:
@@ -73,6 +103,6 @@ def from_template(rng: random.Random, max_tokens: int) -> ChatRequest:
                        max_tokens=max_tokens if rng.random() < 0.5 else None, stream=rng.random() < 0.5)
 
 
-def canary(rng: random.Random, traffic: Traffic, model: str, max_tokens: int) -> ChatRequest:
-    recent = traffic.sample(rng, model)
+def canary(rng: random.Random, traffic: Traffic, model: str, host_id: str, max_tokens: int) -> ChatRequest:
+    recent = traffic.sample(rng, model, host_id)
     return replayed(rng, recent) if recent is not None else from_template(rng, max_tokens)

@@ -10,7 +10,8 @@ looked at after the host answered it. How, by the request:
   distribution on a trusted host (``scoring``, ``judge``): how much its opening depends
   on the prompt, whether any stretch of it is one the model would not write, and
   whether it ends where the model could. The verdict is graded: a doubt checks the
-  host's next jobs too, ``check_doubts`` in a row count as a failure.
+  host's next jobs too, and doubts add up (a pass takes half of one off) to a failure
+  at ``check_doubts``.
 
 Requests with tools, a schema or log probabilities are not checked (their answers are
 not plain text). Hosts with no client traffic (a new host, a quarantined one) get
@@ -50,7 +51,7 @@ from andy_host.coordinator.store.interface import Store
 from andy_host.coordinator.trust import escrow
 from andy_host.coordinator.trust.canaries import Traffic, canary
 from andy_host.coordinator.trust.judge import FAIL, PASS, Next, Verdict, judge
-from andy_host.coordinator.trust.scoring import checkable, judge_policy, score
+from andy_host.coordinator.trust.scoring import judge_policy, plain_text_chat, score
 from andy_host.coordinator.trust.standing import HostTrust, TrustPolicy, checked, release, similar, strike
 from andy_host.coordinator.web.requestids import new_id
 from andy_host.errors import APIError
@@ -62,7 +63,6 @@ MAX_REFERENCES = 2000
 DUPLICATE_MAX_TOKENS = 48  # the reference to a client's answer needs only its start
 RESERVE_TRIES = 20  # times a check waits RESERVE_WAIT for a free slot on the host it checks
 RESERVE_WAIT = 0.5
-FOLLOW_UP = 1.0  # seconds before a host that failed a check is checked again
 SCORING_NEEDS = frozenset({FEATURE_LOGPROBS, FEATURE_CONTINUE})
 
 
@@ -94,7 +94,7 @@ class Checker:
         self.policy = TrustPolicy(config.quarantine_score, config.release_after, doubts=config.check_doubts)
         self.judging = judge_policy(config)
         self.rng = random.Random()
-        self.traffic = Traffic(config.check_traffic_kept)
+        self.traffic = Traffic(config.check_traffic_kept, config.check_traffic_chars)
         self._references: OrderedDict[tuple[str, str, int], tuple[str, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: dict[str, HostTrust] = {}  # standings to write at the next flush
@@ -114,9 +114,9 @@ class Checker:
         request = work.request
         if work.kind != "chat" or not work.continuable or not isinstance(request, ChatRequest):
             return
-        if not private and checkable(request):
-            self.traffic.saw(work.model, request)
-        if host.trusted or not checkable(request):
+        if not private and plain_text_chat(request):
+            self.traffic.saw(work, request, host.id)
+        if host.trusted or not plain_text_chat(request):
             return
         host.trust.jobs_since_check += 1
         if not self._due(host):
@@ -148,9 +148,7 @@ class Checker:
     def _start(
         self, host: Host, check: Coroutine[Any, Any, Verdict | None], cover: escrow.Cover | None = None,
     ) -> None:
-        self._running[host.id] = self._running.get(host.id, 0) + 1
-        host.checking = True
-        host.checks_full = self._running[host.id] >= self.config.check_parallel
+        self._began(host)
         was_quarantined = host.trust.quarantined is not None
 
         async def run() -> None:
@@ -166,26 +164,23 @@ class Checker:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    def _began(self, host: Host) -> None:
+        self._count(host, self._running.get(host.id, 0) + 1)
+
     def _ran(self, host: Host) -> None:
-        left = self._running.get(host.id, 1) - 1
-        if left > 0:
-            self._running[host.id] = left
+        was_full = host.checks_full
+        self._count(host, self._running.get(host.id, 1) - 1)
+        if was_full and not host.checks_full:
+            self.registry.notify()  # it may take client jobs again
+
+    def _count(self, host: Host, running: int) -> None:
+        """Checks of ``host`` running now, and what the host's flags derive from it."""
+        if running > 0:
+            self._running[host.id] = running
         else:
             self._running.pop(host.id, None)
-        host.checking = left > 0
-        host.checks_full = left >= self.config.check_parallel
-        if not host.checks_full:
-            self.registry.notify()
-
-    def _start_later(self, host: Host) -> None:
-        async def later() -> None:
-            await asyncio.sleep(FOLLOW_UP)
-            if host.id in self.registry.hosts and not host.checking:
-                self._start(host, self._canary(host))
-
-        task = asyncio.get_running_loop().create_task(later(), name=f"recheck-{host.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        host.checking = running > 0
+        host.checks_full = running >= self.config.check_parallel
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -195,8 +190,7 @@ class Checker:
     async def check_now(self, host: Host) -> Verdict | None:
         """Run a canary check of ``host`` and wait for its verdict (the admin's command;
         None: no check could be made)."""
-        self._running[host.id] = self._running.get(host.id, 0) + 1
-        host.checking = True
+        self._began(host)
         try:
             verdict = await self._canary(host)
         finally:
@@ -215,7 +209,7 @@ class Checker:
         model = self._checkable_model(host)
         if model is None:
             return None
-        request = canary(self.rng, self.traffic, model, self.config.check_max_tokens)
+        request = canary(self.rng, self.traffic, model, host.id, self.config.check_max_tokens)
         answer = await self._on_host(host, model, request)
         if answer is None:
             return None  # it failed: the relay's health accounting already saw that
@@ -316,10 +310,8 @@ class Checker:
             escrow.settle(host, escrow.cover(host), passed=False)
         if host.trust.verified != was_verified:
             self.registry.notify()  # the names it serves are established (or no longer)
-        if change == "quarantined":
+        if change == "quarantined":  # a failure always quarantines (standing.checked)
             self._quarantined(host)
-        elif failed and host.trust.quarantined is None:
-            self._start_later(host)  # a suspect gets fewer jobs: check it again without waiting for them
         elif change == "released":
             log.info("host.released", host_id=host.id, by="checks")
             self._save(host)

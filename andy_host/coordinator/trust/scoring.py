@@ -34,7 +34,7 @@ def judge_policy(config: CoordinatorConfig) -> JudgePolicy:
 NEUTRAL = "Say something."  # the neutral question: an answer that fits it as well fits no prompt in particular
 
 
-def checkable(request: ChatRequest) -> bool:
+def plain_text_chat(request: ChatRequest) -> bool:
     """Can an answer to ``request`` be scored: plain text chat (no tools, no schema: a
     grammar or a tool's template changes what the model may write), not a continuation."""
     return (not request.tools and request.response_format is None and not request.continuation
